@@ -1,0 +1,336 @@
+"""The `padim` command line: fit, predict, evaluate, calibrate, info, backbones, demo, download.
+
+User mistakes end with one line on stderr (`padim: error: ...`) and exit status 1 (2 for bad
+usage); outputs are written atomically, so a failed command leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from padim import __version__
+from padim.errors import PadimError
+
+EPILOG = "Run 'padim COMMAND --help' for a command's options. Docs: README.md."
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _crop(text: str) -> int | None:
+    return None if text.lower() == "none" else _positive_int(text)
+
+
+def _channels(text: str) -> int | str:
+    return "all" if text.lower() == "all" else _positive_int(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for torch (default: torch's own default)")
+    g.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    from padim.backbones import DEFAULT_BACKBONE, available_backbones
+
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"feature extractor: {', '.join(available_backbones())} "
+                   f"(default {DEFAULT_BACKBONE}, works offline)")
+    g.add_argument("--size", type=_positive_int, default=256, help="resize to N x N (default 256)")
+    g.add_argument("--crop", type=_crop, default=224,
+                   help="centre crop N x N after resizing, or 'none' (default 224, the paper's "
+                   "protocol; anomalib's is --size 256 --crop none)")
+    g.add_argument("--channels", type=_channels, default=None,
+                   help="embedding channels kept by random selection, N or 'all' "
+                   "(default: the backbone's: 100 resnet18, 550 wide_resnet50_2, all for Lite)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the channel selection and split")
+    g.add_argument("--weights", default=None,
+                   help="FILE: a local state dict for the backbone; 'random': random init "
+                   "(tests and speed measurements only); default: the ImageNet weights")
+    g = p.add_argument_group("threshold")
+    g.add_argument("--holdout", type=_fraction, default=0.2,
+                   help="fraction of good training images held out to calibrate the threshold "
+                   "(default 0.2; they are added to the model afterwards)")
+    g.add_argument("--threshold-quantile", type=float, default=0.99,
+                   help="threshold = this quantile of the held-out good scores (default 0.99)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="use this threshold instead of calibrating one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="padim",
+        description="PaDiM anomaly detection: fit on good images, localise defects, evaluate.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"padim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("fit", help="fit a model on good images",
+                       description="Fit a model on good images: an MVTec AD category folder "
+                       "(uses train/good) or a folder of good images.")
+    p.add_argument("data", type=Path, help="MVTec AD category folder or a folder of good images")
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    _add_fit_options(p)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="score images, write CSV/JSON, heat maps and masks",
+                       description="Score images; writes DIR/results.csv (path,score,label), "
+                       "DIR/results.json and per-image overlay, heat-map and mask PNGs.")
+    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
+    p.add_argument("--no-images", action="store_true", help="only write results.csv/json")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="image and pixel AUROC on a labelled test set",
+                       description="Evaluate on an MVTec AD category folder (test/, "
+                       "ground_truth/) or on plain folders given with --good/--defective/--masks.")
+    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("data", type=Path, nargs="?", help="MVTec AD category folder")
+    p.add_argument("--good", type=Path, help="folder of good test images")
+    p.add_argument("--defective", type=Path, action="append", default=[],
+                   help="folder of defective test images (repeatable)")
+    p.add_argument("--masks", type=Path, help="folder of masks named like the defective images")
+    p.add_argument("--json", type=Path, help="write the metrics to this JSON file")
+    p.add_argument("--figure", type=Path, help="write a picture grid of results to this PNG")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="set or re-calibrate a model's threshold",
+                       description="Set the threshold (--threshold) or choose the F1-optimal one "
+                       "on labelled validation data (MVTec layout or --good/--defective).")
+    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("data", type=Path, nargs="?", help="labelled validation data (MVTec layout)")
+    p.add_argument("--good", type=Path, help="folder of good validation images")
+    p.add_argument("--defective", type=Path, action="append", default=[],
+                   help="folder of defective validation images (repeatable)")
+    p.add_argument("--threshold", type=float, default=None, help="set this threshold")
+    p.add_argument("--out", type=Path, default=None, help="write here (default: update MODEL)")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("info", help="show a model file's configuration")
+    p.add_argument("model", type=Path)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("backbones", help="list the available backbones")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("demo", help="fit and evaluate on a built-in demo set (offline)",
+                       description="Builds a small inspection task from real texture photos "
+                       "shipped with scikit-image, with synthetic defects and exact masks; fits, "
+                       "evaluates and writes a report with metrics and heat maps.")
+    p.add_argument("--out", type=Path, default=Path("padim-demo"), help="output folder")
+    p.add_argument("--texture", default="gravel", help="scikit-image texture: gravel, grass, brick")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("download", help="download a public dataset (needs internet)")
+    p.add_argument("dataset", choices=["mvtec"], help="dataset name")
+    p.add_argument("--category", action="append", default=None,
+                   help="MVTec AD category (repeatable; default: all 15)")
+    p.add_argument("--root", type=Path, default=Path("data/mvtec_ad"), help="where to put it")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _apply_runtime(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _load(args: argparse.Namespace):
+    from padim.model import Padim
+
+    return Padim.load(args.model, device=args.device, batch_size=args.batch_size)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from padim.backbones import get_backbone
+    from padim.model import Padim
+
+    channels = args.channels
+    if channels == "all":
+        channels = get_backbone(args.backbone).total_channels
+    model = Padim(
+        backbone=args.backbone, size=args.size, crop=args.crop, channels=channels,
+        seed=args.seed, weights=args.weights, batch_size=args.batch_size, device=args.device,
+        holdout_fraction=args.holdout, threshold_quantile=args.threshold_quantile,
+        progress=_progress(args),
+    )
+    model.fit(args.data)
+    if args.threshold is not None:
+        model.set_threshold(args.threshold)
+    model.save(args.out)
+    info = model.info
+    print(f"fitted {args.backbone} on {info['n_train']} images in {info['fit_seconds']:.1f} s; "
+          f"threshold {model.threshold:.3f} ({info['threshold_source']}); wrote {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from padim.predict_io import write_predictions
+
+    model = _load(args)
+    model.progress = _progress(args)
+    results = write_predictions(model, args.inputs, args.out, threshold=args.threshold,
+                                images=not args.no_images)
+    flagged = sum(r.is_anomalous for r in results)
+    print(f"scored {len(results)} images: {flagged} anomalous; wrote {args.out / 'results.csv'}")
+    return 0
+
+
+def _labelled_samples(args: argparse.Namespace, masks: Path | None = None):
+    from padim.data import folder_test_set, mvtec_test_set
+
+    if args.data is not None and (args.good or args.defective):
+        raise PadimError("give either DATA or --good/--defective folders, not both")
+    if args.data is not None:
+        return mvtec_test_set(args.data)
+    if not (args.good or args.defective):
+        raise PadimError("no labelled data: give an MVTec AD category folder or --good/--defective")
+    return folder_test_set(args.good, args.defective, masks)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from padim.evaluation import evaluate, report_figure
+    from padim.modelfile import write_text_atomic
+
+    samples = _labelled_samples(args, args.masks)
+    model = _load(args)
+    model.progress = _progress(args)
+    run = evaluate(model, samples)
+    m = run.metrics
+    pixel = "n/a (no masks)" if m["pixel_auroc"] is None else f"{m['pixel_auroc']:.4f}"
+    print(f"images {m['n_images']} ({m['n_good']} good, {m['n_anomalous']} anomalous)  "
+          f"image AUROC {m['image_auroc']:.4f}  pixel AUROC {pixel}  "
+          f"accuracy at threshold {m['image_accuracy_at_threshold']:.3f}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(m, indent=2) + "\n")
+    if args.figure:
+        report_figure(model, run, args.figure)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    model = _load(args)
+    model.progress = _progress(args)
+    if args.threshold is not None:
+        if args.data is not None or args.good or args.defective:
+            raise PadimError("give either --threshold or labelled data, not both")
+        model.set_threshold(args.threshold)
+    else:
+        samples = _labelled_samples(args)
+        scores, _ = model.score([s.path for s in samples])
+        import numpy as np
+
+        model.calibrate(scores, np.array([s.label for s in samples]))
+    out = args.out or args.model
+    model.save(out)
+    print(f"threshold {model.threshold:.4f} ({model.info['threshold_source']}); wrote {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from padim.modelfile import read_model_config
+
+    print(json.dumps(read_model_config(args.model), indent=2))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from padim.backbones import available_backbones, get_backbone
+
+    for name in available_backbones():
+        spec = get_backbone(name)
+        print(f"{name:18s} channels {spec.total_channels:4d} (keep {spec.default_keep:3d})  "
+              f"{'offline' if spec.offline else 'download'}  {spec.weights_source}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from padim.demo import run_demo
+
+    report = run_demo(args.out, texture=args.texture, device=args.device,
+                      batch_size=args.batch_size, progress=_progress(args))
+    print(f"demo report: {report}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from padim.download import LICENSE_NOTE, download_mvtec
+
+    print(LICENSE_NOTE, file=sys.stderr)
+    paths = download_mvtec(args.root, args.category)
+    print(f"MVTec AD ready: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _apply_runtime(args)
+        return int(args.func(args) or 0)
+    except PadimError as exc:
+        print(f"padim: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("padim: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("padim: error: out of memory; try a smaller --batch-size, --size or --channels",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, permissions, ... on output paths
+        print(f"padim: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""`padim predict` outputs: results.csv / results.json and per-image pictures, staged atomically.
+
+Everything is written into a temporary folder beside the output folder and moved into place
+only when every image has been scored, so a failure leaves no partial results behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from padim.data import list_images
+from padim.errors import PadimError
+from padim.model import Padim
+from padim.viz import colour_scale, heatmap_rgb, overlay, save_png, to_uint8_image
+
+
+@dataclass
+class ResultRow:
+    path: str
+    score: float
+    is_anomalous: bool
+    threshold: float
+    overlay: str = ""
+    heatmap: str = ""
+    mask: str = ""
+
+
+def collect_inputs(inputs: list[Path]) -> list[Path]:
+    """Image files as given plus the images inside given folders, in order, without repeats."""
+    out: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise PadimError(f"no images found in {item}")
+            out.extend(found)
+        elif item.is_file():
+            out.append(item)
+        else:
+            raise PadimError(f"input not found: {item}")
+    return list(dict.fromkeys(out))
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """Unique, readable file stems: each path relative to the inputs' common folder."""
+    resolved = [p.resolve() for p in paths]
+    base = Path(os.path.commonpath([p.parent for p in resolved]))
+    names = ["__".join(p.relative_to(base).with_suffix("").parts) for p in resolved]
+    if len(set(names)) != len(names):  # same stem, different extensions
+        names = ["__".join(p.relative_to(base).parts).replace(".", "_") for p in resolved]
+    return names
+
+
+def write_predictions(model: Padim, inputs: list[Path], out: Path,
+                      threshold: float | None = None, images: bool = True) -> list[ResultRow]:
+    paths = collect_inputs(inputs)
+    names = dict(zip(paths, output_names(paths), strict=True))
+    thr = model._threshold(threshold)
+    vmin, vmax = colour_scale(thr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    rows: list[ResultRow] = []
+    try:
+        for chunk, x, scores, maps in model.iter_batches(paths):
+            for path, img, score, amap in zip(chunk, x, scores, maps, strict=True):
+                row = ResultRow(str(path), float(score), bool(score > thr), thr)
+                if images:
+                    name = names[path]
+                    picture = to_uint8_image(img)
+                    mask = amap > thr
+                    row.overlay, row.heatmap, row.mask = (
+                        f"{name}_overlay.png", f"{name}_heatmap.png", f"{name}_mask.png"
+                    )
+                    save_png(stage / row.overlay, overlay(picture, amap, mask, vmin, vmax))
+                    save_png(stage / row.heatmap, heatmap_rgb(amap, vmin, vmax))
+                    save_png(stage / row.mask, mask)
+                rows.append(row)
+        (stage / "results.csv").write_text(_csv(rows), encoding="utf-8")
+        (stage / "results.json").write_text(json.dumps(
+            {"threshold": thr, "results": [r.__dict__ for r in rows]}, indent=2) + "\n",
+            encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        for item in stage.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return rows
+
+
+def _csv(rows: list[ResultRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "score", "label", "threshold", "overlay", "heatmap", "mask"])
+    for r in rows:
+        writer.writerow([r.path, f"{r.score:.6f}", int(r.is_anomalous), f"{r.threshold:.6f}",
+                         r.overlay, r.heatmap, r.mask])
+    return buf.getvalue()

@@ -1,0 +1,89 @@
+"""Shared fixtures: small synthetic images and categories, a small fitted model, ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 64  # synthetic images are small so the whole suite stays fast
+
+
+def texture(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A smooth random 'good' texture: low-frequency noise around a fixed base pattern."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = 0.5 + 0.2 * np.sin(8 * np.pi * xx) * np.cos(6 * np.pi * yy)
+    cells = -(-size // 8)
+    noise = np.kron(rng.normal(0, 0.04, (cells, cells)), np.ones((8, 8)))[:size, :size]
+    grey = np.clip(base + noise, 0, 1)
+    rgb = np.stack([grey, grey * 0.9, grey * 0.8], axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def with_defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A bright square defect and its exact mask."""
+    size = img.shape[0]
+    s = size // 5
+    y, x = rng.integers(s, size - 2 * s, size=2)
+    out = img.copy()
+    out[y : y + s, x : x + s] = (255, 40, 40)
+    mask = np.zeros(img.shape[:2], dtype=bool)
+    mask[y : y + s, x : x + s] = True
+    return out, mask
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_category(root: Path, n_train: int = 12, n_good: int = 4, n_bad: int = 6,
+                  seed: int = 0) -> Path:
+    """A tiny MVTec-layout category with exact masks."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_train):
+        save(root / "train" / "good" / f"{i:03d}.png", texture(rng))
+    for i in range(n_good):
+        save(root / "test" / "good" / f"{i:03d}.png", texture(rng))
+    for i in range(n_bad):
+        img, mask = with_defect(texture(rng), rng)
+        save(root / "test" / "square" / f"{i:03d}.png", img)
+        save(root / "ground_truth" / "square" / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+    return root
+
+
+@pytest.fixture(scope="session")
+def category(tmp_path_factory) -> Path:
+    return make_category(tmp_path_factory.mktemp("data") / "widget")
+
+
+@pytest.fixture(scope="session")
+def fitted(category):
+    """A small fitted model (efficientnet_lite0, real weights, 64x64) shared by many tests."""
+    from padim import Padim
+
+    return Padim(size=SIZE, crop=None, batch_size=5, device="cpu").fit(category)
+
+
+@pytest.fixture(scope="session")
+def model_file(fitted, tmp_path_factory) -> Path:
+    return fitted.save(tmp_path_factory.mktemp("models") / "widget.safetensors")
+
+
+@pytest.fixture(scope="session")
+def bottle() -> Path:
+    """The real MVTec AD bottle category from ../shared; a missing copy skips, or fails when
+    PADIM_REQUIRE_SHARED=1 (as .ci/run sets)."""
+    shared = Path(os.environ.get("PADIM_SHARED", REPO.parent / "shared"))
+    root = shared / "data" / "mvtec_ad" / "bottle"
+    if not (root / "train" / "good").is_dir():
+        reason = f"MVTec AD bottle not found at {root}"
+        if os.environ.get("PADIM_REQUIRE_SHARED") == "1":
+            pytest.fail(reason + " (PADIM_REQUIRE_SHARED=1)")
+        pytest.skip(reason)
+    return root

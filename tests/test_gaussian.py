@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+
+from padim.errors import PadimError
+from padim.gaussian import GaussianModel, GaussianStats, embeddings_by_position
+
+
+def _emb(rng, n, d=5, h=3, w=2, offset=0.0):
+    base = rng.normal(size=(d, d))
+    x = rng.normal(size=(n, h, w, d)) @ base + offset
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def _numpy_cov(emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x = embeddings_by_position(emb).numpy()  # (P, N, d)
+    means = x.mean(axis=1)
+    covs = np.stack([np.cov(x[p], rowvar=False) for p in range(x.shape[0])])
+    return means, covs
+
+
+def test_streamed_statistics_match_numpy():
+    rng = np.random.default_rng(0)
+    emb = _emb(rng, 23)
+    stats = GaussianStats.from_batch(emb[:4])
+    for start in range(4, 23, 6):
+        stats.update(emb[start : start + 6])
+    means, covs = _numpy_cov(emb)
+    assert stats.count == 23
+    np.testing.assert_allclose(stats.mean().numpy(), means, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
+
+
+def test_shifted_sums_survive_a_large_offset():
+    # Naive sum-of-squares in float32 would lose the variance entirely at this offset.
+    rng = np.random.default_rng(1)
+    emb = _emb(rng, 30, offset=1e6).to(torch.float32)
+    stats = GaussianStats.from_batch(emb[:10])
+    stats.update(emb[10:])
+    _, covs = _numpy_cov(emb.to(torch.float64))
+    np.testing.assert_allclose(stats.covariance().numpy(), covs, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 19])
+def test_merge_is_exact_for_uneven_shards(cut):
+    rng = np.random.default_rng(2)
+    emb = _emb(rng, 20, offset=50.0)
+    whole = GaussianStats.from_batch(emb[:5])
+    whole.update(emb[5:])
+    a = GaussianStats.from_batch(emb[:cut])
+    b = GaussianStats.from_batch(emb[cut:])
+    merged = a.merge(b)
+    assert merged.count == 20
+    np.testing.assert_allclose(merged.mean().numpy(), whole.mean().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(merged.covariance().numpy(), whole.covariance().numpy(),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_state_dict_round_trip():
+    rng = np.random.default_rng(3)
+    stats = GaussianStats.from_batch(_emb(rng, 6))
+    again = GaussianStats.from_state_dict(stats.state_dict())
+    assert again.count == 6
+    assert torch.equal(again.scatter, stats.scatter)
+
+
+def test_mahalanobis_matches_explicit_inverse():
+    rng = np.random.default_rng(4)
+    emb = _emb(rng, 40)
+    stats = GaussianStats.from_batch(emb)
+    model = GaussianModel.fit(stats, regularisation=0.01)
+    query = _emb(rng, 3)
+    got = model.distances(query.to(torch.float32)).numpy()  # (3, h, w)
+    means, covs = _numpy_cov(emb)
+    x = embeddings_by_position(query).numpy()
+    for p in range(x.shape[0]):
+        prec = np.linalg.inv(covs[p] + 0.01 * np.eye(covs.shape[1]))
+        for i in range(3):
+            delta = x[p, i] - means[p]
+            want = np.sqrt(delta @ prec @ delta)
+            assert got[i].ravel()[p] == pytest.approx(want, rel=1e-4)
+
+
+def test_whitening_is_lower_triangular_and_inverts_the_covariance():
+    rng = np.random.default_rng(5)
+    stats = GaussianStats.from_batch(_emb(rng, 12, d=4))
+    model = GaussianModel.fit(stats, regularisation=0.01)
+    w = model.whitening.double()
+    assert torch.allclose(w, torch.tril(w))
+    cov = stats.covariance() + 0.01 * torch.eye(4, dtype=torch.float64)
+    eye = w @ cov @ w.transpose(1, 2)
+    assert torch.allclose(eye, torch.eye(4, dtype=torch.float64).expand_as(eye), atol=1e-5)
+
+
+def test_one_image_is_not_enough():
+    stats = GaussianStats.from_batch(_emb(np.random.default_rng(6), 1))
+    with pytest.raises(PadimError, match="at least 2"):
+        GaussianModel.fit(stats)
+
+
+def test_non_finite_features_give_a_clear_error():
+    emb = _emb(np.random.default_rng(7), 6)
+    emb[0, 0, 0, 0] = float("nan")
+    with pytest.raises(PadimError, match="positive definite"):
+        GaussianModel.fit(GaussianStats.from_batch(emb))
+
+
+def test_shape_mismatch_on_update():
+    rng = np.random.default_rng(8)
+    stats = GaussianStats.from_batch(_emb(rng, 3))
+    with pytest.raises(PadimError, match="does not match"):
+        stats.update(_emb(rng, 3, d=4))

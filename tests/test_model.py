@@ -1,0 +1,165 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SIZE, make_category, texture, with_defect
+from PIL import Image
+
+from padim import Padim, PadimError, load
+from padim.data import mvtec_test_set
+from padim.modelfile import FORMAT_VERSION, load_model_file, save_model_file
+
+
+def test_fit_calibrates_a_threshold_on_held_out_good_images(fitted):
+    assert fitted.is_fitted
+    assert fitted.info["n_train"] == 12
+    assert fitted.info["n_holdout"] == 2  # 20 % of 12, rounded
+    summary = fitted.info["good_score_summary"]
+    assert summary["min"] <= fitted.threshold <= summary["max"]
+
+
+def test_defects_score_higher_and_maps_localise_them(fitted):
+    rng = np.random.default_rng(42)
+    good = texture(rng)
+    bad, mask = with_defect(texture(rng), rng)
+    preds = fitted.predict([good, bad])
+    assert preds[1].score > preds[0].score
+    amap = preds[1].anomaly_map
+    assert amap.shape == (SIZE, SIZE)
+    assert amap[mask].mean() > amap[~mask].mean()
+    assert preds[1].is_anomalous and preds[1].label == 1
+    assert preds[1].mask.dtype == bool
+    assert np.array_equal(preds[1].mask, amap > fitted.threshold)
+
+
+def test_score_equals_max_of_map(fitted, category):
+    scores, maps = fitted.score(category / "test" / "square")
+    np.testing.assert_allclose(scores, maps.reshape(len(maps), -1).max(axis=1))
+
+
+def test_batch_size_does_not_change_the_model(category):
+    a = Padim(size=SIZE, crop=None, batch_size=1, device="cpu").fit(category)
+    b = Padim(size=SIZE, crop=None, batch_size=7, device="cpu").fit(category)
+    # Only float32 convolution round-off differs between batch sizes.
+    assert torch.allclose(a.net.gauss_mean, b.net.gauss_mean, atol=1e-4)
+    assert torch.allclose(a.net.gauss_whitening, b.net.gauss_whitening, rtol=1e-3, atol=2e-3)
+    assert a.threshold == pytest.approx(b.threshold, rel=1e-3)
+
+
+def test_save_load_round_trip_gives_identical_predictions(fitted, model_file, category):
+    again = load(model_file, device="cpu")
+    assert again.threshold == fitted.threshold
+    assert again.config == fitted.config
+    imgs = list((category / "test" / "square").iterdir())[:3]
+    a, b = fitted.score(imgs), again.score(imgs)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_model_file_holds_config_and_no_pickle(model_file):
+    tensors, config = load_model_file(model_file)
+    assert config["format_version"] == FORMAT_VERSION
+    assert config["backbone"]["name"] == "efficientnet_lite0"
+    assert config["embedding_dim"] == 176
+    assert config["input_size"] == SIZE
+    assert config["backbone"]["normalisation"]["mean"][0] == pytest.approx(127 / 255)
+    assert tensors["embedding.channel_idx"].numel() == 176
+    assert tensors["gaussian.whitening"].shape == (16 * 16, 176, 176)
+    raw = model_file.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])  # safetensors layout
+    assert json.loads(header["__metadata__"]["padim"])["threshold"] == config["threshold"]
+
+
+def test_truncated_and_foreign_model_files_fail_clearly(model_file, tmp_path):
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+    with pytest.raises(PadimError, match=r"corrupt|truncated|unreadable"):
+        load(cut)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(PadimError, match="not a padim model"):
+        load(junk)
+    with pytest.raises(PadimError, match="not found"):
+        load(tmp_path / "absent.safetensors")
+
+
+def test_model_from_another_format_version_fails_clearly(model_file, tmp_path):
+    from safetensors.torch import save_file
+
+    tensors, config = load_model_file(model_file)
+    config.update(format_version=9, library_version="9.0.0")
+    other = tmp_path / "future.safetensors"
+    save_file(tensors, str(other), metadata={"padim": json.dumps(config)})
+    with pytest.raises(PadimError, match=r"format 9 .*padim 9\.0\.0.*re-fit"):
+        load(other)
+
+
+def test_tensors_inconsistent_with_config_fail_clearly(model_file, tmp_path):
+    tensors, config = load_model_file(model_file)
+    tensors["gaussian.mean"] = tensors["gaussian.mean"][:, :10].contiguous()
+    bad = tmp_path / "bad.safetensors"
+    save_model_file(bad, tensors, {k: v for k, v in config.items()
+                                   if k not in ("format", "format_version")})
+    with pytest.raises(PadimError, match="do not match"):
+        load(bad)
+
+
+def test_needs_two_training_images(tmp_path):
+    Image.fromarray(texture(np.random.default_rng(0))).save(tmp_path / "only.png")
+    with pytest.raises(PadimError, match="at least 2"):
+        Padim(size=SIZE, crop=None).fit(tmp_path)
+
+
+def test_few_images_calibrate_in_sample(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(texture(rng)).save(tmp_path / f"{i}.png")
+    model = Padim(size=SIZE, crop=None, device="cpu").fit(tmp_path)
+    assert model.info["n_holdout"] == 0
+    assert "in-sample" in model.info["threshold_source"]
+
+
+def test_mixed_sizes_and_modes_train_together(tmp_path):
+    rng = np.random.default_rng(1)
+    Image.fromarray(texture(rng, 64)).save(tmp_path / "a.png")
+    Image.fromarray(texture(rng, 96)).convert("L").save(tmp_path / "b.jpg")
+    Image.fromarray(texture(rng, 80)).convert("RGBA").save(tmp_path / "c.png")
+    model = Padim(size=SIZE, crop=None, device="cpu").fit(tmp_path)
+    assert model.info["n_train"] == 3
+
+
+def test_invalid_configuration_is_rejected():
+    with pytest.raises(PadimError, match="--channels"):
+        Padim(channels=5000)
+    with pytest.raises(PadimError, match="unknown backbone"):
+        Padim(backbone="nope")
+    with pytest.raises(PadimError, match="batch-size"):
+        Padim(batch_size=0)
+    with pytest.raises(PadimError, match="not fitted"):
+        Padim().predict([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_calibrate_from_labelled_data(fitted, category):
+    samples = mvtec_test_set(category)
+    scores, _ = fitted.score([s.path for s in samples])
+    labels = np.array([s.label for s in samples])
+    copy = load_copy(fitted)
+    thr = copy.calibrate(scores, labels)
+    assert copy.threshold == thr and scores.min() <= thr < scores.max()
+    assert (scores[labels == 1] > thr).mean() >= 0.5
+    assert "F1-optimal" in copy.info["threshold_source"]
+
+
+def load_copy(model: Padim) -> Padim:
+    clone = Padim(size=SIZE, crop=None, device="cpu")
+    clone.net, clone.threshold, clone.info = model.net, model.threshold, dict(model.info)
+    return clone
+
+
+def test_random_channel_subset_and_crop(tmp_path):
+    cat = make_category(tmp_path / "c", n_train=6, n_good=1, n_bad=1)
+    model = Padim(size=SIZE, crop=48, channels=50, seed=3, device="cpu").fit(cat)
+    assert model.net.embedder.dim == 50
+    _, maps = model.score(cat / "test" / "good")
+    assert maps.shape == (1, 48, 48)
