@@ -131,7 +131,7 @@ class GaussianModel:
         cls,
         stats: GaussianStats,
         regularisation: float = DEFAULT_REGULARISATION,
-        chunk: int = 256,
+        chunk: int = 64,
     ) -> GaussianModel:
         """Covariance + reg*I, Cholesky factor and its triangular inverse, a chunk of positions
         at a time (no LU inverse: batched `linalg.inv` crashes on some CPUs)."""

@@ -195,7 +195,7 @@ class Padim:
         fit_items = [items[i] for i in sorted(order[: n - n_hold])]
         hold_items = [items[i] for i in sorted(order[n - n_hold :])]
 
-        bar = tqdm(total=n, desc="fit", unit="img", disable=not self.progress, leave=False)
+        bar = self._bar(n, "fit")
         stats: GaussianStats | None = None
         with torch.inference_mode():
             for x in self._tensor_batches(fit_items):
@@ -243,6 +243,11 @@ class Padim:
             return f"imagenet ({get_backbone(self.config.backbone).weights_source})"
         return "random" if str(self.weights) == "random" else f"file {Path(self.weights).name}"
 
+    def _bar(self, total: int, desc: str) -> tqdm:
+        """Progress bar on stderr when asked for and stderr is a terminal."""
+        return tqdm(total=total, desc=desc, unit="img", leave=False,
+                    disable=None if self.progress else True)
+
     def _stack(self, chunk: Sequence[ImageInput]) -> torch.Tensor:
         pre = self.preprocess
         return torch.stack([pre.image(as_image(item)) for item in chunk])
@@ -259,8 +264,7 @@ class Padim:
         """Per batch: the items, their preprocessed images (B, 3, H, W) on the CPU, scores (B,)
         and anomaly maps (B, H, W) -- for callers that also want the pictures."""
         net = self._require_fitted()
-        bar = tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress,
-                   leave=False)
+        bar = self._bar(len(items), "predict")
         with torch.inference_mode():
             for chunk in batches(items, self.batch_size):
                 x = self._stack(chunk)
