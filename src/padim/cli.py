@@ -243,10 +243,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model.progress = _progress(args)
     run = evaluate(model, samples)
     m = run.metrics
-    pixel = "n/a (no masks)" if m["pixel_auroc"] is None else f"{m['pixel_auroc']:.4f}"
-    print(f"images {m['n_images']} ({m['n_good']} good, {m['n_anomalous']} anomalous)  "
-          f"image AUROC {m['image_auroc']:.4f}  pixel AUROC {pixel}  "
-          f"accuracy at threshold {m['image_accuracy_at_threshold']:.3f}")
+    print(f"images {m['n_images']} ({m['n_good']} good, {m['n_anomalous']} anomalous), "
+          f"threshold {m['threshold']:.3f}")
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
+                "image_f1_at_threshold", "image_balanced_accuracy", "image_accuracy_at_threshold"):
+        value = m.get(key)
+        print(f"  {key:28s} {'n/a' if value is None else f'{value:.4f}'}")
+    for defect, value in (m.get("per_type_image_auroc") or {}).items():
+        print(f"  image_auroc[{defect}]{' ' * max(1, 15 - len(defect))}"
+              f"{'n/a' if value is None else f'{value:.4f}'}")
+    for note in m.get("notes", []):
+        print(f"  note: {note}")
     if args.json:
         write_text_atomic(args.json, json.dumps(m, indent=2) + "\n")
     if args.figure:

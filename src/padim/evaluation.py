@@ -9,7 +9,7 @@ import numpy as np
 
 from padim.data import Sample, read_mask
 from padim.errors import PadimError
-from padim.metrics import image_auroc, pixel_auroc
+from padim.metrics import metric_suite
 from padim.model import Padim
 
 
@@ -45,20 +45,23 @@ def ground_truth_masks(model: Padim, samples: list[Sample]) -> np.ndarray | None
 
 
 def evaluate(model: Padim, samples: list[Sample]) -> EvaluationRun:
-    """Score every sample; image AUROC always, pixel AUROC when masks exist."""
+    """Score every sample and compute the metric suite (pixel metrics when masks exist)."""
     masks = ground_truth_masks(model, samples)
     scores, maps = model.score([s.path for s in samples])
     run = EvaluationRun(samples, scores, maps, masks, float(model.threshold or 0.0))
     labels = run.labels
     predicted = scores > run.threshold
+    suite = metric_suite(labels, scores, run.threshold, masks, maps,
+                         types=[s.defect_type for s in samples])
     run.metrics = {
         "n_images": len(samples),
         "n_anomalous": int(labels.sum()),
         "n_good": int((labels == 0).sum()),
         "threshold": run.threshold,
-        "image_auroc": image_auroc(labels, scores),
-        "pixel_auroc": pixel_auroc(masks, maps) if masks is not None else None,
+        "image_auroc": suite.pop("image_auroc"),
+        "pixel_auroc": suite.pop("pixel_auroc"),
         "image_accuracy_at_threshold": float((predicted == labels.astype(bool)).mean()),
+        **suite,
     }
     return run
 
