@@ -71,6 +71,10 @@ def test_model_file_holds_config_and_no_pickle(model_file):
     assert json.loads(header["__metadata__"]["padim"])["threshold"] == config["threshold"]
 
 
+def test_model_file_gets_ordinary_permissions(model_file):
+    assert model_file.stat().st_mode & 0o644 == 0o644
+
+
 def test_truncated_and_foreign_model_files_fail_clearly(model_file, tmp_path):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
