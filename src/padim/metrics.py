@@ -29,13 +29,19 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     return float(roc_auc_score(truth, np.asarray(maps, dtype=np.float32).ravel()))
 
 
+def _f1_curve(labels: np.ndarray, scores: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """F1 at every distinct score threshold (anomalous when score >= threshold)."""
+    labels = np.asarray(labels).astype(int).ravel()
+    _check_both_classes(labels, what)
+    precision, recall, thresholds = precision_recall_curve(
+        labels, np.asarray(scores, dtype=np.float64).ravel()
+    )
+    return 2 * precision * recall / np.clip(precision + recall, 1e-12, None), thresholds
+
+
 def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold maximising F1 (an image is anomalous when score > threshold)."""
-    labels = np.asarray(labels).astype(int).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    _check_both_classes(labels, "threshold calibration")
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
+    f1, thresholds = _f1_curve(labels, scores, "threshold calibration")
     best = int(np.argmax(f1[:-1]))
     # precision_recall_curve predicts positive for score >= t; step just below t so `>` agrees.
     return float(np.nextafter(thresholds[best], -np.inf))
@@ -52,10 +58,7 @@ def f1_at(labels: np.ndarray, predicted: np.ndarray) -> float:
 
 def best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
     """The highest F1 over all thresholds (anomalous when score >= threshold)."""
-    labels = np.asarray(labels).astype(int).ravel()
-    _check_both_classes(labels, "F1")
-    precision, recall, _ = precision_recall_curve(labels, np.asarray(scores).ravel())
-    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
+    f1, _ = _f1_curve(labels, scores, "F1")
     return float(f1.max())
 
 
