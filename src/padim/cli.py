@@ -234,6 +234,10 @@ def _labelled_samples(args: argparse.Namespace, masks: Path | None = None):
     return folder_test_set(args.good, args.defective, masks)
 
 
+def _metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from padim.evaluation import evaluate, report_figure
     from padim.modelfile import write_text_atomic
@@ -247,11 +251,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"threshold {m['threshold']:.3f}")
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
                 "image_f1_at_threshold", "image_balanced_accuracy", "image_accuracy_at_threshold"):
-        value = m.get(key)
-        print(f"  {key:28s} {'n/a' if value is None else f'{value:.4f}'}")
+        print(f"  {key:28s} {_metric(m.get(key))}")
     for defect, value in (m.get("per_type_image_auroc") or {}).items():
-        print(f"  image_auroc[{defect}]{' ' * max(1, 15 - len(defect))}"
-              f"{'n/a' if value is None else f'{value:.4f}'}")
+        print(f"  {f'image_auroc[{defect}]':28s} {_metric(value)}")
     for note in m.get("notes", []):
         print(f"  note: {note}")
     if args.json:
