@@ -58,7 +58,7 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_fit_options(p: argparse.ArgumentParser) -> None:
+def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     from padim.backbones import DEFAULT_BACKBONE, available_backbones
 
     g = p.add_argument_group("model")
@@ -76,6 +76,8 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", default=None,
                    help="FILE: a local state dict for the backbone; 'random': random init "
                    "(tests and speed measurements only); default: the ImageNet weights")
+    if not threshold:
+        return
     g = p.add_argument_group("threshold")
     g.add_argument("--holdout", type=_fraction, default=0.2,
                    help="fraction of good training images held out to calibrate the threshold "
@@ -126,8 +128,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, help="folder of masks named like the defective images")
     p.add_argument("--json", type=Path, help="write the metrics to this JSON file")
     p.add_argument("--figure", type=Path, help="write a picture grid of results to this PNG")
+    p.add_argument("--perturb", metavar="NAME", default=None,
+                   help="evaluate on perturbed test images: rd-mvtec or rd-mvtec-test (random "
+                   "rotation +/-10 deg and random crop, seeded by --seed; for the paper's full "
+                   "protocol the model must also be fitted on perturbed images: see benchmark)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --perturb")
     _add_runtime(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "benchmark", help="fit + evaluate backbones x MVTec AD categories, write report tables",
+        description="Fit and evaluate every (backbone, category) pair found under an MVTec AD "
+        "root; writes DIR/results.json, results.csv, tables.md (the published tables' layout) "
+        "and figures/. Categories not present are skipped with a note.")
+    p.add_argument("--root", type=Path, required=True,
+                   help="MVTec AD root (one folder per category) or one category folder")
+    p.add_argument("--categories", nargs="+", default=None,
+                   help="categories to run (default: every one found under --root)")
+    p.add_argument("--backbones", nargs="+", default=None,
+                   help="backbones to run (default: efficientnet_lite0)")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--perturb", nargs="+", metavar="NAME", default=[],
+                   help="also run the paper's non-aligned protocol: rd-mvtec = refit on "
+                   "training images and evaluate on test images randomly rotated (+/-10 deg) "
+                   "and cropped, seeded; rd-mvtec-test = the aligned model on perturbed test "
+                   "images")
+    p.add_argument("--compare-published", action="store_true",
+                   help="add the published PaDiM rows and the differences to tables.md")
+    p.add_argument("--keep-models", action="store_true", help="keep model files in DIR/models")
+    p.add_argument("--no-figures", action="store_true", help="skip the per-category figures")
+    _add_fit_options(p, threshold=False)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("calibrate", help="set or re-calibrate a model's threshold",
                        description="Set the threshold (--threshold) or choose the F1-optimal one "
@@ -245,7 +277,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = _labelled_samples(args, args.masks)
     model = _load(args)
     model.progress = _progress(args)
-    run = evaluate(model, samples)
+    perturbation = None
+    if args.perturb:
+        from padim.perturb import make_perturbation
+
+        cfg = model.config
+        perturbation = make_perturbation(args.perturb, cfg.size, cfg.crop, args.seed)
+    run = evaluate(model, samples, perturbation)
     m = run.metrics
     print(f"images {m['n_images']} ({m['n_good']} good, {m['n_anomalous']} anomalous), "
           f"threshold {m['threshold']:.3f}")
@@ -259,7 +297,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps(m, indent=2) + "\n")
     if args.figure:
-        report_figure(model, run, args.figure)
+        report_figure(run, args.figure)
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from padim.backbones import DEFAULT_BACKBONE
+    from padim.benchmark import BenchmarkOptions, run_benchmark
+
+    opts = BenchmarkOptions(
+        root=args.root, out=args.out, categories=args.categories,
+        backbones=args.backbones or [DEFAULT_BACKBONE], size=args.size, crop=args.crop,
+        channels=args.channels, seed=args.seed, weights=args.weights,
+        batch_size=args.batch_size, device=args.device, perturb=args.perturb,
+        compare_published=args.compare_published, keep_models=args.keep_models,
+        figures=not args.no_figures, progress=_progress(args),
+        command="padim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else "",
+    )
+    results = run_benchmark(opts)
+    print(f"benchmarked {len(results)} runs; wrote {args.out / 'tables.md'}, results.json, "
+          f"results.csv" + ("" if args.no_figures else " and figures/"))
     return 0
 
 

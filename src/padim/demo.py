@@ -123,7 +123,7 @@ def run_demo(out: str | Path, texture: str = "gravel", device: str = "auto",
     model.fit(category)
     model.save(out / "model.safetensors")
     run = evaluate(model, mvtec_test_set(category))
-    report_figure(model, run, out / "results.png", per_class=4)
+    report_figure(run, out / "results.png", per_class=4)
     metrics = {**run.metrics, "fit_seconds": model.info["fit_seconds"],
                "total_seconds": round(time.perf_counter() - started, 1)}
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

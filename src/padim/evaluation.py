@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from padim.data import Sample, read_mask
+from padim.data import Sample, batches, read_image, read_mask
 from padim.errors import PadimError
 from padim.metrics import metric_suite
 from padim.model import Padim
+from padim.perturb import RandomRotateCrop, perturbed_sample
 
 
 @dataclass
@@ -23,10 +26,23 @@ class EvaluationRun:
     masks: np.ndarray | None  # (N, H, W) bool, None when no masks exist
     threshold: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    score_seconds: float = 0.0  # wall time of scoring alone (reading + model), not metrics
+    perturbation: RandomRotateCrop | None = None
+    preprocess: Any = None
 
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def image(self, i: int) -> np.ndarray:
+        """Test image i as the model saw it (perturbed if the run was), (H, W, 3) uint8."""
+        from padim.viz import to_uint8_image
+
+        s = self.samples[i]
+        if self.perturbation is None:
+            return to_uint8_image(self.preprocess.image(read_image(s.path)))
+        img, _ = perturbed_sample(self.perturbation, self.preprocess, i, s.path, None)
+        return to_uint8_image(img)
 
 
 def ground_truth_masks(model: Padim, samples: list[Sample]) -> np.ndarray | None:
@@ -44,11 +60,44 @@ def ground_truth_masks(model: Padim, samples: list[Sample]) -> np.ndarray | None
     return out
 
 
-def evaluate(model: Padim, samples: list[Sample]) -> EvaluationRun:
-    """Score every sample and compute the metric suite (pixel metrics when masks exist)."""
-    masks = ground_truth_masks(model, samples)
-    scores, maps = model.score([s.path for s in samples])
-    run = EvaluationRun(samples, scores, maps, masks, float(model.threshold or 0.0))
+def _score_perturbed(model: Padim, samples: list[Sample], perturbation: RandomRotateCrop
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Scores, maps and masks of perturbed test images (image and mask transformed alike)."""
+    has_masks = any(s.mask_path for s in samples)
+    scores, maps, masks = [], [], []
+    bar = model._bar(len(samples), perturbation.name)
+    for chunk in batches(list(enumerate(samples)), model.batch_size):
+        images = []
+        for i, s in chunk:
+            if has_masks and s.label == 1 and s.mask_path is None:
+                raise PadimError(f"missing ground-truth mask for {s.path}")
+            img, mask = perturbed_sample(perturbation, model.preprocess, i, s.path, s.mask_path)
+            images.append(img)
+            if has_masks:
+                masks.append(mask.numpy() if mask is not None else np.zeros(img.shape[1:], bool))
+        s_batch, m_batch = model.score_tensors(torch.stack(images))
+        scores.append(s_batch)
+        maps.append(m_batch)
+        bar.update(len(chunk))
+    bar.close()
+    return np.concatenate(scores), np.concatenate(maps), np.stack(masks) if has_masks else None
+
+
+def evaluate(model: Padim, samples: list[Sample],
+             perturbation: RandomRotateCrop | None = None) -> EvaluationRun:
+    """Score every sample (optionally perturbed) and compute the metric suite (pixel metrics
+    when masks exist)."""
+    started = time.perf_counter()
+    if perturbation is None:
+        masks = ground_truth_masks(model, samples)
+        started = time.perf_counter()
+        scores, maps = model.score([s.path for s in samples])
+    else:
+        scores, maps, masks = _score_perturbed(model, samples, perturbation)
+    seconds = time.perf_counter() - started
+    run = EvaluationRun(samples, scores, maps, masks, float(model.threshold or 0.0),
+                        score_seconds=seconds, perturbation=perturbation,
+                        preprocess=model.preprocess)
     labels = run.labels
     predicted = scores > run.threshold
     suite = metric_suite(labels, scores, run.threshold, masks, maps,
@@ -58,6 +107,7 @@ def evaluate(model: Padim, samples: list[Sample]) -> EvaluationRun:
         "n_anomalous": int(labels.sum()),
         "n_good": int((labels == 0).sum()),
         "threshold": run.threshold,
+        "perturbation": None if perturbation is None else perturbation.name,
         "image_auroc": suite.pop("image_auroc"),
         "pixel_auroc": suite.pop("pixel_auroc"),
         "image_accuracy_at_threshold": float((predicted == labels.astype(bool)).mean()),
@@ -76,20 +126,24 @@ def pick_examples(run: EvaluationRun, per_class: int = 3) -> list[int]:
     return bad + good
 
 
-def report_figure(model: Padim, run: EvaluationRun, path, per_class: int = 3) -> None:
-    """A grid of test images with ground truth, heat map and predicted mask."""
-    from padim.data import read_image
-    from padim.viz import results_grid, to_uint8_image
-
+def example_rows(run: EvaluationRun, per_class: int = 3) -> list[dict]:
+    """The rows `viz.results_grid` draws: image, map, ground truth, score, label, name."""
     rows = []
     for i in pick_examples(run, per_class):
         s = run.samples[i]
         rows.append({
-            "image": to_uint8_image(model.preprocess.image(read_image(s.path))),
+            "image": run.image(i),
             "map": run.maps[i],
             "truth": None if run.masks is None else run.masks[i],
             "score": float(run.scores[i]),
             "label": s.label,
             "name": f"{s.defect_type}/{s.path.name}",
         })
-    results_grid(rows, run.threshold, path, title="padim results")
+    return rows
+
+
+def report_figure(run: EvaluationRun, path, per_class: int = 3) -> None:
+    """A grid of test images with ground truth, heat map and predicted mask."""
+    from padim.viz import results_grid
+
+    results_grid(example_rows(run, per_class), run.threshold, path, title="padim results")

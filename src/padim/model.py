@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from padim.features import Embedder, select_channels
 from padim.gaussian import DEFAULT_REGULARISATION, GaussianModel, GaussianStats
 from padim.modelfile import load_model_file, save_model_file
 from padim.network import PadimNet
+
+Loader = Callable[[int, ImageInput], torch.Tensor]
 
 MIN_TRAIN_IMAGES = 2
 MIN_IMAGES_FOR_HOLDOUT = 5
@@ -173,9 +175,14 @@ class Padim:
         idx = select_channels(spec.total_channels, keep, self.config.seed)
         return Embedder(extractor, spec.normalisation, spec.channels, idx).to(self.device)
 
-    def fit(self, images: ImageInput | Iterable[ImageInput]) -> Padim:
+    def fit(self, images: ImageInput | Iterable[ImageInput],
+            loader: Loader | None = None) -> Padim:
         """Fit the per-position Gaussians on good images, streaming them in batches, and
-        calibrate the threshold on a held-out part of them."""
+        calibrate the threshold on a held-out part of them.
+
+        `loader(index, item)` replaces the usual read + resize + crop of item number `index`
+        and must return a (3, H, W) tensor at the model's input geometry (used for seeded
+        augmentations such as the Rd-MVTec protocol)."""
         if isinstance(images, str | Path) and Path(images).is_dir():
             items: list[ImageInput] = list(training_images(images))
         else:
@@ -192,13 +199,14 @@ class Padim:
         n_hold = 0
         if n >= MIN_IMAGES_FOR_HOLDOUT:
             n_hold = min(n - MIN_TRAIN_IMAGES, round(self.config.holdout_fraction * n))
-        fit_items = [items[i] for i in sorted(order[: n - n_hold])]
-        hold_items = [items[i] for i in sorted(order[n - n_hold :])]
+        indexed = list(enumerate(items))
+        fit_items = [indexed[i] for i in sorted(order[: n - n_hold])]
+        hold_items = [indexed[i] for i in sorted(order[n - n_hold :])]
 
         bar = self._bar(n, "fit")
         stats: GaussianStats | None = None
         with torch.inference_mode():
-            for x in self._tensor_batches(fit_items):
+            for x in self._tensor_batches(fit_items, loader):
                 emb = embedder(x)
                 if stats is None:
                     stats = GaussianStats.from_batch(emb)
@@ -211,7 +219,7 @@ class Padim:
                 # Score the held-out images with a model that never saw them, then add them.
                 net = PadimNet(embedder, GaussianModel.fit(stats, self.config.regularisation),
                                self.config.sigma)
-                for x in self._tensor_batches(hold_items):
+                for x in self._tensor_batches(hold_items, loader):
                     emb = embedder(x)
                     scores, _ = net.from_embeddings(emb, x.shape[-2:])
                     held_scores.extend(scores.cpu().tolist())
@@ -223,7 +231,9 @@ class Padim:
         self.net = PadimNet(embedder, gaussian, self.config.sigma).eval()
         calibration_source = "held-out good training images"
         if not held_scores:  # too few images to hold any out: in-sample scores (optimistic)
-            held_scores = self.score(fit_items)[0].tolist()
+            with torch.inference_mode():
+                held_scores = [float(v) for x in self._tensor_batches(fit_items, loader)
+                               for v in self.net(x)[0].cpu()]
             calibration_source = "in-sample good training images (too few to hold out)"
         scores = np.asarray(held_scores, dtype=np.float64)
         self.threshold = float(np.quantile(scores, self.config.threshold_quantile))
@@ -252,9 +262,15 @@ class Padim:
         pre = self.preprocess
         return torch.stack([pre.image(as_image(item)) for item in chunk])
 
-    def _tensor_batches(self, items: Sequence[ImageInput]) -> Iterator[torch.Tensor]:
+    def _tensor_batches(self, items: Sequence[tuple[int, ImageInput]],
+                        loader: Loader | None = None) -> Iterator[torch.Tensor]:
+        """Batches of (index, item) pairs as image tensors, through `loader` if given."""
         for chunk in batches(items, self.batch_size):
-            yield self._stack(chunk).to(self.device)
+            if loader is None:
+                x = self._stack([item for _, item in chunk])
+            else:
+                x = torch.stack([loader(i, item) for i, item in chunk])
+            yield x.to(self.device)
 
     # ------------------------------------------------------------------ inference
 
@@ -272,6 +288,14 @@ class Padim:
                 bar.update(len(chunk))
                 yield chunk, x, s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
         bar.close()
+
+    def score_tensors(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (B,) and maps (B, H, W) for images already at the model's input geometry
+        ((B, 3, H, W) floats in [0, 1]): for callers that transform images themselves."""
+        net = self._require_fitted()
+        with torch.inference_mode():
+            s, m = net(x.to(self.device))
+        return s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
 
     def score(self, images: ImageInput | Iterable[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
         """Image scores (N,) and anomaly maps (N, H, W) as float32 arrays."""

@@ -65,24 +65,17 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
 
 
-def results_grid(
-    rows: Sequence[dict], threshold: float, path: str | Path, title: str = ""
-) -> None:
-    """One row per image: image | ground truth (if any) | heat map | overlay + predicted mask.
+def draw_results_grid(fig, rows: Sequence[dict], threshold: float) -> None:
+    """Draw into a matplotlib figure or subfigure, one row per image: image | ground truth
+    (if any) | heat map | overlay + predicted mask.
 
     Each row dict has `image` (H, W, 3 uint8), `map` (H, W), optional `truth` (H, W bool),
     `score`, `label` (true label or None) and `name`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     has_truth = any(r.get("truth") is not None for r in rows)
     cols = ["image"] + (["ground truth"] if has_truth else []) + ["heat map", "overlay + mask"]
     vmin, vmax = colour_scale(threshold)
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.4 * len(cols), 2.5 * len(rows)),
-                             squeeze=False)
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
     for i, row in enumerate(rows):
         panels = [row["image"]]
         if has_truth:
@@ -102,6 +95,23 @@ def results_grid(
         truth = "" if truth_label is None else f", truth {'anomalous' if truth_label else 'good'}"
         axes[i, 0].set_xlabel(f"{row['name']}\nscore {row['score']:.1f}: {verdict}{truth}",
                               fontsize=7)
+
+
+def grid_columns(rows: Sequence[dict]) -> int:
+    return 4 if any(r.get("truth") is not None for r in rows) else 3
+
+
+def results_grid(
+    rows: Sequence[dict], threshold: float, path: str | Path, title: str = ""
+) -> None:
+    """A PNG of `draw_results_grid` (see there for the row format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(2.4 * grid_columns(rows), 2.5 * len(rows)))
+    draw_results_grid(fig, rows, threshold)
     fig.tight_layout()
     if title:
         fig.suptitle(f"{title}  (threshold {threshold:.1f})", fontsize=10, y=1.0)

@@ -1,0 +1,55 @@
+"""Peak resident memory (RSS) of this process over a block of work, for benchmark reports."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _vm_hwm_bytes() -> int | None:
+    """The kernel's RSS high-water mark (Linux), or None where there is no /proc."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the RSS high-water mark to the current RSS (Linux >= 4.0); False if impossible."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def process_peak_bytes() -> int:
+    """Peak RSS since the process started (getrusage: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakRSS(contextlib.AbstractContextManager):
+    """`with PeakRSS() as m: ...` then `m.peak_bytes`: the block's peak RSS where the kernel
+    lets us reset the high-water mark (`m.exact`), else the process peak so far."""
+
+    def __init__(self) -> None:
+        self.exact = False
+        self.peak_bytes = 0
+
+    def __enter__(self) -> PeakRSS:
+        self.exact = _reset_hwm()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hwm = _vm_hwm_bytes() if self.exact else None
+        self.peak_bytes = hwm if hwm is not None else process_peak_bytes()
+        self.exact = hwm is not None
