@@ -46,3 +46,13 @@ def test_extractor_stops_after_its_last_tap():
     extractor = StagedExtractor(p.stem, p.stages, taps=(0, 1))
     assert len(extractor.stages) == 2
     assert [m.shape[1] for m in extractor(torch.rand(1, 3, 32, 32))] == [3, 5]
+
+
+def test_cpu_micro_batches_give_the_same_embeddings():
+    p = _Pyramid()
+    extractor = StagedExtractor(p.stem, p.stages, taps=(0, 1, 2))
+    idx = select_channels(15, 9, seed=0)
+    whole = Embedder(extractor, IMAGENET, (3, 5, 7), idx).eval()
+    split = Embedder(extractor, IMAGENET, (3, 5, 7), idx, cpu_batch=2).eval()
+    x = torch.rand(5, 3, 64, 64)
+    assert torch.allclose(whole(x), split(x), atol=1e-6)

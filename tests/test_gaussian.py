@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from padim.errors import PadimError
-from padim.gaussian import GaussianModel, GaussianStats, embeddings_by_position
+from padim.gaussian import (
+    BlockLayout,
+    GaussianModel,
+    GaussianStats,
+    embeddings_by_position,
+    pack_tril,
+)
 
 
 def _emb(rng, n, d=5, h=3, w=2, offset=0.0):
@@ -61,14 +67,15 @@ def test_state_dict_round_trip():
     stats = GaussianStats.from_batch(_emb(rng, 6))
     again = GaussianStats.from_state_dict(stats.state_dict())
     assert again.count == 6
-    assert torch.equal(again.scatter, stats.scatter)
+    assert all(torch.equal(a, b) for a, b in zip(again.scatter, stats.scatter, strict=True))
+    assert torch.equal(again.covariance(), stats.covariance())
 
 
 def test_mahalanobis_matches_explicit_inverse():
     rng = np.random.default_rng(4)
     emb = _emb(rng, 40)
     stats = GaussianStats.from_batch(emb)
-    model = GaussianModel.fit(stats, regularisation=0.01)
+    model, _ = GaussianModel.fit(stats, regularisation=0.01)
     query = _emb(rng, 3)
     got = model.distances(query.to(torch.float32)).numpy()  # (3, h, w)
     means, covs = _numpy_cov(emb)
@@ -84,8 +91,8 @@ def test_mahalanobis_matches_explicit_inverse():
 def test_whitening_is_lower_triangular_and_inverts_the_covariance():
     rng = np.random.default_rng(5)
     stats = GaussianStats.from_batch(_emb(rng, 12, d=4))
-    model = GaussianModel.fit(stats, regularisation=0.01)
-    w = model.whitening.double()
+    model, _ = GaussianModel.fit(stats, regularisation=0.01)
+    w = model.full().double()
     assert torch.allclose(w, torch.tril(w))
     cov = stats.covariance() + 0.01 * torch.eye(4, dtype=torch.float64)
     eye = w @ cov @ w.transpose(1, 2)
@@ -110,3 +117,62 @@ def test_shape_mismatch_on_update():
     stats = GaussianStats.from_batch(_emb(rng, 3))
     with pytest.raises(PadimError, match="does not match"):
         stats.update(_emb(rng, 3, d=4))
+
+
+def test_many_positions_span_several_chunks():
+    """More positions than one chunk of sums: streamed and merged statistics stay exact."""
+    rng = np.random.default_rng(9)
+    emb = _emb(rng, 9, d=3, h=20, w=15)  # 300 positions: three chunks of 128
+    stats = GaussianStats.from_batch(emb[:4])
+    stats.update(emb[4:])
+    assert len(stats.scatter) == 3
+    _, covs = _numpy_cov(emb)
+    np.testing.assert_allclose(stats.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
+    merged = GaussianStats.from_batch(emb[:2]).merge(GaussianStats.from_batch(emb[2:]))
+    np.testing.assert_allclose(merged.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
+
+
+def test_packed_triangles_hold_the_lower_triangle_row_by_row():
+    a = torch.randn(4, 6, 6, dtype=torch.float64)
+    packed = pack_tril(a)
+    assert packed.shape == (4, 21)
+    rows, cols = torch.tril_indices(6, 6)
+    assert torch.equal(packed, a[:, rows, cols])
+
+
+@pytest.mark.parametrize("d", [1, 5, 24, 100, 176, 550])
+def test_block_rows_hold_exactly_the_lower_triangle(d):
+    layout = BlockLayout.for_dim(d)
+    assert layout.bounds[0] == 0 and layout.bounds[-1] == d
+    assert d * (d + 1) / 2 <= layout.size <= d * d
+    if d >= 100:  # five to eight block rows: 56-60 % of a full matrix
+        assert layout.size <= 0.6 * d * d
+    w = torch.tril(torch.randn(2, d, d))
+    buf = layout.pack(w)
+    assert buf.shape == (2, layout.size)
+    assert torch.equal(layout.unpack(buf), w)
+    model = GaussianModel(torch.zeros(2, d), buf)
+    assert torch.equal(model.full(), w)
+    assert torch.equal(GaussianModel.from_tril(model.mean, model.tril()).whitening, buf)
+
+
+def test_holdout_scored_by_the_model_without_it_then_added():
+    rng = np.random.default_rng(10)
+    emb = _emb(rng, 30, d=4)
+    fit_part, held = emb[:24], emb[24:]
+    model, held_dist = GaussianModel.fit(GaussianStats.from_batch(fit_part), 0.01,
+                                         holdout=held.to(torch.float32))
+    without, _ = GaussianModel.fit(GaussianStats.from_batch(fit_part), 0.01)
+    everything, none = GaussianModel.fit(GaussianStats.from_batch(emb), 0.01)
+    assert none is None
+    np.testing.assert_allclose(held_dist.numpy(), without.distances(held.float()).numpy(),
+                               rtol=1e-4)
+    np.testing.assert_allclose(model.mean.numpy(), everything.mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(model.whitening.numpy(), everything.whitening.numpy(),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_consume_frees_the_sums():
+    stats = GaussianStats.from_batch(_emb(np.random.default_rng(11), 8, d=3, h=20, w=15))
+    GaussianModel.fit(stats, consume=True)
+    assert all(chunk.numel() == 0 for chunk in stats.scatter)

@@ -54,6 +54,7 @@ class BenchmarkOptions:
     channels: int | str | None = None  # None: the backbone's default; "all"
     seed: int = 0
     weights: str | None = None
+    storage: str = "float16"
     batch_size: int = 16
     device: str = "auto"
     perturb: list[str] = field(default_factory=list)
@@ -187,7 +188,8 @@ def _fit(opts: BenchmarkOptions, backbone: str, category: str, folder: Path,
     return it with its peak fit RSS and its file size."""
     model = Padim(backbone=backbone, size=opts.size, crop=opts.crop,
                   channels=_channels(opts, backbone), seed=opts.seed, weights=opts.weights,
-                  batch_size=opts.batch_size, device=opts.device, progress=opts.progress)
+                  batch_size=opts.batch_size, device=opts.device, storage=opts.storage,
+                  progress=opts.progress)
     loader = None if perturbation is None else training_loader(perturbation, model.preprocess)
     with PeakRSS() as mem:
         model.fit(folder, loader=loader)

@@ -76,6 +76,9 @@ def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True) -> None
     g.add_argument("--weights", default=None,
                    help="FILE: a local state dict for the backbone; 'random': random init "
                    "(tests and speed measurements only); default: the ImageNet weights")
+    g.add_argument("--storage", choices=["float16", "float32"], default="float16",
+                   help="precision of the whitening matrices in the model file (default "
+                   "float16: half the size, scores within 1e-4; float32: bit-exact reloads)")
     if not threshold:
         return
     g = p.add_argument_group("threshold")
@@ -230,7 +233,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         backbone=args.backbone, size=args.size, crop=args.crop, channels=channels,
         seed=args.seed, weights=args.weights, batch_size=args.batch_size, device=args.device,
         holdout_fraction=args.holdout, threshold_quantile=args.threshold_quantile,
-        progress=_progress(args),
+        storage=args.storage, progress=_progress(args),
     )
     model.fit(args.data)
     if args.threshold is not None:
@@ -308,7 +311,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     opts = BenchmarkOptions(
         root=args.root, out=args.out, categories=args.categories,
         backbones=args.backbones or [DEFAULT_BACKBONE], size=args.size, crop=args.crop,
-        channels=args.channels, seed=args.seed, weights=args.weights,
+        channels=args.channels, seed=args.seed, weights=args.weights, storage=args.storage,
         batch_size=args.batch_size, device=args.device, perturb=args.perturb,
         compare_published=args.compare_published, keep_models=args.keep_models,
         figures=not args.no_figures, progress=_progress(args),

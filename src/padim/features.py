@@ -30,9 +30,11 @@ class Embedder(nn.Module):
         normalisation: Normalisation,
         layer_channels: tuple[int, ...],
         channel_idx: torch.Tensor,
+        cpu_batch: int = 0,
     ) -> None:
         super().__init__()
         self.extractor = extractor
+        self.cpu_batch = cpu_batch  # split CPU batches into chunks of this size (0: never)
         self.register_buffer("mean", torch.tensor(normalisation.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(normalisation.std).view(1, 3, 1, 1))
         self.register_buffer("channel_idx", channel_idx.to(torch.int64))
@@ -50,6 +52,13 @@ class Embedder(nn.Module):
         return int(self.channel_idx.numel())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = self.cpu_batch
+        if (n and images.shape[0] > n and images.device.type == "cpu"
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()):
+            return torch.cat([self._embed(chunk) for chunk in images.split(n)])
+        return self._embed(images)
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std
         maps = self.extractor(x)
         grid = maps[0].shape[-2:]

@@ -1,27 +1,71 @@
 """Per-patch-position multivariate Gaussians: streamed sufficient statistics, fit, Mahalanobis.
 
 Training never holds more than one batch of embeddings: `GaussianStats` keeps, per position,
-the count and the float64 sums of (x - shift) and (x - shift)(x - shift)^T, where the shift is
-the first batch's mean (so the sums stay small and the covariance does not suffer from
-cancellation). Statistics from separate runs merge exactly (`merge`), which is what a
-distributed fit needs.
+the count and the float64 sums of (x - shift) and of the lower block rows of
+(x - shift)(x - shift)^T (see `BlockLayout`: 56 % of the memory and the arithmetic of full
+matrices, no gathers), where the shift is the first batch's mean (so the sums stay small and
+the covariance does not suffer from cancellation). The sums live in chunks of positions, so
+fitting can free each chunk as soon as its Gaussians are factorised. Statistics from separate
+runs merge exactly (`merge`), which is what a distributed fit needs.
+
+`GaussianModel` keeps the whitening matrix W = L^-1 (Sigma = L L^T) per position. W is lower
+triangular, so it is stored as block rows (rows r_i..r_i+1, columns 0..r_i+1): a little over
+half of a full matrix, and scoring one image reads half the bytes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from padim.errors import PadimError
 
 DEFAULT_REGULARISATION = 0.01
+POSITION_CHUNK = 128  # positions per chunk of sums / factorisation
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps freed blocks under 32 MB mapped, so
+    the sums released chunk by chunk would otherwise still count as resident). No-op elsewhere."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Callable[[int], int] | bool | None = None
 
 
 def embeddings_by_position(emb: torch.Tensor) -> torch.Tensor:
-    """(B, d, h, w) -> (h*w, B, d): one row block per patch position."""
+    """(B, d, h, w) -> (h*w, B, d), contiguous: one row block per patch position."""
     b, d, h, w = emb.shape
-    return emb.permute(2, 3, 0, 1).reshape(h * w, b, d)
+    return emb.reshape(b, d, h * w).permute(2, 0, 1).contiguous()
+
+
+@lru_cache(maxsize=8)
+def tril_flat_index(d: int) -> torch.Tensor:
+    """Flat indices of the lower triangle of a d x d matrix, row by row."""
+    rows, cols = torch.tril_indices(d, d)
+    return rows * d + cols
+
+
+def pack_tril(full: torch.Tensor) -> torch.Tensor:
+    """(c, d, d) -> (c, d(d+1)/2): the lower triangle, row by row."""
+    d = full.shape[-1]
+    return full.reshape(full.shape[0], d * d).index_select(1, tril_flat_index(d))
+
+
+def position_chunks(p: int, size: int = POSITION_CHUNK) -> list[slice]:
+    return [slice(s, min(s + size, p)) for s in range(0, p, size)]
 
 
 @dataclass
@@ -31,19 +75,21 @@ class GaussianStats:
     count: int
     shift: torch.Tensor  # (P, d) float64
     sum: torch.Tensor  # (P, d) float64, sum of (x - shift)
-    scatter: torch.Tensor  # (P, d, d) float64, sum of (x - shift)(x - shift)^T
+    scatter: list[torch.Tensor]  # per position chunk (c, S) float64: block rows (BlockLayout)
+    # of the lower part of sum (x - shift)(x - shift)^T
 
     @classmethod
     def from_batch(cls, emb: torch.Tensor) -> GaussianStats:
         """Start the sums from a first batch of embeddings (B, d, h, w)."""
-        x = embeddings_by_position(emb).to(torch.float64)
+        x = embeddings_by_position(emb)
         p, _, d = x.shape
-        shift = x.mean(dim=1)
+        kw = {"dtype": torch.float64, "device": x.device}
         stats = cls(
             count=0,
-            shift=shift,
-            sum=torch.zeros(p, d, dtype=torch.float64, device=x.device),
-            scatter=torch.zeros(p, d, d, dtype=torch.float64, device=x.device),
+            shift=x.to(torch.float64).mean(dim=1),
+            sum=torch.zeros(p, d, **kw),
+            scatter=[torch.zeros(c.stop - c.start, BlockLayout.for_dim(d).size, **kw)
+                     for c in position_chunks(p)],
         )
         stats._add(x)
         return stats
@@ -58,104 +104,278 @@ class GaussianStats:
 
     def update(self, emb: torch.Tensor) -> None:
         """Add a batch of embeddings (B, d, h, w) to the sums."""
-        x = embeddings_by_position(emb).to(torch.float64)
-        if x.shape[0] != self.positions or x.shape[2] != self.dim:
+        if emb.shape[1] != self.dim or emb.shape[2] * emb.shape[3] != self.positions:
             raise PadimError(
                 f"embedding shape {tuple(emb.shape)} does not match the statistics "
                 f"({self.positions} positions x {self.dim} channels)"
             )
-        self._add(x)
+        self._add(embeddings_by_position(emb))
 
     def _add(self, x: torch.Tensor) -> None:
-        x = x - self.shift[:, None, :]
-        self.sum += x.sum(dim=1)
-        self.scatter.baddbmm_(x.transpose(1, 2), x)
+        """x: (P, B, d) embeddings by position."""
+        for i, part in enumerate(position_chunks(self.positions)):
+            self._add_chunk(i, part, x[part])
         self.count += x.shape[1]
+        release_free_memory()  # the batch's temporaries, before the next batch arrives
+
+    def _add_chunk(self, i: int, part: slice, x: torch.Tensor) -> None:
+        """Add (c, B, d) embeddings to chunk i's sums (the caller updates `count`)."""
+        xc = x.to(torch.float64) - self.shift[part, None, :]
+        self.sum[part] += xc.sum(dim=1)
+        xt = xc.transpose(1, 2)
+        layout = BlockLayout.for_dim(self.dim)
+        for (lo, hi, _), block in zip(layout.blocks, layout.views(self.scatter[i]), strict=True):
+            block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])  # (c, hi, m): transposed block row
 
     def merge(self, other: GaussianStats) -> GaussianStats:
         """Exact union of two sets of statistics (re-centred on this object's shift)."""
         if other.shift.shape != self.shift.shape:
             raise PadimError("cannot merge statistics of different shapes")
         delta = other.shift - self.shift  # other's samples: x - s_self = (x - s_other) + delta
-        s1 = other.sum + other.count * delta
-        outer = delta[:, :, None] * other.sum[:, None, :]
-        scatter = (
-            other.scatter + outer + outer.transpose(1, 2)
-            + other.count * delta[:, :, None] * delta[:, None, :]
-        )
+        layout = BlockLayout.for_dim(self.dim)
+        scatter = []
+        for i, part in enumerate(position_chunks(self.positions)):
+            dl, os = delta[part], other.sum[part]
+            # (x + delta)(x + delta)^T summed: scatter + delta s^T + s delta^T + n delta delta^T
+            cross = (dl[:, :, None] * os[:, None, :] + os[:, :, None] * dl[:, None, :]
+                     + other.count * dl[:, :, None] * dl[:, None, :])
+            scatter.append(self.scatter[i] + other.scatter[i] + layout.pack(cross))
         return GaussianStats(
             count=self.count + other.count,
             shift=self.shift.clone(),
-            sum=self.sum + s1,
-            scatter=self.scatter + scatter,
+            sum=self.sum + other.sum + other.count * delta,
+            scatter=scatter,
         )
 
     def mean(self) -> torch.Tensor:
         return self.shift + self.sum / self.count
 
-    def covariance(self, positions: slice = slice(None)) -> torch.Tensor:
-        """Unbiased sample covariance (n - 1), float64, for a slice of positions."""
-        if self.count < 2:
+    def _chunk_covariance(self, i: int, part: slice, count: int,
+                          lower_only: bool = False) -> torch.Tensor:
+        """Chunk i's covariance; with `lower_only` the entries above the diagonal blocks are
+        left as garbage (the Cholesky factorisation reads the lower triangle only)."""
+        if count < 2:
             raise PadimError(
-                f"need at least 2 training images to estimate a covariance, got {self.count}"
+                f"need at least 2 training images to estimate a covariance, got {count}"
             )
-        s1 = self.sum[positions]
-        centred = self.scatter[positions] - s1[:, :, None] * s1[:, None, :] / self.count
-        return centred / (self.count - 1)
+        s1 = self.sum[part]
+        layout = BlockLayout.for_dim(self.dim)
+        scatter = (layout.unpack_blocks if lower_only else layout.unpack_symmetric)(
+            self.scatter[i])
+        scatter.baddbmm_(s1[:, :, None], s1[:, None, :], alpha=-1.0 / count)
+        return scatter.div_(count - 1)
+
+    def covariance(self) -> torch.Tensor:
+        """Unbiased sample covariance (n - 1), float64, (P, d, d): for tests and small models."""
+        return torch.cat([self._chunk_covariance(i, part, self.count)
+                          for i, part in enumerate(position_chunks(self.positions))])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
             "count": torch.tensor(self.count, dtype=torch.int64),
             "shift": self.shift,
             "sum": self.sum,
-            "scatter": self.scatter,
+            "scatter_blocks": torch.cat(self.scatter),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GaussianStats:
-        return cls(int(state["count"]), state["shift"], state["sum"], state["scatter"])
+        packed = state["scatter_blocks"]
+        chunks = [packed[part].clone() for part in position_chunks(packed.shape[0])]
+        return cls(int(state["count"]), state["shift"], state["sum"], chunks)
+
+
+# ----------------------------------------------------------------------------- whitening
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where the block rows of a lower-triangular d x d matrix live in a flat (P, S) buffer.
+
+    Block i holds W[r_i:r_i+1, 0:r_i+1] transposed ((r_i+1, m_i), ready for x @ block)."""
+
+    dim: int
+    bounds: tuple[int, ...]  # r_0 = 0 < r_1 < ... < r_k = dim
+
+    @classmethod
+    def for_dim(cls, d: int) -> BlockLayout:
+        k = max(1, min(8, math.ceil(d / 24)))
+        return cls(d, tuple(round(i * d / k) for i in range(k + 1)))
+
+    @property
+    def blocks(self) -> list[tuple[int, int, int]]:
+        """(first row, end row, offset) per block row."""
+        out, offset = [], 0
+        for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True):
+            out.append((lo, hi, offset))
+            offset += hi * (hi - lo)
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(hi * (hi - lo) for lo, hi in zip(self.bounds[:-1], self.bounds[1:],
+                                                    strict=True))
+
+    def pack(self, w: torch.Tensor) -> torch.Tensor:
+        """(c, d, d) -> (c, S): the block rows (entries above the diagonal blocks dropped)."""
+        c = w.shape[0]
+        return torch.cat([w[:, lo:hi, :hi].transpose(1, 2).reshape(c, -1)
+                          for lo, hi, _ in self.blocks], dim=1)
+
+    def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        """(P, S) -> [(P, r_i+1, m_i)] views, no copies."""
+        p = buf.shape[0]
+        return [buf[:, off : off + hi * (hi - lo)].view(p, hi, hi - lo)
+                for lo, hi, off in self.blocks]
+
+    def unpack_blocks(self, buf: torch.Tensor) -> torch.Tensor:
+        """(P, S) -> (P, d, d) with the block rows filled and zeros above them (the lower
+        triangle plus the upper half of each diagonal block: all a Cholesky factorisation
+        reads)."""
+        out = buf.new_zeros(buf.shape[0], self.dim, self.dim)
+        for (lo, hi, _), view in zip(self.blocks, self.views(buf), strict=True):
+            out[:, lo:hi, :hi] = view.transpose(1, 2)
+        return out
+
+    def unpack(self, buf: torch.Tensor) -> torch.Tensor:
+        """(P, S) -> (P, d, d) lower-triangular."""
+        return torch.tril(self.unpack_blocks(buf))
+
+    def unpack_symmetric(self, buf: torch.Tensor) -> torch.Tensor:
+        """(P, S) block rows of a symmetric matrix's lower part -> the full (P, d, d) matrix."""
+        lower = self.unpack(buf)
+        return lower + torch.tril(lower, -1).transpose(1, 2)
+
+
+def cholesky(cov: torch.Tensor, regularisation: float) -> torch.Tensor:
+    """L with L L^T = cov + reg*I (c, d, d), or a clear error if that is not positive definite.
+    Reads only the lower triangle of `cov` (LAPACK potrf semantics) and adds reg in place."""
+    cov.diagonal(dim1=1, dim2=2).add_(regularisation)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info.max()) > 0:
+        raise PadimError(
+            "covariance is not positive definite (non-finite features or regularisation too "
+            "small); check the training images"
+        )
+    return chol
+
+
+def whitening_factor(cov: torch.Tensor, regularisation: float) -> torch.Tensor:
+    """W = L^-1, float64 (c, d, d): a Cholesky factorisation and a triangular solve (no LU
+    inverse: batched `linalg.inv` crashes on some CPUs)."""
+    chol = cholesky(cov, regularisation)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+
+
+def _squared_distances(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """x (c, n, d), mean (c, d), L (c, d, d) -> |L^-1 (x - mean)|^2 (c, n), by a triangular
+    solve (cheaper than inverting L when n < d)."""
+    z = torch.linalg.solve_triangular(chol, (x - mean[:, None, :]).transpose(1, 2), upper=False)
+    return z.square().sum(dim=1)
 
 
 @dataclass
 class GaussianModel:
-    """The fitted Gaussians: mean and whitening matrix W = L^-1 (Sigma = L L^T) per position.
+    """The fitted Gaussians: mean and whitening matrix W = L^-1 per position, in block rows.
 
-    The squared Mahalanobis distance is |W (x - mean)|^2, one batched matmul per batch.
+    The squared Mahalanobis distance is |W (x - mean)|^2: a few batched matmuls per batch.
     """
 
     mean: torch.Tensor  # (P, d) float32
-    whitening: torch.Tensor  # (P, d, d) float32, lower triangular
+    whitening: torch.Tensor  # (P, S) float32, block rows of W (see BlockLayout)
+
+    @property
+    def layout(self) -> BlockLayout:
+        return BlockLayout.for_dim(self.mean.shape[1])
+
+    @classmethod
+    def from_full(cls, mean: torch.Tensor, w: torch.Tensor) -> GaussianModel:
+        """From full (P, d, d) lower-triangular whitening matrices."""
+        return cls(mean.float(), BlockLayout.for_dim(w.shape[-1]).pack(w.float()).contiguous())
+
+    @classmethod
+    def from_tril(cls, mean: torch.Tensor, tril: torch.Tensor) -> GaussianModel:
+        """From packed lower triangles (P, d(d+1)/2), as stored in model files."""
+        d = mean.shape[1]
+        layout = BlockLayout.for_dim(d)
+        lower = tril_flat_index(d)
+        out = torch.empty(mean.shape[0], layout.size, dtype=torch.float32)
+        for part in position_chunks(mean.shape[0], 512):
+            full = tril.new_zeros(part.stop - part.start, d * d, dtype=torch.float32)
+            full[:, lower] = tril[part].float()
+            out[part] = layout.pack(full.view(-1, d, d))
+        return cls(mean.float(), out)
+
+    def tril(self) -> torch.Tensor:
+        """Packed lower triangles (P, d(d+1)/2) float32 of the whitening matrices."""
+        parts = [pack_tril(self.layout.unpack(self.whitening[part]))
+                 for part in position_chunks(self.whitening.shape[0], 512)]
+        return torch.cat(parts)
+
+    def full(self) -> torch.Tensor:
+        return self.layout.unpack(self.whitening)
 
     @classmethod
     def fit(
         cls,
         stats: GaussianStats,
         regularisation: float = DEFAULT_REGULARISATION,
-        chunk: int = 64,
-    ) -> GaussianModel:
-        """Covariance + reg*I, Cholesky factor and its triangular inverse, a chunk of positions
-        at a time (no LU inverse: batched `linalg.inv` crashes on some CPUs)."""
+        holdout: torch.Tensor | None = None,
+        consume: bool = False,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> tuple[GaussianModel, torch.Tensor | None]:
+        """Factorise covariance + reg*I chunk by chunk of positions.
+
+        `holdout` (n, d, h, w): embeddings of good images not in `stats`. They are scored by
+        the Gaussians fitted without them (their distances (n, h, w) are returned, for an
+        honest threshold), then added to the statistics before the final factorisation, all in
+        one pass. `consume` frees each chunk of sums once used (the stats are spent after), so
+        the whitening matrices grow into the memory the sums give back. `on_chunk(positions)`
+        reports progress."""
         p, d = stats.positions, stats.dim
+        layout = BlockLayout.for_dim(d)
         device = stats.shift.device
-        whitening = torch.empty(p, d, d, dtype=torch.float32, device=device)
-        eye = torch.eye(d, dtype=torch.float64, device=device)
-        for start in range(0, p, chunk):
-            part = slice(start, min(start + chunk, p))
-            cov = stats.covariance(part) + regularisation * eye
-            chol, info = torch.linalg.cholesky_ex(cov)
-            if int(info.max()) > 0:
-                raise PadimError(
-                    "covariance is not positive definite (non-finite features or "
-                    "regularisation too small); check the training images"
-                )
-            inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
-            whitening[part] = inv.to(torch.float32)
-        return cls(mean=stats.mean().to(torch.float32), whitening=whitening)
+        whitening = torch.empty(p, layout.size, dtype=torch.float32, device=device)
+        mean = torch.empty(p, d, dtype=torch.float64, device=device)
+        n_hold = 0 if holdout is None else holdout.shape[0]
+        held = None if holdout is None else holdout.flatten(2)  # (n, d, P): no copy
+        held_sq = (None if held is None
+                   else torch.empty(p, n_hold, dtype=torch.float64, device=device))
+        count = stats.count
+        for i, part in enumerate(position_chunks(p)):
+            if held is not None:
+                held_part = held[:, :, part].permute(2, 0, 1).contiguous()  # (c, n, d)
+                chol = cholesky(stats._chunk_covariance(i, part, count, lower_only=True),
+                                regularisation)
+                chunk_mean = stats.shift[part] + stats.sum[part] / count
+                held_sq[part] = _squared_distances(held_part.to(torch.float64), chunk_mean, chol)
+                stats._add_chunk(i, part, held_part)
+            total = count + n_hold
+            w = whitening_factor(stats._chunk_covariance(i, part, total, lower_only=True),
+                                 regularisation)
+            whitening[part] = layout.pack(w).to(torch.float32)
+            mean[part] = stats.shift[part] + stats.sum[part] / total
+            if consume:
+                stats.scatter[i] = stats.scatter[i].new_empty(0)
+                if i % 2 == 1:
+                    release_free_memory()
+            if on_chunk is not None:
+                on_chunk(part.stop - part.start)
+        stats.count = count + n_hold
+        distances = None
+        if held_sq is not None:
+            h, w_ = holdout.shape[-2:]
+            distances = held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32)
+        return cls(mean=mean.to(torch.float32), whitening=whitening), distances
 
     def distances(self, emb: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of every patch: (B, d, h, w) -> (B, h, w)."""
         b, _, h, w = emb.shape
         x = embeddings_by_position(emb.to(self.mean.dtype)) - self.mean[:, None, :]
-        z = torch.bmm(x, self.whitening.transpose(1, 2))
-        dist = z.pow(2).sum(dim=-1).clamp_min(0).sqrt()  # (P, B)
-        return dist.T.reshape(b, h, w)
+        total = None
+        for (_, hi, _), block in zip(self.layout.blocks, self.layout.views(self.whitening),
+                                     strict=True):
+            sq = torch.bmm(x[:, :, :hi], block).square().sum(dim=-1)  # (P, B)
+            total = sq if total is None else total + sq
+        return total.clamp_min(0).sqrt().T.reshape(b, h, w)

@@ -29,6 +29,7 @@ from padim.network import PadimNet
 
 Loader = Callable[[int, ImageInput], torch.Tensor]
 
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 MIN_TRAIN_IMAGES = 2
 MIN_IMAGES_FOR_HOLDOUT = 5
 
@@ -46,6 +47,8 @@ class PadimConfig:
     sigma: float = 4.0
     holdout_fraction: float = 0.2  # good training images held out to calibrate the threshold
     threshold_quantile: float = 0.99  # of the held-out good images' scores
+    storage: str = "float16"  # dtype of the whitening matrices in the model file
+
 
     def validate(self) -> None:
         spec = get_backbone(self.backbone)
@@ -61,6 +64,9 @@ class PadimConfig:
             raise PadimError("threshold quantile must be in (0, 1]")
         if self.regularisation < 0 or self.sigma < 0:
             raise PadimError("regularisation and sigma must be non-negative")
+        if self.storage not in STORAGE_DTYPES:
+            raise PadimError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, "
+                             f"got {self.storage!r}")
 
 
 @dataclass
@@ -133,12 +139,13 @@ class Padim:
         sigma: float = 4.0,
         holdout_fraction: float = 0.2,
         threshold_quantile: float = 0.99,
+        storage: str = "float16",
         progress: bool = False,
     ) -> None:
         self.config = PadimConfig(
             backbone=backbone, size=size, crop=crop, channels=channels, seed=seed,
             regularisation=regularisation, sigma=sigma, holdout_fraction=holdout_fraction,
-            threshold_quantile=threshold_quantile,
+            threshold_quantile=threshold_quantile, storage=storage,
         )
         self.config.validate()
         if batch_size < 1:
@@ -173,7 +180,8 @@ class Padim:
         extractor = spec.build(self.weights, seed=self.config.seed)
         keep = self.config.channels or spec.default_keep
         idx = select_channels(spec.total_channels, keep, self.config.seed)
-        return Embedder(extractor, spec.normalisation, spec.channels, idx).to(self.device)
+        return Embedder(extractor, spec.normalisation, spec.channels, idx,
+                        spec.cpu_batch).to(self.device)
 
     def fit(self, images: ImageInput | Iterable[ImageInput],
             loader: Loader | None = None) -> Padim:
@@ -205,6 +213,7 @@ class Padim:
 
         bar = self._bar(n, "fit")
         stats: GaussianStats | None = None
+        held: list[torch.Tensor] = []
         with torch.inference_mode():
             for x in self._tensor_batches(fit_items, loader):
                 emb = embedder(x)
@@ -213,22 +222,26 @@ class Padim:
                 else:
                     stats.update(emb)
                 bar.update(len(x))
+            for x in self._tensor_batches(hold_items, loader):
+                held.append(embedder(x))  # scored by a model that never saw them, then added
+                bar.update(len(x))
             assert stats is not None
+            bar.close()
+            holdout = torch.cat(held) if held else None
+            del held
+            factor_bar = self._bar(stats.positions, "factorise")
+            factor_bar.unit = "pos"
+            gaussian, held_dist = GaussianModel.fit(
+                stats, self.config.regularisation, holdout, consume=True,
+                on_chunk=factor_bar.update,
+            )
+            factor_bar.close()
+            del stats, holdout
+            self.net = PadimNet(embedder, gaussian, self.config.sigma).eval()
             held_scores: list[float] = []
-            if n_hold:
-                # Score the held-out images with a model that never saw them, then add them.
-                net = PadimNet(embedder, GaussianModel.fit(stats, self.config.regularisation),
-                               self.config.sigma)
-                for x in self._tensor_batches(hold_items, loader):
-                    emb = embedder(x)
-                    scores, _ = net.from_embeddings(emb, x.shape[-2:])
-                    held_scores.extend(scores.cpu().tolist())
-                    stats.update(emb)
-                    bar.update(len(x))
-                del net
-            gaussian = GaussianModel.fit(stats, self.config.regularisation)
-        bar.close()
-        self.net = PadimNet(embedder, gaussian, self.config.sigma).eval()
+            if held_dist is not None:
+                size = (self.preprocess.output_size,) * 2
+                held_scores = self.net.mapper(held_dist, size).flatten(1).amax(1).tolist()
         calibration_source = "held-out good training images"
         if not held_scores:  # too few images to hold any out: in-sample scores (optimistic)
             with torch.inference_mode():
@@ -371,7 +384,9 @@ class Padim:
         tensors = {f"backbone.{k}": v for k, v in net.embedder.extractor.state_dict().items()}
         tensors["embedding.channel_idx"] = net.embedder.channel_idx
         tensors["gaussian.mean"] = net.gauss_mean
-        tensors["gaussian.whitening"] = net.gauss_whitening
+        # Lower triangles only, in the configured precision (float16 halves the file).
+        tril = net.gaussian.tril()
+        tensors["gaussian.whitening_tril"] = tril.to(STORAGE_DTYPES[self.config.storage])
         save_model_file(path, tensors, self.to_config())
         return Path(path)
 
@@ -396,6 +411,7 @@ class Padim:
             seed=cfg.seed, weights="random", batch_size=batch_size, device=device,
             regularisation=cfg.regularisation, sigma=cfg.sigma,
             holdout_fraction=cfg.holdout_fraction, threshold_quantile=cfg.threshold_quantile,
+            storage=cfg.storage,
         )
         model.threshold = None if header["threshold"] is None else float(header["threshold"])
         model.info = dict(header.get("info", {}))
@@ -411,14 +427,21 @@ class Padim:
         stored = header["backbone"]["normalisation"]
         norm = Normalisation(tuple(stored["mean"]), tuple(stored["std"]))
         idx = tensors["embedding.channel_idx"]
-        embedder = Embedder(extractor, norm, spec.channels, idx)
-        mean, whitening = tensors["gaussian.mean"], tensors["gaussian.whitening"]
+        embedder = Embedder(extractor, norm, spec.channels, idx, spec.cpu_batch)
+        mean = tensors["gaussian.mean"]
         dim = int(header["embedding_dim"])
-        if idx.numel() != dim or mean.shape[1] != dim or whitening.shape[1:] != (dim, dim):
+        if idx.numel() != dim or mean.shape[1] != dim:
             raise PadimError("model file tensors do not match its config (embedding size)")
-        if mean.shape[0] != whitening.shape[0]:
-            raise PadimError("model file tensors do not match each other (positions)")
-        gaussian = GaussianModel(mean.float(), whitening.float())
+        if "gaussian.whitening_tril" in tensors:
+            tril = tensors["gaussian.whitening_tril"]
+            if tril.shape != (mean.shape[0], dim * (dim + 1) // 2):
+                raise PadimError("model file tensors do not match each other (whitening)")
+            gaussian = GaussianModel.from_tril(mean, tril)
+        else:  # format 1: full float32 whitening matrices
+            full = tensors["gaussian.whitening"]
+            if full.shape != (mean.shape[0], dim, dim):
+                raise PadimError("model file tensors do not match each other (whitening)")
+            gaussian = GaussianModel.from_full(mean, full)
         self.net = PadimNet(embedder, gaussian, self.config.sigma).to(self.device).eval()
 
 

@@ -19,7 +19,8 @@ import torch
 from padim.errors import PadimError
 
 FORMAT_NAME = "padim-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packed lower-triangular whitening; 1: full matrices
+READABLE_VERSIONS = (1, 2)
 _META_KEY = "padim"
 
 
@@ -107,10 +108,11 @@ def _parse_header(meta: dict[str, str], path: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise PadimError(f"not a padim model file: {path}")
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         made_by = config.get("library_version", "an unknown version")
         raise PadimError(
             f"model file format {version} (written by padim {made_by}) is not supported by this "
-            f"padim, which reads format {FORMAT_VERSION}; re-fit the model with this version"
+            f"padim, which reads formats {', '.join(map(str, READABLE_VERSIONS))}; re-fit the "
+            "model with this version"
         )
     return config
