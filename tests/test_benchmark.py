@@ -85,7 +85,8 @@ def test_results_agree_with_padim_evaluate(report, mvtec_root, tmp_path):
                      "--quiet", *extra]) == 0
         got = json.loads(metrics.read_text())
         for key in ("image_auroc", "pixel_auroc", "aupro", "image_balanced_accuracy"):
-            assert got[key] == pytest.approx(row[key], abs=1e-6), (perturb, key)
+            # the file holds float16 whitening matrices, the benchmark scored in float32
+            assert got[key] == pytest.approx(row[key], abs=1e-3), (perturb, key)
 
 
 @pytest.mark.parametrize("args,message", [
