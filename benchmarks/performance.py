@@ -287,6 +287,7 @@ def main() -> None:
                           "torch": torch.__version__}, "runs": {}}
     for backbone in args.backbones:
         ours = spawn("ours", backbone, args)
+        print(f"    padim / {backbone}: {json.dumps(ours)}", file=sys.stderr, flush=True)
         theirs = spawn("anomalib", backbone, args) if have_anomalib else None
         report["runs"][backbone] = {"padim": ours, "anomalib": theirs}
         print(table(backbone, ours, theirs) + "\n", flush=True)
