@@ -303,3 +303,9 @@ for _name, _channels, _pkg, _cls in (
     )
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def resolve_channels(backbone: str, channels: int | str | None) -> int | None:
+    """`--channels` as given on the command line: 'all' means every channel of the backbone;
+    a number, or None (the backbone's default), passes through."""
+    return get_backbone(backbone).total_channels if channels == "all" else channels

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from padim import __version__
+from padim.backbones import get_backbone, resolve_channels
 from padim.data import is_mvtec_category, mvtec_test_set
 from padim.errors import PadimError
 from padim.evaluation import EvaluationRun, evaluate, example_rows
@@ -77,33 +78,19 @@ def find_categories(
     else:
         present = {p.name: p for p in sorted(root.iterdir())
                    if p.is_dir() and is_mvtec_category(p) and (p / "test").is_dir()}
-    notes: list[str] = []
     if wanted is None:
         order = [c for c in CATEGORIES if c in present] + sorted(set(present) - set(CATEGORIES))
-    else:
-        order = []
-        for name in wanted:
-            if name in present:
-                order.append(name)
-            else:
-                notes.append(f"category {name!r} not found under {root}: skipped")
-    if wanted is None:
         missing = [c for c in CATEGORIES if c not in present]
-        if missing:
-            notes.append(f"{len(missing)} MVTec AD categories not under {root}: "
-                         f"{', '.join(missing)} (shown as '-')")
+        notes = [f"{len(missing)} MVTec AD categories not under {root}: "
+                 f"{', '.join(missing)} (shown as '-')"] if missing else []
+    else:
+        order = [name for name in wanted if name in present]
+        notes = [f"category {name!r} not found under {root}: skipped"
+                 for name in wanted if name not in present]
     if not order:
         raise PadimError(f"no MVTec AD categories (folders with train/good and test/) "
                          f"under {root}")
     return [(name, present[name]) for name in order], notes
-
-
-def _channels(opts: BenchmarkOptions, backbone: str) -> int | None:
-    from padim.backbones import get_backbone
-
-    if opts.channels == "all":
-        return get_backbone(backbone).total_channels
-    return opts.channels  # type: ignore[return-value]
 
 
 def _row(opts: BenchmarkOptions, backbone: str, category: str, model: Padim,
@@ -132,8 +119,6 @@ def _row(opts: BenchmarkOptions, backbone: str, category: str, model: Padim,
 
 def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
     """Fit and evaluate each (backbone, category) pair; write the reports after each pair."""
-    from padim.backbones import get_backbone
-
     for name in opts.backbones:
         get_backbone(name)  # unknown names fail before any work
     perturbations = [make_perturbation(p, opts.size, opts.crop, opts.seed) for p in opts.perturb]
@@ -187,7 +172,8 @@ def _fit(opts: BenchmarkOptions, backbone: str, category: str, folder: Path,
     """Fit one model (on perturbed training images for the paper's Rd-MVTec protocol);
     return it with its peak fit RSS and its file size."""
     model = Padim(backbone=backbone, size=opts.size, crop=opts.crop,
-                  channels=_channels(opts, backbone), seed=opts.seed, weights=opts.weights,
+                  channels=resolve_channels(backbone, opts.channels), seed=opts.seed,
+                  weights=opts.weights,
                   batch_size=opts.batch_size, device=opts.device, storage=opts.storage,
                   progress=opts.progress)
     loader = None if perturbation is None else training_loader(perturbation, model.preprocess)

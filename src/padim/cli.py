@@ -223,14 +223,12 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from padim.backbones import get_backbone
+    from padim.backbones import resolve_channels
     from padim.model import Padim
 
-    channels = args.channels
-    if channels == "all":
-        channels = get_backbone(args.backbone).total_channels
     model = Padim(
-        backbone=args.backbone, size=args.size, crop=args.crop, channels=channels,
+        backbone=args.backbone, size=args.size, crop=args.crop,
+        channels=resolve_channels(args.backbone, args.channels),
         seed=args.seed, weights=args.weights, batch_size=args.batch_size, device=args.device,
         holdout_fraction=args.holdout, threshold_quantile=args.threshold_quantile,
         storage=args.storage, progress=_progress(args),

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from padim.data import Sample, batches, read_image, read_mask
+from padim.data import Preprocess, Sample, batches, read_image, read_mask
 from padim.errors import PadimError
 from padim.metrics import metric_suite
 from padim.model import Padim
@@ -28,7 +28,7 @@ class EvaluationRun:
     metrics: dict[str, Any] = field(default_factory=dict)
     score_seconds: float = 0.0  # wall time of scoring alone (reading + model), not metrics
     perturbation: RandomRotateCrop | None = None
-    preprocess: Any = None
+    preprocess: Preprocess | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -87,10 +87,9 @@ def evaluate(model: Padim, samples: list[Sample],
              perturbation: RandomRotateCrop | None = None) -> EvaluationRun:
     """Score every sample (optionally perturbed) and compute the metric suite (pixel metrics
     when masks exist)."""
+    masks = None if perturbation else ground_truth_masks(model, samples)
     started = time.perf_counter()
     if perturbation is None:
-        masks = ground_truth_masks(model, samples)
-        started = time.perf_counter()
         scores, maps = model.score([s.path for s in samples])
     else:
         scores, maps, masks = _score_perturbed(model, samples, perturbation)

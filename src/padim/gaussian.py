@@ -198,6 +198,7 @@ class BlockLayout:
     bounds: tuple[int, ...]  # r_0 = 0 < r_1 < ... < r_k = dim
 
     @classmethod
+    @lru_cache(maxsize=16)  # asked for on every batch and every scoring call
     def for_dim(cls, d: int) -> BlockLayout:
         k = max(1, min(8, math.ceil(d / 24)))
         return cls(d, tuple(round(i * d / k) for i in range(k + 1)))

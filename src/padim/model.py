@@ -49,7 +49,6 @@ class PadimConfig:
     threshold_quantile: float = 0.99  # of the held-out good images' scores
     storage: str = "float16"  # dtype of the whitening matrices in the model file
 
-
     def validate(self) -> None:
         spec = get_backbone(self.backbone)
         Preprocess(self.size, self.crop)  # validates the geometry
@@ -229,8 +228,7 @@ class Padim:
             bar.close()
             holdout = torch.cat(held) if held else None
             del held
-            factor_bar = self._bar(stats.positions, "factorise")
-            factor_bar.unit = "pos"
+            factor_bar = self._bar(stats.positions, "factorise", unit="pos")
             gaussian, held_dist = GaussianModel.fit(
                 stats, self.config.regularisation, holdout, consume=True,
                 on_chunk=factor_bar.update,
@@ -266,9 +264,9 @@ class Padim:
             return f"imagenet ({get_backbone(self.config.backbone).weights_source})"
         return "random" if str(self.weights) == "random" else f"file {Path(self.weights).name}"
 
-    def _bar(self, total: int, desc: str) -> tqdm:
+    def _bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
         """Progress bar on stderr when asked for and stderr is a terminal."""
-        return tqdm(total=total, desc=desc, unit="img", leave=False,
+        return tqdm(total=total, desc=desc, unit=unit, leave=False,
                     disable=None if self.progress else True)
 
     def _stack(self, chunk: Sequence[ImageInput]) -> torch.Tensor:

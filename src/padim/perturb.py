@@ -16,7 +16,6 @@ training and test streams never share draws.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ import torchvision.transforms.functional as TF
 
 from padim.data import ImageInput, Preprocess, as_image, read_image, read_mask
 from padim.errors import PadimError
+from padim.model import Loader
 
 PERTURBATIONS = ("rd-mvtec", "rd-mvtec-test")
 TEST_STREAM, TRAIN_STREAM = 0, 1
@@ -93,7 +93,7 @@ def perturbed_sample(perturbation: RandomRotateCrop, pre: Preprocess, index: int
 
 
 def training_loader(perturbation: RandomRotateCrop, pre: Preprocess
-                    ) -> Callable[[int, ImageInput], torch.Tensor]:
+                    ) -> Loader:
     """A `Padim.fit` loader that perturbs training image `index` from the training stream."""
     train = perturbation.for_training()
     source = Preprocess(pre.size, None)

@@ -72,7 +72,7 @@ def draw_results_grid(fig, rows: Sequence[dict], threshold: float) -> None:
     Each row dict has `image` (H, W, 3 uint8), `map` (H, W), optional `truth` (H, W bool),
     `score`, `label` (true label or None) and `name`.
     """
-    has_truth = any(r.get("truth") is not None for r in rows)
+    has_truth = _has_truth(rows)
     cols = ["image"] + (["ground truth"] if has_truth else []) + ["heat map", "overlay + mask"]
     vmin, vmax = colour_scale(threshold)
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
@@ -97,8 +97,12 @@ def draw_results_grid(fig, rows: Sequence[dict], threshold: float) -> None:
                               fontsize=7)
 
 
+def _has_truth(rows: Sequence[dict]) -> bool:
+    return any(r.get("truth") is not None for r in rows)
+
+
 def grid_columns(rows: Sequence[dict]) -> int:
-    return 4 if any(r.get("truth") is not None for r in rows) else 3
+    return 4 if _has_truth(rows) else 3
 
 
 def results_grid(
