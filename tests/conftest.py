@@ -87,3 +87,37 @@ def bottle() -> Path:
             pytest.fail(reason + " (PADIM_REQUIRE_SHARED=1)")
         pytest.skip(reason)
     return root
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims width x height (for size-limit and bomb tests)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+@pytest.fixture(scope="session")
+def bottle_model_file(bottle, tmp_path_factory) -> Path:
+    """A quick real model of bottle (efficientnet_lite0, 128x128), saved to a file."""
+    from padim import Padim
+
+    model = Padim(size=128, crop=None, device="cpu").fit(bottle)
+    return model.save(tmp_path_factory.mktemp("bottle") / "bottle128.safetensors")
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests leave files for people to look at (screenshots): $PADIM_ARTIFACTS or
+    test-artifacts/ in the repository (git-ignored)."""
+    path = Path(os.environ.get("PADIM_ARTIFACTS", REPO / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -34,10 +34,10 @@ def test_bottle_efficientnet_lite0_256_no_crop_all_channels(bottle, tmp_path, ca
         assert abs(metrics[key] - in_memory[key]) <= 0.002, key
 
 
-def test_bottle_predict_flags_defects(bottle, tmp_path):
-    from padim import Padim
+def test_bottle_predict_flags_defects(bottle, bottle_model_file):
+    from padim import load
 
-    model = Padim(size=128, crop=None, device="cpu").fit(bottle)
+    model = load(bottle_model_file, device="cpu")
     preds = model.predict([bottle / "test" / "broken_large" / "000.png",
                            bottle / "test" / "good" / "000.png"])
     assert preds[0].score > preds[1].score

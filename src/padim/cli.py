@@ -1,4 +1,5 @@
-"""The `padim` command line: fit, predict, evaluate, calibrate, info, backbones, demo, download.
+"""The `padim` command line: fit, predict, evaluate, benchmark, calibrate, serve, info, backbones,
+demo, download.
 
 User mistakes end with one line on stderr (`padim: error: ...`) and exit status 1 (2 for bad
 usage); outputs are written atomically, so a failed command leaves nothing half-written.
@@ -177,6 +178,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_calibrate)
 
+    p = sub.add_parser(
+        "serve", help="run the inspection service: REST API, web page, Prometheus metrics",
+        description="Serve a model over HTTP: POST /v1/predict (+ /v1/predict/batch), "
+        "GET /v1/health, /v1/model, /metrics, and a web page at /. Requests arriving together "
+        "share forward passes (dynamic micro-batching).")
+    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="server processes, each with its own copy of the model (default 1)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="largest accepted image file in MB (default 20)")
+    p.add_argument("--max-batch-images", type=_positive_int, default=32,
+                   help="most images in one /v1/predict/batch request (default 32)")
+    p.add_argument("--max-pixels", type=_positive_int, default=50_000_000,
+                   help="refuse images declaring more pixels, before decoding (default 50M)")
+    p.add_argument("--max-batch", type=_positive_int, default=16,
+                   help="most images per forward pass when batching (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a forward pass waits for images still being decoded "
+                   "(default 5 ms; a lone request never waits)")
+    p.add_argument("--no-batching", action="store_true",
+                   help="one image per forward pass (requests are queued one by one)")
+    p.add_argument("--examples", type=Path, nargs="+", default=[],
+                   help="example images for the web page: files and/or folders (default: "
+                   "built-in demo images)")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for torch (default: torch's own default)")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("info", help="show a model file's configuration")
     p.add_argument("model", type=Path)
     p.set_defaults(func=cmd_info)
@@ -337,6 +372,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = args.out or args.model
     model.save(out)
     print(f"threshold {model.threshold:.4f} ({model.info['threshold_source']}); wrote {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from padim.serve import MB, ServeSettings, run_server
+
+    if args.max_upload_mb <= 0 or args.max_wait_ms < 0:
+        raise PadimError("--max-upload-mb must be positive and --max-wait-ms non-negative")
+    upload = int(args.max_upload_mb * MB)
+    settings = ServeSettings(
+        max_upload_bytes=upload, max_request_bytes=max(upload * 5, upload + MB),
+        max_batch_images=args.max_batch_images, max_pixels=args.max_pixels,
+        batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        examples=tuple(args.examples),
+    )
+    run_server(args.model, settings, host=args.host, port=args.port, workers=args.workers,
+               device=args.device, log_level=args.log_level, threads=args.threads)
     return 0
 
 

@@ -7,7 +7,6 @@ mask folder for evaluation).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,76 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from padim.errors import PadimError
+from padim.images import IMAGE_EXTENSIONS, array_to_image, read_image, to_rgb
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale 16-bit / 32-bit integer or float pixel data into 0..255."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    a = arr.astype(np.float64)
-    if np.issubdtype(arr.dtype, np.floating):
-        top = 1.0 if np.nanmax(a, initial=0.0) <= 1.0 else 255.0
-        a = np.nan_to_num(a) / top * 255.0
-    elif a.max(initial=0) > 255:
-        a = a / 257.0  # 16-bit range
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image (L, LA, P, RGBA, CMYK, I;16, I, F, 1) as 8-bit RGB."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
-
-
-def array_to_image(arr: np.ndarray) -> Image.Image:
-    """HxW, HxWx1, HxWx3 or HxWx4 arrays of any numeric dtype as an RGB image."""
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise PadimError(f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-    return to_rgb(Image.fromarray(_to_uint8(arr)))
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB (EXIF rotation applied), with a clear error if it fails."""
-    path = Path(path)
-    if not path.is_file():
-        raise PadimError(f"image not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img) or img
-                if img.width < 2 or img.height < 2:
-                    raise PadimError(f"image too small ({img.width}x{img.height}): {path}")
-                return to_rgb(img)
-    except PadimError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PadimError(f"image declares too many pixels (decompression bomb?): {path}") from None
-    except UnidentifiedImageError:
-        raise PadimError(f"not an image file (or an unsupported format): {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise PadimError(f"cannot read image {path}: {exc}") from None
 
 
 def read_mask(path: str | Path) -> np.ndarray:

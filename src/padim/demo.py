@@ -91,16 +91,31 @@ def build_demo_set(root: Path, texture: str = "gravel", seed: int = 0) -> Path:
         _save(cat / "test" / "good" / f"{i:03d}.png", _crop(tex, rng, test_rows))
     for defect in DEFECTS:
         for i in range(N_PER_DEFECT):
-            base = _crop(tex, rng, test_rows)
-            if defect == "scratch":
-                img, m = _scratch(base, rng)
-            elif defect == "stain":
-                img, m = _stain(base, rng)
-            else:
-                img, m = _foreign(base, rng, other)
+            img, m = _defective(defect, _crop(tex, rng, test_rows), rng, other)
             _save(cat / "test" / defect / f"{i:03d}.png", img)
             _save(cat / "ground_truth" / defect / f"{i:03d}_mask.png", m.astype(np.uint8) * 255)
     return cat
+
+
+def _defective(kind: str, base: np.ndarray, rng: np.random.Generator,
+               other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "scratch":
+        return _scratch(base, rng)
+    if kind == "stain":
+        return _stain(base, rng)
+    return _foreign(base, rng, other)
+
+
+def example_images(texture: str = "gravel", seed: int = 1) -> list[tuple[str, np.ndarray]]:
+    """A few demo test images (two good, one per defect type), e.g. for the web page."""
+    rng = np.random.default_rng(seed)
+    tex = _texture(texture)
+    other = _texture("brick" if texture != "brick" else "gravel")
+    rows = (SPLIT_ROW, tex.shape[0])
+    out = [(f"good/{i:03d}.png", _crop(tex, rng, rows)) for i in range(2)]
+    for defect in DEFECTS:
+        out.append((f"{defect}/000.png", _defective(defect, _crop(tex, rng, rows), rng, other)[0]))
+    return out
 
 
 def _save(path: Path, array: np.ndarray) -> None:

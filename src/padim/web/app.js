@@ -1,0 +1,212 @@
+// padim inspection page: upload images, show heat map, mask and verdict; the threshold slider
+// re-draws masks and verdicts in the browser from the raw anomaly maps (no new requests).
+"use strict";
+
+const state = { model: null, threshold: 0, results: [] };
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+async function loadModel() {
+  const res = await fetch("/v1/model");
+  if (!res.ok) throw new Error(`model info: HTTP ${res.status}`);
+  const m = await res.json();
+  state.model = m;
+  $("model").textContent =
+    `${m.backbone} · ${m.input_size}×${m.input_size} · trained on ${m.n_train ?? "?"} images · ` +
+    `threshold ${m.threshold.toFixed(2)} · ${m.model_id}`;
+  $("limit").textContent = (m.max_upload_bytes / 1048576).toFixed(0);
+  const slider = $("threshold");
+  slider.max = (m.threshold * 2.5).toPrecision(6);
+  slider.step = (m.threshold / 500).toPrecision(4);
+  setThreshold(m.threshold);
+}
+
+async function checkHealth() {
+  const dot = $("health");
+  try {
+    const res = await fetch("/v1/health");
+    dot.classList.toggle("ok", res.ok);
+    dot.classList.toggle("down", !res.ok);
+  } catch {
+    dot.classList.remove("ok");
+    dot.classList.add("down");
+  }
+}
+
+async function loadExamples() {
+  const res = await fetch("/v1/examples");
+  if (!res.ok) return;
+  const box = $("examples");
+  for (const ex of await res.json()) {
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "thumb";
+    btn.title = ex.name;
+    btn.dataset.testid = "example";
+    const img = document.createElement("img");
+    img.src = ex.url;
+    img.alt = ex.name;
+    const cap = document.createElement("span");
+    cap.textContent = ex.name;
+    btn.append(img, cap);
+    btn.addEventListener("click", async () => {
+      const blob = await (await fetch(ex.url)).blob();
+      await predictFiles([new File([blob], ex.name, { type: blob.type })]);
+    });
+    box.append(btn);
+  }
+}
+
+function setThreshold(value) {
+  state.threshold = value;
+  $("threshold").value = value;
+  $("threshold-value").textContent = value.toFixed(2);
+  for (const r of state.results) drawDecision(r);
+}
+
+function decodeMap(m) {
+  const bytes = Uint8Array.from(atob(m.data), (c) => c.charCodeAt(0));
+  return new Float32Array(bytes.buffer);
+}
+
+function loadImage(b64) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("bad picture from the server"));
+    img.src = `data:image/png;base64,${b64}`;
+  });
+}
+
+async function predictFiles(files) {
+  for (const file of files) {
+    setStatus(`scoring ${file.name}…`);
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const res = await fetch("/v1/predict?include=input,heatmap,map", { method: "POST", body: form });
+      const body = await res.json();
+      if (!res.ok) {
+        setStatus(`${file.name}: ${body.error ? body.error.message : `HTTP ${res.status}`}`, true);
+        continue;
+      }
+      await addResult(body);
+      setStatus(`${file.name}: scored in ${body.timings_ms.total.toFixed(0)} ms`);
+    } catch (err) {
+      setStatus(`${file.name}: ${err.message}`, true);
+    }
+  }
+}
+
+async function addResult(body) {
+  const node = $("card").content.firstElementChild.cloneNode(true);
+  const w = body.anomaly_map.width;
+  const h = body.anomaly_map.height;
+  const r = {
+    body, node, w, h,
+    map: decodeMap(body.anomaly_map),
+    input: await loadImage(body.pictures.input),
+    heat: await loadImage(body.pictures.heatmap),
+  };
+  node.querySelector(".name").textContent = body.filename;
+  for (const c of node.querySelectorAll("canvas")) {
+    c.width = w;
+    c.height = h;
+  }
+  node.querySelector("canvas.input").getContext("2d").drawImage(r.input, 0, 0, w, h);
+  const t = body.timings_ms;
+  node.querySelector(".timings").textContent =
+    `decode ${t.decode.toFixed(0)} ms · queue ${t.queue.toFixed(0)} ms · model ` +
+    `${t.inference.toFixed(0)} ms (batch of ${body.batch_size}) · total ${t.total.toFixed(0)} ms`;
+  state.results.unshift(r);
+  $("results").prepend(node);
+  drawDecision(r);
+}
+
+// Mask, outline, verdict and score bar at the current slider threshold.
+function drawDecision(r) {
+  const { w, h, map, node, body } = r;
+  const thr = state.threshold;
+  const mask = new Uint8Array(w * h);
+  let count = 0;
+  for (let i = 0; i < w * h; i++) {
+    if (map[i] > thr) { mask[i] = 1; count++; }
+  }
+  const maskCtx = node.querySelector("canvas.mask").getContext("2d");
+  const maskImg = maskCtx.createImageData(w, h);
+  for (let i = 0; i < w * h; i++) {
+    const v = mask[i] ? 255 : 0;
+    maskImg.data.set([v, v, v, 255], i * 4);
+  }
+  maskCtx.putImageData(maskImg, 0, 0);
+
+  const ctx = node.querySelector("canvas.overlay").getContext("2d");
+  ctx.globalAlpha = 1;
+  ctx.drawImage(r.input, 0, 0, w, h);
+  ctx.globalAlpha = 0.45;
+  ctx.drawImage(r.heat, 0, 0, w, h);
+  ctx.globalAlpha = 1;
+  const over = ctx.getImageData(0, 0, w, h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = y * w + x;
+      if (!mask[i]) continue;
+      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
+        !mask[i - 1] || !mask[i + 1] || !mask[i - w] || !mask[i + w];
+      if (edge) over.data.set([255, 255, 255, 255], i * 4);
+    }
+  }
+  ctx.putImageData(over, 0, 0);
+
+  const anomalous = body.score > thr;
+  const verdict = node.querySelector(".verdict");
+  verdict.textContent = anomalous ? "ANOMALOUS" : "GOOD";
+  verdict.className = `verdict ${anomalous ? "bad" : "good"}`;
+  node.dataset.verdict = anomalous ? "anomalous" : "good";
+  node.dataset.maskPixels = String(count);
+  node.querySelector(".score").textContent =
+    `score ${body.score.toFixed(2)} vs threshold ${thr.toFixed(2)} · ` +
+    `${(100 * count / (w * h)).toFixed(1)}% of pixels above`;
+  const scale = Math.max(thr * 2, body.score * 1.05, 1e-9);
+  node.querySelector(".fill").style.width = `${Math.min(100, (100 * body.score) / scale)}%`;
+  node.querySelector(".fill").classList.toggle("bad", anomalous);
+  node.querySelector(".tick").style.left = `${(100 * thr) / scale}%`;
+}
+
+function wire() {
+  const input = $("files");
+  input.addEventListener("change", () => {
+    predictFiles([...input.files]);
+    input.value = "";
+  });
+  const drop = $("drop");
+  for (const ev of ["dragenter", "dragover"]) {
+    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const ev of ["dragleave", "drop"]) {
+    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", (e) => predictFiles([...e.dataTransfer.files]));
+  $("threshold").addEventListener("input", (e) => setThreshold(parseFloat(e.target.value)));
+  $("reset").addEventListener("click", () => setThreshold(state.model.threshold));
+}
+
+async function main() {
+  wire();
+  checkHealth();
+  setInterval(checkHealth, 10000);
+  try {
+    await loadModel();
+    await loadExamples();
+    document.body.dataset.ready = "true";
+  } catch (err) {
+    setStatus(`cannot reach the service: ${err.message}`, true);
+  }
+}
+
+main();
