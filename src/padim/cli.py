@@ -1,5 +1,5 @@
-"""The `padim` command line: fit, predict, evaluate, benchmark, calibrate, serve, info, backbones,
-demo, download.
+"""The `padim` command line: fit, predict, evaluate, benchmark, calibrate, serve, export, info,
+backbones, demo, download.
 
 User mistakes end with one line on stderr (`padim: error: ...`) and exit status 1 (2 for bad
 usage); outputs are written atomically, so a failed command leaves nothing half-written.
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from padim import __version__
+from padim import DEFAULT_BACKBONE, __version__
 from padim.errors import PadimError
 
 EPILOG = "Run 'padim COMMAND --help' for a command's options. Docs: README.md."
@@ -60,12 +60,10 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True) -> None:
-    from padim.backbones import DEFAULT_BACKBONE, available_backbones
-
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help=f"feature extractor: {', '.join(available_backbones())} "
-                   f"(default {DEFAULT_BACKBONE}, works offline)")
+                   help=f"feature extractor (default {DEFAULT_BACKBONE}, works offline; "
+                   "'padim backbones' lists them all)")
     g.add_argument("--size", type=_positive_int, default=256, help="resize to N x N (default 256)")
     g.add_argument("--crop", type=_crop, default=224,
                    help="centre crop N x N after resizing, or 'none' (default 224, the paper's "
@@ -113,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score images, write CSV/JSON, heat maps and masks",
                        description="Score images; writes DIR/results.csv (path,score,label), "
                        "DIR/results.json and per-image overlay, heat-map and mask PNGs.")
-    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("model", type=Path,
+                   help="model file (.safetensors), or an export (.onnx, OpenVINO .xml)")
     p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
@@ -183,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a model over HTTP: POST /v1/predict (+ /v1/predict/batch), "
         "GET /v1/health, /v1/model, /metrics, and a web page at /. Requests arriving together "
         "share forward passes (dynamic micro-batching).")
-    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("model", type=Path,
+                   help="model file (.safetensors), or an export (.onnx, OpenVINO .xml)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
     p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
@@ -211,6 +211,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "export", help="export a model to ONNX (or OpenVINO) for torch-free deployment",
+        description="Export the whole inference path (normalisation, backbone, embedding, "
+        "Mahalanobis scoring, upsampling, smoothing) as one graph with a dynamic batch size; "
+        "outputs `score` (N) and `anomaly_map` (N x 1 x H x W). The export is checked against "
+        "the torch model before it is written.")
+    p.add_argument("model", type=Path, help="model file (.safetensors)")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    p.add_argument("--out", type=Path, required=True,
+                   help="FILE.onnx, or FILE.xml for openvino (.bin beside it)")
+    p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--external-data", action="store_true",
+                   help="weights in FILE.data beside the graph (automatic over 2 GB)")
+    p.add_argument("--fp16", action="store_true", help="openvino: compress weights to FP16")
+    p.add_argument("--verify", type=Path, nargs="*", default=None,
+                   help="images or folders to check parity on (default: 4 random images)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest relative score difference accepted (default 1e-4)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="show a model file's configuration")
     p.add_argument("model", type=Path)
@@ -241,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_runtime(args: argparse.Namespace) -> None:
+    if args.func in (cmd_predict, cmd_serve, cmd_export):
+        return  # they pass --threads to the model's runtime (which may not be torch)
     if getattr(args, "threads", None):
         import torch
 
@@ -280,11 +303,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from padim.predict_io import write_predictions
+    from padim.runtime import load_scorer
 
-    model = _load(args)
-    model.progress = _progress(args)
-    results = write_predictions(model, args.inputs, args.out, threshold=args.threshold,
-                                images=not args.no_images)
+    scorer = load_scorer(args.model, args.device, args.threads)
+    results = write_predictions(scorer, args.inputs, args.out, threshold=args.threshold,
+                                images=not args.no_images, batch_size=args.batch_size,
+                                progress=_progress(args))
     flagged = sum(r.is_anomalous for r in results)
     print(f"scored {len(results)} images: {flagged} anomalous; wrote {args.out / 'results.csv'}")
     return 0
@@ -338,7 +362,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from padim.backbones import DEFAULT_BACKBONE
     from padim.benchmark import BenchmarkOptions, run_benchmark
 
     opts = BenchmarkOptions(
@@ -392,7 +415,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from padim.export import export_onnx, export_openvino, parity
+    from padim.model import Padim
+    from padim.runtime import file_id, load_scorer
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    want = ".onnx" if args.format == "onnx" else ".xml"
+    if args.out.suffix.lower() != want:
+        raise PadimError(f"--format {args.format} writes a {want} file: got --out {args.out}")
+    model = Padim.load(args.model, device="cpu")
+    if args.verify:
+        from padim.images import read_image
+        from padim.predict_io import collect_inputs
+
+        paths = collect_inputs(args.verify)[:16]
+        check = np.stack([model.preprocess.image(read_image(p)).numpy() for p in paths])
+    else:
+        size = model.preprocess.output_size
+        check = np.random.default_rng(0).random((4, 3, size, size), dtype=np.float32)
+    onnx_out = args.out if args.format == "onnx" else args.out.with_suffix(".onnx.tmp")
+    try:
+        export_onnx(model, onnx_out, model_id=file_id(args.model), opset=args.opset,
+                    external_data=args.external_data or None)
+        if args.format == "openvino":
+            export_openvino(onnx_out, args.out, fp16=args.fp16)
+    finally:
+        if args.format == "openvino":
+            onnx_out.unlink(missing_ok=True)
+            onnx_out.with_name(onnx_out.name + ".data").unlink(missing_ok=True)
+    diff = parity(model, load_scorer(args.out, threads=args.threads), check)
+    tolerance = args.tolerance * (100 if args.fp16 else 1)
+    if diff["max_rel_score_diff"] > tolerance:
+        raise PadimError(f"exported model disagrees with the torch model: relative score "
+                         f"difference {diff['max_rel_score_diff']:.2e} > {tolerance:g} "
+                         f"(left in {args.out} for inspection)")
+    print(f"exported {args.out} ({args.format}); on {len(check)} "
+          f"{'given' if args.verify else 'random'} images: max relative score difference "
+          f"{diff['max_rel_score_diff']:.2e}, map {diff['max_rel_map_diff']:.2e}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    suffix = args.model.suffix.lower()
+    if suffix in (".onnx", ".xml"):
+        from padim.runtime import load_scorer
+
+        print(json.dumps(load_scorer(args.model).describe(), indent=2))
+        return 0
     from padim.modelfile import read_model_config
 
     print(json.dumps(read_model_config(args.model), indent=2))

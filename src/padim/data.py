@@ -17,7 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 
 from padim.errors import PadimError
-from padim.images import IMAGE_EXTENSIONS, array_to_image, read_image, to_rgb
+from padim.images import IMAGE_EXTENSIONS, array_to_image, read_image, resize_crop, to_rgb
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -80,12 +80,9 @@ class Preprocess:
         return self.crop if self.crop is not None else self.size
 
     def image(self, img: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> float tensor (3, S, S) in [0, 1]."""
-        t = TF.pil_to_tensor(img)
-        t = TF.resize(t, [self.size, self.size], antialias=True)
-        if self.crop is not None:
-            t = TF.center_crop(t, [self.crop, self.crop])
-        return t.to(torch.float32) / 255.0
+        """RGB PIL image -> float tensor (3, S, S) in [0, 1] (the same pixels every runtime
+        gets: `images.resize_crop`)."""
+        return torch.from_numpy(resize_crop(img, self.size, self.crop))
 
     def mask(self, mask: np.ndarray) -> torch.Tensor:
         """Boolean HxW mask -> boolean tensor (S, S), same geometry as `image` (nearest)."""

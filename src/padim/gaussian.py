@@ -288,7 +288,7 @@ class GaussianModel:
 
     @property
     def layout(self) -> BlockLayout:
-        return BlockLayout.for_dim(self.mean.shape[1])
+        return BlockLayout.for_dim(int(self.mean.shape[1]))
 
     @classmethod
     def from_full(cls, mean: torch.Tensor, w: torch.Tensor) -> GaussianModel:

@@ -1,4 +1,5 @@
-"""Reading images safely as 8-bit RGB, from files or from bytes (uploads); torch-free.
+"""Reading images safely as 8-bit RGB, from files or from bytes (uploads), and the model-input
+geometry (resize + centre crop); torch-free, so the ONNX runtime shares it.
 
 Every failure is a `BadImage` (a `PadimError`) with a one-line message and a short code that
 the REST service returns to clients: empty, not_an_image, unreadable, too_small, too_many_pixels.
@@ -109,3 +110,20 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = Non
     if not data:
         raise BadImage(f"empty body: no image bytes in {name}", "empty")
     return open_image(io.BytesIO(data), name, max_pixels)
+
+
+def resize_crop(image: Image.Image, size: int, crop: int | None) -> np.ndarray:
+    """RGB image -> (3, S, S) float32 in [0, 1]: resize to size x size (bilinear, antialiased),
+    then centre-crop to crop x crop (offsets rounded as torchvision does)."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(image, dtype=np.uint8)
+    if crop is not None and crop < size:
+        top = round((size - crop) / 2.0)
+        arr = arr[top : top + crop, top : top + crop]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+def to_picture(x: np.ndarray) -> np.ndarray:
+    """(3, H, W) float image in [0, 1] -> (H, W, 3) uint8 picture."""
+    return (np.clip(x.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)

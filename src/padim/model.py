@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from padim import __version__
-from padim.backbones import DEFAULT_BACKBONE, Normalisation, get_backbone
+from padim import DEFAULT_BACKBONE, __version__
+from padim.backbones import Normalisation, get_backbone
 from padim.data import ImageInput, Preprocess, as_image, batches, list_images, training_images
 from padim.errors import PadimError
 from padim.features import Embedder, select_channels

@@ -12,11 +12,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from padim.errors import PadimError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "padim-model"
 FORMAT_VERSION = 2  # 2: packed lower-triangular whitening; 1: full matrices

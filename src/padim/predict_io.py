@@ -1,4 +1,5 @@
-"""`padim predict` outputs: results.csv / results.json and per-image pictures, staged atomically.
+"""`padim predict` outputs: results.csv / results.json and per-image pictures, staged atomically
+(torch-free: any `Scorer` runtime).
 
 Everything is written into a temporary folder beside the output folder and moved into place
 only when every image has been scored, so a failure leaves no partial results behind.
@@ -15,10 +16,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from padim.data import list_images
+import numpy as np
+from tqdm.auto import tqdm
+
 from padim.errors import PadimError
-from padim.model import Padim
-from padim.viz import colour_scale, heatmap_rgb, overlay, save_png, to_uint8_image
+from padim.images import IMAGE_EXTENSIONS, read_image, to_picture
+from padim.runtime import Scorer
+from padim.viz import colour_scale, heatmap_rgb, overlay, save_png
 
 
 @dataclass
@@ -37,7 +41,8 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     out: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = list_images(item)
+            found = sorted(p for p in item.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise PadimError(f"no images found in {item}")
             out.extend(found)
@@ -58,22 +63,29 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def write_predictions(model: Padim, inputs: list[Path], out: Path,
-                      threshold: float | None = None, images: bool = True) -> list[ResultRow]:
+def write_predictions(scorer: Scorer, inputs: list[Path], out: Path,
+                      threshold: float | None = None, images: bool = True,
+                      batch_size: int = 16, progress: bool = False) -> list[ResultRow]:
+    """Score every input with any runtime (torch, ONNX, OpenVINO) and write the outputs."""
     paths = collect_inputs(inputs)
     names = dict(zip(paths, output_names(paths), strict=True))
-    thr = model._threshold(threshold)
+    thr = scorer.threshold if threshold is None else float(threshold)
     vmin, vmax = colour_scale(thr)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     rows: list[ResultRow] = []
+    bar = tqdm(total=len(paths), desc="predict", unit="img", leave=False,
+               disable=None if progress else True)
     try:
-        for chunk, x, scores, maps in model.iter_batches(paths):
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            x = np.stack([scorer.preprocess(read_image(p)) for p in chunk])
+            scores, maps = scorer.score_batch(x)
             for path, img, score, amap in zip(chunk, x, scores, maps, strict=True):
                 row = ResultRow(str(path), float(score), bool(score > thr), thr)
                 if images:
                     name = names[path]
-                    picture = to_uint8_image(img)
+                    picture = to_picture(img)
                     mask = amap > thr
                     row.overlay, row.heatmap, row.mask = (
                         f"{name}_overlay.png", f"{name}_heatmap.png", f"{name}_mask.png"
@@ -82,14 +94,16 @@ def write_predictions(model: Padim, inputs: list[Path], out: Path,
                     save_png(stage / row.heatmap, heatmap_rgb(amap, vmin, vmax))
                     save_png(stage / row.mask, mask)
                 rows.append(row)
+            bar.update(len(chunk))
         (stage / "results.csv").write_text(_csv(rows), encoding="utf-8")
         (stage / "results.json").write_text(json.dumps(
-            {"threshold": thr, "results": [r.__dict__ for r in rows]}, indent=2) + "\n",
-            encoding="utf-8")
+            {"threshold": thr, "model_id": scorer.model_id,
+             "results": [r.__dict__ for r in rows]}, indent=2) + "\n", encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         for item in stage.iterdir():
             os.replace(item, out / item.name)
     finally:
+        bar.close()
         shutil.rmtree(stage, ignore_errors=True)
     return rows
 

@@ -1,7 +1,8 @@
 """What serving needs from a fitted model, behind one small interface.
 
-The REST service only talks to a `Scorer`: preprocess one decoded image, score a batch, describe
-the model. `TorchScorer` wraps `Padim`; other runtimes (ONNX) plug in beside it.
+The REST service and `padim predict` only talk to a `Scorer`: preprocess one decoded image,
+score a batch, describe the model. `TorchScorer` wraps `Padim`; `OnnxScorer` (onnxruntime) and
+`OpenVinoScorer` run exported files without torch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from padim import __version__
+from padim.errors import PadimError
 
 
 class Scorer(Protocol):
@@ -45,8 +47,6 @@ class TorchScorer:
 
     def __init__(self, model: Any, model_id: str = "in-memory", path: str | None = None) -> None:
         if model.threshold is None:
-            from padim.errors import PadimError
-
             raise PadimError("the model has no threshold: calibrate it before serving")
         self.model = model
         self.model_id = model_id
@@ -91,6 +91,128 @@ class TorchScorer:
         }
 
 
-def load_scorer(path: str | Path, device: str = "auto") -> Scorer:
-    """The right runtime for a model file."""
+class ExportedScorer:
+    """Shared part of the torch-free runtimes: metadata, preprocessing, description."""
+
+    runtime = "exported"
+
+    def __init__(self, path: str | Path, meta: dict[str, Any]) -> None:
+        self.path = str(path)
+        self.meta = meta
+        self.model_id = file_id(path)
+        self.threshold = float(meta["threshold"])
+        self.input_size = int(meta["input_size"])
+        self.size, self.crop = int(meta["resize"]), meta["crop"]
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        from padim.images import resize_crop
+
+        return resize_crop(image, self.size, self.crop)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.meta.get("info") or {}
+        return {
+            "model_id": self.model_id, "file": Path(self.path).name, "runtime": self.runtime,
+            "source_model_id": self.meta.get("source_model_id"),
+            "backbone": self.meta.get("backbone"), "resize": self.size, "crop": self.crop,
+            "input_size": self.input_size, "embedding_dim": self.meta.get("embedding_dim"),
+            "threshold": self.threshold, "threshold_source": info.get("threshold_source"),
+            "n_train": info.get("n_train"), "n_holdout": info.get("n_holdout"),
+            "weights": info.get("weights"), "sigma": self.meta.get("sigma"),
+            "library_version": __version__,
+            "exported_with_version": self.meta.get("library_version"),
+        }
+
+    def _check_io(self, inputs: list[tuple[str, list]], outputs: list[str]) -> None:
+        names = [name for name, _ in inputs]
+        shape = inputs[0][1] if inputs else []
+        ok = (names == ["images"] and sorted(outputs) == ["anomaly_map", "score"]
+              and len(shape) == 4 and list(shape[1:]) in ([3, self.input_size,
+                                                           self.input_size], [3, None, None]))
+        if not ok:
+            raise PadimError(f"exported model does not match its metadata (inputs {inputs}, "
+                             f"outputs {outputs}, input size {self.input_size}): {self.path}")
+
+
+class OnnxScorer(ExportedScorer):
+    """An ONNX file written by `padim export`, run by onnxruntime (no torch)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PadimError("ONNX models need onnxruntime: pip install onnxruntime") from None
+        from padim.export import parse_metadata
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc)
+            raise PadimError(f"cannot load ONNX model {path}: {reason}") from None
+        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        super().__init__(path, meta)
+        self._check_io([(i.name, [d if isinstance(d, int) else None for d in i.shape])
+                        for i in self.session.get_inputs()],
+                       [o.name for o in self.session.get_outputs()])
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = self.session.run(["score", "anomaly_map"],
+                                        {"images": np.ascontiguousarray(x, dtype=np.float32)})
+        return scores, maps[:, 0]
+
+
+class OpenVinoScorer(ExportedScorer):
+    """An OpenVINO IR (.xml + .bin) written by `padim export --format openvino`."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise PadimError("OpenVINO models need openvino: pip install openvino") from None
+        from padim.export import parse_metadata
+
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+            raw = model.get_rt_info(["padim"]).astype(str)
+        except Exception as exc:
+            raise PadimError(f"cannot load OpenVINO model {path}: "
+                             f"{str(exc).strip()[:300]}") from None
+        meta = parse_metadata({"padim": raw}, path)
+        super().__init__(path, meta)
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
+        self._check_io([(i.get_any_name(), [d.get_length() if d.is_static else None
+                                            for d in i.get_partial_shape()])
+                        for i in self.compiled.inputs], list(self._outputs))
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = self.compiled(np.ascontiguousarray(x, dtype=np.float32))
+        return result[self._outputs["score"]], result[self._outputs["anomaly_map"]][:, 0]
+
+
+def load_scorer(path: str | Path, device: str = "auto", threads: int | None = None) -> Scorer:
+    """The right runtime for a model file: .onnx -> onnxruntime, .xml -> OpenVINO (neither
+    imports torch), anything else -> a padim model file run by torch."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".onnx", ".xml") and not Path(path).is_file():
+        raise PadimError(f"model file not found: {path}")
+    if suffix == ".onnx":
+        return OnnxScorer(path, threads)
+    if suffix == ".xml":
+        return OpenVinoScorer(path, threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     return TorchScorer.from_file(path, device=device)

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from padim import __version__
 from padim.batching import BatchResult, MicroBatcher
 from padim.errors import BadImage, PadimError
-from padim.images import IMAGE_EXTENSIONS, decode_image
+from padim.images import IMAGE_EXTENSIONS, decode_image, to_picture
 from padim.runtime import Scorer
 from padim.serve_metrics import MetricsMiddleware, ServiceMetrics
 from padim.viz import colour_scale, heatmap_rgb, overlay
@@ -245,7 +245,7 @@ class Service:
         """The pictures asked for, as base64 PNGs, and the raw map (float32 little-endian)."""
         out: dict[str, Any] = {}
         vmin, vmax = colour_scale(self.scorer.threshold)  # colours mean the same across images
-        picture = (np.clip(x.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+        picture = to_picture(x)
         mask = amap > threshold
         makers = {
             "heatmap": lambda: heatmap_rgb(amap, vmin, vmax),
@@ -336,10 +336,15 @@ def _spread(items: list, n: int) -> list:
 
 
 def demo_examples() -> list[Example]:
+    """The demo set's images; none where scikit-image (their source) is not installed."""
     from padim.demo import example_images
 
+    try:
+        arrays = example_images()
+    except ImportError:
+        return []
     out = []
-    for name, array in example_images():
+    for name, array in arrays:
         buf = io.BytesIO()
         Image.fromarray(array).save(buf, format="PNG")
         out.append(Example(name, buf.getvalue(), "image/png"))
@@ -496,11 +501,8 @@ def app_from_env() -> FastAPI:
     raw["examples"] = [Path(p) for p in raw.get("examples", [])]
     device = raw.pop("device", "auto")
     threads = raw.pop("threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    return create_app(load_scorer(os.environ[ENV_MODEL], device), ServeSettings(**raw))
+    return create_app(load_scorer(os.environ[ENV_MODEL], device, threads),
+                      ServeSettings(**raw))
 
 
 def run_server(model: Path, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
@@ -514,7 +516,7 @@ def run_server(model: Path, settings: ServeSettings, host: str = "127.0.0.1", po
 
     from padim.runtime import load_scorer
 
-    scorer = load_scorer(model, device)  # fail fast, with a clear message, in this process
+    scorer = load_scorer(model, device, threads)  # fail fast, clearly, in this process
     if workers == 1:
         app = create_app(scorer, settings)
         uvicorn.run(app, host=host, port=port, log_level=log_level)
@@ -524,7 +526,7 @@ def run_server(model: Path, settings: ServeSettings, host: str = "127.0.0.1", po
     raw = dataclasses.asdict(settings)
     raw["examples"] = [str(p) for p in settings.examples]
     raw["device"] = device
-    raw["threads"] = threads  # worker processes start afresh: pass torch's thread count on
+    raw["threads"] = threads  # worker processes start afresh: pass the thread count on
     os.environ[ENV_MODEL] = str(model)
     os.environ[ENV_SETTINGS] = json.dumps(raw)
     uvicorn.run("padim.serve:app_from_env", factory=True, host=host, port=port,

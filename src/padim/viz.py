@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from padim.images import to_picture
 from padim.modelfile import write_atomic
 
 
@@ -49,8 +50,8 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None,
 
 
 def to_uint8_image(tensor_chw) -> np.ndarray:
-    """(3, H, W) float tensor in [0, 1] -> (H, W, 3) uint8 array."""
-    return (tensor_chw.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    """(3, H, W) float tensor or array in [0, 1] -> (H, W, 3) uint8 array."""
+    return to_picture(np.asarray(tensor_chw))
 
 
 def save_png(path: str | Path, array: np.ndarray) -> None:

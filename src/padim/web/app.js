@@ -42,7 +42,11 @@ async function loadExamples() {
   const res = await fetch("/v1/examples");
   if (!res.ok) return;
   const box = $("examples");
-  for (const ex of await res.json()) {
+  const examples = await res.json();
+  if (!examples.length) {
+    box.textContent = "No examples: start padim serve with --examples FOLDER.";
+  }
+  for (const ex of examples) {
     const btn = document.createElement("button");
     btn.type = "button";
     btn.className = "thumb";

@@ -1,0 +1,83 @@
+"""Latency per image: torch vs onnxruntime (and OpenVINO when installed), same model, same input.
+
+Exports each model file to a temporary ONNX (and OpenVINO) file, then times the whole
+inference path (normalisation to smoothed map) at batch 1 and the throughput at batch 8.
+
+    python benchmarks/onnx_latency.py bottle_lite0.safetensors bottle_r18.safetensors --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def timed(fn, x: np.ndarray, runs: int) -> list[float]:
+    for _ in range(3):
+        fn(x)
+    out = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn(x)
+        out.append((time.perf_counter() - started) * 1000.0)
+    return out
+
+
+def measure(path: Path, runs: int, threads: int) -> list[dict]:
+    import torch
+
+    from padim.export import export_onnx, export_openvino
+    from padim.model import Padim
+    from padim.runtime import OnnxScorer, OpenVinoScorer, TorchScorer, file_id
+
+    torch.set_num_threads(threads)
+    model = Padim.load(path, device="cpu")
+    size = model.preprocess.output_size
+    rng = np.random.default_rng(0)
+    one = rng.random((1, 3, size, size), dtype=np.float32)
+    eight = rng.random((8, 3, size, size), dtype=np.float32)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "m.onnx", model_id=file_id(path))
+        runtimes = {"torch": TorchScorer(model), "onnxruntime": OnnxScorer(onnx_path, threads)}
+        try:
+            xml = export_openvino(onnx_path, Path(tmp) / "m.xml")
+            runtimes["openvino"] = OpenVinoScorer(xml, threads)
+        except Exception as exc:  # optional
+            print(f"openvino skipped: {exc}", file=sys.stderr)
+        for name, scorer in runtimes.items():
+            b1 = timed(scorer.score_batch, one, runs)
+            b8 = timed(scorer.score_batch, eight, max(3, runs // 4))
+            rows.append({
+                "model": path.name, "backbone": model.config.backbone, "input": size,
+                "runtime": name, "b1_median_ms": statistics.median(b1),
+                "b1_p90_ms": float(np.percentile(b1, 90)),
+                "b8_img_per_s": 8000.0 / statistics.median(b8),
+            })
+            print(f"{path.name} {name}: batch 1 median {rows[-1]['b1_median_ms']:.1f} ms",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", type=Path, nargs="+", help="padim model files")
+    parser.add_argument("--runs", type=int, default=40, help="timed batch-1 runs per runtime")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every runtime")
+    args = parser.parse_args()
+    rows = [row for path in args.models for row in measure(path, args.runs, args.threads)]
+    print("| backbone | input | runtime | batch 1 median ms | batch 1 p90 ms | batch 8 img/s |")
+    print("|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['backbone']} | {r['input']} | {r['runtime']} | {r['b1_median_ms']:.1f} | "
+              f"{r['b1_p90_ms']:.1f} | {r['b8_img_per_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
