@@ -110,7 +110,9 @@ def test_empty_folder(tmp_path, capsys):
 def test_single_training_image(tmp_path, train_dir, capsys):
     for p in list(train_dir.iterdir())[1:]:
         p.unlink()
-    assert "at least 2" in _fit_fails(tmp_path, train_dir, capsys)
+    assert main(["fit", str(train_dir), "--out", str(tmp_path / "one.safetensors"),
+                 "--size", "64", "--crop", "none", "--quiet"]) == 0
+    assert "padim: warning: fitted on 1 image(s)" in capsys.readouterr().err
 
 
 def test_unknown_backbone(tmp_path, train_dir, capsys):
@@ -207,3 +209,24 @@ def test_download_without_network_fails_clearly(tmp_path, capsys, monkeypatch):
     assert not (root / "bottle").exists()
     assert main(["download", "mvtec", "--category", "bottel", "--root", str(root)]) == 1
     assert "unknown MVTec AD category" in capsys.readouterr().err
+
+
+def test_score_mode_and_shrinkage_options(tmp_path, category, capsys):
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", str(category), "--out", str(model), "--size", "64", "--crop", "none",
+                 "--score-mode", "hybrid", "--shrinkage", "ledoit-wolf", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["score_mode"] == "hybrid"
+    assert info["config"]["shrinkage"] == "ledoit-wolf"
+    for mode in ("hybrid", "chebyshev"):
+        out = tmp_path / f"{mode}.json"
+        assert main(["evaluate", str(model), str(category), "--score-mode", mode, "--json",
+                     str(out), "--quiet"]) == 0
+        metrics = json.loads(out.read_text())
+        assert metrics["threshold"] == pytest.approx(info["info"]["thresholds"][mode])
+    assert main(["predict", str(model), str(category / "test" / "good"), "--out",
+                 str(tmp_path / "p"), "--score-mode", "chebyshev", "--no-images"]) == 0
+    rows = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert all(-1 <= r["score"] <= 1 for r in rows["results"])

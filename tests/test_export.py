@@ -226,3 +226,21 @@ def test_bottle_onnx_parity(bottle, bottle_model_file, tmp_path):
     masks = ground_truth_masks(model, samples)
     assert round(image_auroc(labels, o_scores), 3) == round(image_auroc(labels, t_scores), 3)
     assert round(pixel_auroc(masks, o_maps), 3) == round(pixel_auroc(masks, t_maps), 3)
+
+
+def test_exported_score_mode_is_built_in(model_file, tmp_path, capsys):
+    """A Chebyshev-hybrid model exports with its mode; asking an export for another fails."""
+    import torch
+
+    from padim import load
+
+    out = tmp_path / "hybrid.onnx"
+    model = load(model_file, device="cpu", score_mode="hybrid-scaled")
+    export_onnx(model, out)
+    x = random_images(2, seed=5)
+    np.testing.assert_allclose(OnnxScorer(out).score_batch(x)[0],
+                               model.score_tensors(torch.from_numpy(x))[0], rtol=1e-4,
+                               atol=1e-5)
+    assert OnnxScorer(out).threshold == pytest.approx(model.info["thresholds"]["hybrid-scaled"])
+    with pytest.raises(PadimError, match="exported with score mode hybrid-scaled"):
+        load_scorer(out, score_mode="mahalanobis")

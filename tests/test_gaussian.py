@@ -9,6 +9,8 @@ from padim.gaussian import (
     GaussianStats,
     embeddings_by_position,
     pack_tril,
+    shrink_,
+    shrinkage_intensity,
 )
 
 
@@ -99,10 +101,14 @@ def test_whitening_is_lower_triangular_and_inverts_the_covariance():
     assert torch.allclose(eye, torch.eye(4, dtype=torch.float64).expand_as(eye), atol=1e-5)
 
 
-def test_one_image_is_not_enough():
-    stats = GaussianStats.from_batch(_emb(np.random.default_rng(6), 1))
-    with pytest.raises(PadimError, match="at least 2"):
-        GaussianModel.fit(stats)
+def test_one_image_means_zero_covariance_plus_regularisation():
+    rng = np.random.default_rng(6)
+    one = _emb(rng, 1)
+    model, _ = GaussianModel.fit(GaussianStats.from_batch(one), regularisation=0.04)
+    other = _emb(rng, 1)
+    expected = ((other - one).square().sum(dim=1).sqrt() / 0.2).float()  # |y-x|/sqrt(reg)
+    torch.testing.assert_close(model.distances(other), expected, rtol=1e-4, atol=1e-4)
+    assert torch.all(model.std == 0)
 
 
 def test_non_finite_features_give_a_clear_error():
@@ -160,13 +166,16 @@ def test_holdout_scored_by_the_model_without_it_then_added():
     rng = np.random.default_rng(10)
     emb = _emb(rng, 30, d=4)
     fit_part, held = emb[:24], emb[24:]
-    model, held_dist = GaussianModel.fit(GaussianStats.from_batch(fit_part), 0.01,
-                                         holdout=held.to(torch.float32))
+    model, held_out = GaussianModel.fit(GaussianStats.from_batch(fit_part), 0.01,
+                                        holdout=held.to(torch.float32))
     without, _ = GaussianModel.fit(GaussianStats.from_batch(fit_part), 0.01)
     everything, none = GaussianModel.fit(GaussianStats.from_batch(emb), 0.01)
     assert none is None
-    np.testing.assert_allclose(held_dist.numpy(), without.distances(held.float()).numpy(),
-                               rtol=1e-4)
+    np.testing.assert_allclose(held_out.mahalanobis.numpy(),
+                               without.distances(held.float()).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(held_out.chebyshev.numpy(),
+                               without.chebyshev(held.float()).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.std.numpy(), everything.std.numpy(), rtol=1e-5)
     np.testing.assert_allclose(model.mean.numpy(), everything.mean.numpy(), rtol=1e-6)
     np.testing.assert_allclose(model.whitening.numpy(), everything.whitening.numpy(),
                                rtol=1e-4, atol=1e-6)
@@ -176,3 +185,46 @@ def test_consume_frees_the_sums():
     stats = GaussianStats.from_batch(_emb(np.random.default_rng(11), 8, d=3, h=20, w=15))
     GaussianModel.fit(stats, consume=True)
     assert all(chunk.numel() == 0 for chunk in stats.scatter)
+
+
+def test_std_is_the_per_channel_sample_std():
+    emb = _emb(np.random.default_rng(12), 7)
+    model, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 0.01)
+    x = emb.numpy().transpose(2, 3, 0, 1).reshape(-1, 7, 5)  # (P, n, d)
+    np.testing.assert_allclose(model.std.numpy(), x.std(axis=1, ddof=1), rtol=1e-5)
+
+
+def test_ledoit_wolf_intensity_by_hand():
+    """Rao-Blackwellised Ledoit-Wolf on S = diag(4, 1), n = 10:
+    tr = 5, tr(S^2) = 17, rho = (8/10 * 17 + 25) / (12 * (17 - 25/2)) = 38.6 / 54."""
+    cov = torch.tensor([[[4.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    rho, mu = shrinkage_intensity(cov, 10)
+    assert float(rho) == pytest.approx(38.6 / 54)
+    assert float(mu) == pytest.approx(2.5)
+    shrunk = cov.clone()
+    shrink_(shrunk, 10)
+    r = 38.6 / 54
+    expected = torch.tensor([[4 * (1 - r) + 2.5 * r, 0.0], [0.0, (1 - r) + 2.5 * r]])
+    torch.testing.assert_close(shrunk[0], expected.double())
+    # a multiple of the identity needs no shrinkage beyond its own target: rho = 1, same matrix
+    eye = 3 * torch.eye(3, dtype=torch.float64)[None]
+    rho, mu = shrinkage_intensity(eye, 5)
+    assert float(mu) == 3.0 and float(rho) == 1.0
+
+
+def test_ledoit_wolf_fit_shrinks_towards_the_scaled_identity():
+    emb = _emb(np.random.default_rng(13), 6)  # few samples for d = 5
+    plain, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 0.0 + 1e-6)
+    shrunk, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 1e-6, shrinkage="ledoit-wolf")
+    assert shrunk.shrinkage_rho is not None and plain.shrinkage_rho is None
+    assert torch.all((shrunk.shrinkage_rho > 0) & (shrunk.shrinkage_rho <= 1))
+    cov = GaussianStats.from_batch(emb).covariance()
+    rho, mu = shrinkage_intensity(cov.clone(), 6)
+    target = (1 - rho)[:, None, None] * cov + (rho * mu)[:, None, None] * torch.eye(5)
+    target.diagonal(dim1=1, dim2=2).add_(1e-6)
+    w = shrunk.full().double()
+    torch.testing.assert_close(w @ target @ w.transpose(1, 2),
+                               torch.eye(5, dtype=torch.float64).expand(6, 5, 5),
+                               rtol=1e-3, atol=1e-3)
+    with pytest.raises(PadimError, match="unknown shrinkage"):
+        GaussianModel.fit(GaussianStats.from_batch(emb), shrinkage="oracle")

@@ -142,10 +142,13 @@ def test_tensors_inconsistent_with_config_fail_clearly(model_file, tmp_path):
         load(bad)
 
 
-def test_needs_two_training_images(tmp_path):
-    Image.fromarray(texture(np.random.default_rng(0))).save(tmp_path / "only.png")
-    with pytest.raises(PadimError, match="at least 2"):
-        Padim(size=SIZE, crop=None).fit(tmp_path)
+def test_one_training_image_gives_a_defined_model_and_a_warning(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(texture(rng)).save(tmp_path / "only.png")
+    model = Padim(size=SIZE, crop=None, device="cpu").fit(tmp_path)
+    assert "calibrate it" in model.info["warning"] and model.info["n_train"] == 1
+    same, other = model.score([tmp_path / "only.png", texture(rng)])[0]
+    assert same < 1e-2 < other  # covariance 0 + 0.01 I: distance to the one image
 
 
 def test_few_images_calibrate_in_sample(tmp_path):
@@ -200,3 +203,48 @@ def test_random_channel_subset_and_crop(tmp_path):
     assert model.net.embedder.dim == 50
     _, maps = model.score(cat / "test" / "good")
     assert maps.shape == (1, 48, 48)
+
+
+def test_score_modes_have_their_own_thresholds_and_survive_save(tmp_path, category):
+    from padim.scoring import SCORE_MODES
+
+    model = Padim(size=SIZE, crop=None, device="cpu").fit(category)
+    thresholds = model.info["thresholds"]
+    assert set(thresholds) == set(SCORE_MODES)
+    assert model.threshold == thresholds["mahalanobis"]
+    assert 0 < thresholds["chebyshev"] <= 1 < thresholds["mahalanobis"]
+    images = sorted((category / "test" / "square").iterdir())[:2]
+    maha_scores, _ = model.score(images)
+    model.set_score_mode("hybrid")
+    assert model.threshold == thresholds["hybrid"]
+    hybrid, _ = model.score(images)
+    model.set_score_mode("chebyshev")
+    cheb, _ = model.score(images)
+    assert np.all((cheb > 0) & (cheb <= 1))
+    np.testing.assert_allclose(hybrid, (maha_scores + cheb) / 2, rtol=0.05)  # maps are smoothed
+    path = model.save(tmp_path / "cheb.safetensors")
+    again = load(path)
+    assert again.config.score_mode == "chebyshev" and again.threshold == thresholds["chebyshev"]
+    np.testing.assert_allclose(again.score(images)[0], cheb, rtol=1e-4)
+    back = load(path, score_mode="mahalanobis")
+    np.testing.assert_allclose(back.score(images)[0], maha_scores, rtol=1e-3)
+
+
+def test_format_2_files_score_with_mahalanobis_only(model_file, tmp_path):
+    tensors, config = load_model_file(model_file)
+    del tensors["gaussian.std"]
+    config.pop("format")
+    config.pop("format_version")
+    config["info"].pop("thresholds")
+    old = tmp_path / "old.safetensors"
+    save_model_file(old, tensors, config)
+    model = load(old)
+    assert model.info["thresholds"] == {"mahalanobis": model.threshold}
+    with pytest.raises(PadimError, match="older padim"):
+        model.set_score_mode("hybrid")
+
+
+def test_ledoit_wolf_fit_records_intensities(category):
+    model = Padim(size=SIZE, crop=None, device="cpu", shrinkage="ledoit-wolf").fit(category)
+    summary = model.info["shrinkage_intensity"]
+    assert 0 < summary["min"] <= summary["max"] <= 1

@@ -34,7 +34,8 @@ from padim.published import CATEGORIES
 from padim.tables import render_tables, run_label
 
 CSV_FIELDS = (
-    "backbone", "category", "perturbation", "size", "crop", "channels", "n_train", "n_test",
+    "backbone", "category", "perturbation", "score_mode", "shrinkage", "size", "crop",
+    "channels", "n_train", "n_test",
     "image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1", "image_f1_at_threshold",
     "pixel_f1_at_threshold", "image_balanced_accuracy", "image_accuracy_at_threshold",
     "threshold", "fit_seconds", "predict_ms_per_image", "peak_rss_fit_mib",
@@ -56,6 +57,8 @@ class BenchmarkOptions:
     seed: int = 0
     weights: str | None = None
     storage: str = "float16"
+    score_mode: str = "mahalanobis"
+    shrinkage: str = "none"
     batch_size: int = 16
     device: str = "auto"
     perturb: list[str] = field(default_factory=list)
@@ -98,6 +101,7 @@ def _row(opts: BenchmarkOptions, backbone: str, category: str, model: Padim,
     m = run.metrics
     row: dict[str, Any] = {
         "backbone": backbone, "category": category, "perturbation": m["perturbation"],
+        "score_mode": opts.score_mode, "shrinkage": opts.shrinkage,
         "size": opts.size, "crop": opts.crop, "channels": model.net.embedder.dim,
         "n_train": model.info["n_train"], "n_test": m["n_images"],
         "n_good": m["n_good"], "n_anomalous": m["n_anomalous"],
@@ -175,7 +179,7 @@ def _fit(opts: BenchmarkOptions, backbone: str, category: str, folder: Path,
                   channels=resolve_channels(backbone, opts.channels), seed=opts.seed,
                   weights=opts.weights,
                   batch_size=opts.batch_size, device=opts.device, storage=opts.storage,
-                  progress=opts.progress)
+                  score_mode=opts.score_mode, shrinkage=opts.shrinkage, progress=opts.progress)
     loader = None if perturbation is None else training_loader(perturbation, model.preprocess)
     with PeakRSS() as mem:
         model.fit(folder, loader=loader)

@@ -75,6 +75,9 @@ def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True) -> None
     g.add_argument("--weights", default=None,
                    help="FILE: a local state dict for the backbone; 'random': random init "
                    "(tests and speed measurements only); default: the ImageNet weights")
+    g.add_argument("--shrinkage", choices=["none", "ledoit-wolf"], default="none",
+                   help="covariance shrinkage before the 0.01*I regularisation: ledoit-wolf "
+                   "(per position, for few training images) or none (default, the paper)")
     g.add_argument("--storage", choices=["float16", "float32"], default="float16",
                    help="precision of the whitening matrices in the model file (default "
                    "float16: half the size, scores within 1e-4; float32: bit-exact reloads)")
@@ -88,6 +91,18 @@ def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True) -> None
                    help="threshold = this quantile of the held-out good scores (default 0.99)")
     g.add_argument("--threshold", type=float, default=None,
                    help="use this threshold instead of calibrating one")
+
+
+SCORE_MODES = ("mahalanobis", "chebyshev", "hybrid", "hybrid-scaled")  # as padim.scoring
+
+
+def _add_score_mode(p: argparse.ArgumentParser, default: str | None) -> None:
+    what = ("patch score the model is fitted and calibrated for" if default else
+            "score with this mode instead of the model's (its own calibrated threshold)")
+    p.add_argument("--score-mode", choices=SCORE_MODES, default=default,
+                   help=f"{what}: mahalanobis (the paper), chebyshev, hybrid (published "
+                   "average), hybrid-scaled (terms standardised on good images)"
+                   + (f"; default {default}" if default else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="MVTec AD category folder or a folder of good images")
     p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
     _add_fit_options(p)
+    _add_score_mode(p, "mahalanobis")
     _add_runtime(p)
     p.set_defaults(func=cmd_fit)
 
@@ -117,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
     p.add_argument("--no-images", action="store_true", help="only write results.csv/json")
+    _add_score_mode(p, None)
     _add_runtime(p)
     p.set_defaults(func=cmd_predict)
 
@@ -136,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "rotation +/-10 deg and random crop, seeded by --seed; for the paper's full "
                    "protocol the model must also be fitted on perturbed images: see benchmark)")
     p.add_argument("--seed", type=int, default=0, help="seed of --perturb")
+    _add_score_mode(p, None)
     _add_runtime(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -161,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-models", action="store_true", help="keep model files in DIR/models")
     p.add_argument("--no-figures", action="store_true", help="skip the per-category figures")
     _add_fit_options(p, threshold=False)
+    _add_score_mode(p, "mahalanobis")
     _add_runtime(p)
     p.set_defaults(func=cmd_benchmark)
 
@@ -277,7 +296,8 @@ def _progress(args: argparse.Namespace) -> bool:
 def _load(args: argparse.Namespace):
     from padim.model import Padim
 
-    return Padim.load(args.model, device=args.device, batch_size=args.batch_size)
+    return Padim.load(args.model, device=args.device, batch_size=args.batch_size,
+                      score_mode=getattr(args, "score_mode", None))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -289,13 +309,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
         channels=resolve_channels(args.backbone, args.channels),
         seed=args.seed, weights=args.weights, batch_size=args.batch_size, device=args.device,
         holdout_fraction=args.holdout, threshold_quantile=args.threshold_quantile,
-        storage=args.storage, progress=_progress(args),
+        storage=args.storage, score_mode=args.score_mode, shrinkage=args.shrinkage,
+        progress=_progress(args),
     )
     model.fit(args.data)
     if args.threshold is not None:
         model.set_threshold(args.threshold)
     model.save(args.out)
     info = model.info
+    if "warning" in info:
+        print(f"padim: warning: {info['warning']}", file=sys.stderr)
     print(f"fitted {args.backbone} on {info['n_train']} images in {info['fit_seconds']:.1f} s; "
           f"threshold {model.threshold:.3f} ({info['threshold_source']}); wrote {args.out}")
     return 0
@@ -305,7 +328,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from padim.predict_io import write_predictions
     from padim.runtime import load_scorer
 
-    scorer = load_scorer(args.model, args.device, args.threads)
+    scorer = load_scorer(args.model, args.device, args.threads, args.score_mode)
     results = write_predictions(scorer, args.inputs, args.out, threshold=args.threshold,
                                 images=not args.no_images, batch_size=args.batch_size,
                                 progress=_progress(args))
@@ -368,6 +391,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         root=args.root, out=args.out, categories=args.categories,
         backbones=args.backbones or [DEFAULT_BACKBONE], size=args.size, crop=args.crop,
         channels=args.channels, seed=args.seed, weights=args.weights, storage=args.storage,
+        score_mode=args.score_mode, shrinkage=args.shrinkage,
         batch_size=args.batch_size, device=args.device, perturb=args.perturb,
         compare_published=args.compare_published, keep_models=args.keep_models,
         figures=not args.no_figures, progress=_progress(args),

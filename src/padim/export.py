@@ -22,6 +22,7 @@ import numpy as np
 
 from padim import __version__
 from padim.errors import PadimError
+from padim.modelfile import _umask
 
 ONNX_FORMAT = "padim-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -39,6 +40,7 @@ def onnx_metadata(model: Any, model_id: str) -> dict[str, Any]:
         "backbone": cfg.backbone, "resize": cfg.size, "crop": cfg.crop,
         "input_size": header["input_size"], "embedding_dim": header["embedding_dim"],
         "normalisation": header["backbone"]["normalisation"], "sigma": cfg.sigma,
+        "score_mode": cfg.score_mode,
         "threshold": model.threshold, "info": model.info,
     }
 
@@ -81,8 +83,11 @@ def export_onnx(model: Any, out: str | Path, model_id: str = "in-memory",
         onnx.save_model(graph, str(final), save_as_external_data=split,
                         all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
         onnx.checker.check_model(str(final))
+        mode = 0o666 & ~_umask()  # the usual permissions (temporary files are private)
         if split:
+            os.chmod(work / data_name, mode)
             os.replace(work / data_name, out.parent / data_name)
+        os.chmod(final, mode)
         os.replace(final, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -24,6 +24,7 @@ from functools import lru_cache
 import torch
 
 from padim.errors import PadimError
+from padim.scoring import chebyshev_by_position
 
 DEFAULT_REGULARISATION = 0.01
 POSITION_CHUNK = 128  # positions per chunk of sums / factorisation
@@ -154,16 +155,14 @@ class GaussianStats:
                           lower_only: bool = False) -> torch.Tensor:
         """Chunk i's covariance; with `lower_only` the entries above the diagonal blocks are
         left as garbage (the Cholesky factorisation reads the lower triangle only)."""
-        if count < 2:
-            raise PadimError(
-                f"need at least 2 training images to estimate a covariance, got {count}"
-            )
+        if count < 1:
+            raise PadimError("no training images in the statistics")
         s1 = self.sum[part]
         layout = BlockLayout.for_dim(self.dim)
         scatter = (layout.unpack_blocks if lower_only else layout.unpack_symmetric)(
             self.scatter[i])
         scatter.baddbmm_(s1[:, :, None], s1[:, None, :], alpha=-1.0 / count)
-        return scatter.div_(count - 1)
+        return scatter.div_(max(count - 1, 1))  # one image: zero sample covariance
 
     def covariance(self) -> torch.Tensor:
         """Unbiased sample covariance (n - 1), float64, (P, d, d): for tests and small models."""
@@ -269,11 +268,50 @@ def whitening_factor(cov: torch.Tensor, regularisation: float) -> torch.Tensor:
     return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
 
 
+SHRINKAGE = ("none", "ledoit-wolf")
+
+
+def shrinkage_intensity(cov: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position (c,): Ledoit-Wolf intensity rho and target scale mu (target mu*I) from the
+    sample covariance alone, in its Rao-Blackwellised form (Chen, Wiesel, Eldar and Hero,
+    2010): the original estimator needs fourth moments that the streamed sums do not keep.
+    Reads the lower triangle of `cov` (c, d, d)."""
+    d = cov.shape[-1]
+    diag = cov.diagonal(dim1=1, dim2=2)
+    trace = diag.sum(dim=1)
+    frob2 = 2 * torch.tril(cov, -1).square().sum(dim=(1, 2)) + diag.square().sum(dim=1)
+    num = (n - 2) / n * frob2 + trace.square()
+    den = (n + 2) * (frob2 - trace.square() / d)
+    rho = torch.where(den > 0, (num / den.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(den))
+    return rho, trace / d
+
+
+def shrink_(cov: torch.Tensor, n: int) -> torch.Tensor:
+    """(1 - rho) S + rho mu I, in place; returns rho."""
+    rho, mu = shrinkage_intensity(cov, n)
+    cov.mul_((1 - rho)[:, None, None])
+    cov.diagonal(dim1=1, dim2=2).add_((rho * mu)[:, None])
+    return rho
+
+
 def _squared_distances(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
     """x (c, n, d), mean (c, d), L (c, d, d) -> |L^-1 (x - mean)|^2 (c, n), by a triangular
     solve (cheaper than inverting L when n < d)."""
     z = torch.linalg.solve_triangular(chol, (x - mean[:, None, :]).transpose(1, 2), upper=False)
     return z.square().sum(dim=1)
+
+
+def _std(cov: torch.Tensor) -> torch.Tensor:
+    """Per-channel standard deviations from covariances (c, d, d) -> (c, d), a copy."""
+    return cov.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt().clone()
+
+
+@dataclass
+class HeldOut:
+    """Patch terms (n, h, w) of held-out good images, scored by Gaussians fitted without them."""
+
+    mahalanobis: torch.Tensor
+    chebyshev: torch.Tensor
 
 
 @dataclass
@@ -285,6 +323,8 @@ class GaussianModel:
 
     mean: torch.Tensor  # (P, d) float32
     whitening: torch.Tensor  # (P, S) float32, block rows of W (see BlockLayout)
+    std: torch.Tensor | None = None  # (P, d) float32 per-channel std (Chebyshev scoring)
+    shrinkage_rho: torch.Tensor | None = None  # (P,) Ledoit-Wolf intensities, when fitted so
 
     @property
     def layout(self) -> BlockLayout:
@@ -325,7 +365,8 @@ class GaussianModel:
         holdout: torch.Tensor | None = None,
         consume: bool = False,
         on_chunk: Callable[[int], None] | None = None,
-    ) -> tuple[GaussianModel, torch.Tensor | None]:
+        shrinkage: str = "none",
+    ) -> tuple[GaussianModel, HeldOut | None]:
         """Factorise covariance + reg*I chunk by chunk of positions.
 
         `holdout` (n, d, h, w): embeddings of good images not in `stats`. They are scored by
@@ -333,7 +374,10 @@ class GaussianModel:
         honest threshold), then added to the statistics before the final factorisation, all in
         one pass. `consume` frees each chunk of sums once used (the stats are spent after), so
         the whitening matrices grow into the memory the sums give back. `on_chunk(positions)`
-        reports progress."""
+        reports progress. `shrinkage` "ledoit-wolf" shrinks each covariance towards mu*I
+        (`shrinkage_intensity`) before the regularisation is added."""
+        if shrinkage not in SHRINKAGE:
+            raise PadimError(f"unknown shrinkage {shrinkage!r}: use {', '.join(SHRINKAGE)}")
         p, d = stats.positions, stats.dim
         layout = BlockLayout.for_dim(d)
         device = stats.shift.device
@@ -343,18 +387,29 @@ class GaussianModel:
         held = None if holdout is None else holdout.flatten(2)  # (n, d, P): no copy
         held_sq = (None if held is None
                    else torch.empty(p, n_hold, dtype=torch.float64, device=device))
+        held_cheb = None if held is None else torch.empty_like(held_sq)
+        std = torch.empty(p, d, dtype=torch.float32, device=device)
+        rhos = torch.zeros(p, dtype=torch.float64, device=device)
         count = stats.count
         for i, part in enumerate(position_chunks(p)):
             if held is not None:
                 held_part = held[:, :, part].permute(2, 0, 1).contiguous()  # (c, n, d)
-                chol = cholesky(stats._chunk_covariance(i, part, count, lower_only=True),
-                                regularisation)
+                cov = stats._chunk_covariance(i, part, count, lower_only=True)
+                chunk_std = _std(cov)
+                if shrinkage == "ledoit-wolf":
+                    shrink_(cov, count)
+                chol = cholesky(cov, regularisation)
                 chunk_mean = stats.shift[part] + stats.sum[part] / count
-                held_sq[part] = _squared_distances(held_part.to(torch.float64), chunk_mean, chol)
+                x64 = held_part.to(torch.float64)
+                held_sq[part] = _squared_distances(x64, chunk_mean, chol)
+                held_cheb[part] = chebyshev_by_position(x64, chunk_mean, chunk_std)
                 stats._add_chunk(i, part, held_part)
             total = count + n_hold
-            w = whitening_factor(stats._chunk_covariance(i, part, total, lower_only=True),
-                                 regularisation)
+            cov = stats._chunk_covariance(i, part, total, lower_only=True)
+            std[part] = _std(cov).to(torch.float32)
+            if shrinkage == "ledoit-wolf":
+                rhos[part] = shrink_(cov, total)
+            w = whitening_factor(cov, regularisation)
             whitening[part] = layout.pack(w).to(torch.float32)
             mean[part] = stats.shift[part] + stats.sum[part] / total
             if consume:
@@ -364,11 +419,23 @@ class GaussianModel:
             if on_chunk is not None:
                 on_chunk(part.stop - part.start)
         stats.count = count + n_hold
-        distances = None
+        held_out = None
         if held_sq is not None:
             h, w_ = holdout.shape[-2:]
-            distances = held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32)
-        return cls(mean=mean.to(torch.float32), whitening=whitening), distances
+            held_out = HeldOut(
+                held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32),
+                held_cheb.T.reshape(n_hold, h, w_).to(torch.float32))
+        rho = rhos if shrinkage == "ledoit-wolf" else None
+        return cls(mean.to(torch.float32), whitening, std, rho), held_out
+
+    def chebyshev(self, emb: torch.Tensor) -> torch.Tensor:
+        """Chebyshev term of every patch (see `scoring`): (B, d, h, w) -> (B, h, w)."""
+        if self.std is None:
+            raise PadimError("this model has no per-channel standard deviations (written by "
+                             "an older padim): Chebyshev scoring needs a re-fit")
+        b, _, h, w = emb.shape
+        x = embeddings_by_position(emb.to(self.mean.dtype))
+        return chebyshev_by_position(x, self.mean, self.std).T.reshape(b, h, w)
 
     def distances(self, emb: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of every patch: (B, d, h, w) -> (B, h, w)."""

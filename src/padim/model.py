@@ -23,14 +23,21 @@ from padim.backbones import Normalisation, get_backbone
 from padim.data import ImageInput, Preprocess, as_image, batches, list_images, training_images
 from padim.errors import PadimError
 from padim.features import Embedder, select_channels
-from padim.gaussian import DEFAULT_REGULARISATION, GaussianModel, GaussianStats
+from padim.gaussian import (
+    DEFAULT_REGULARISATION,
+    SHRINKAGE,
+    GaussianModel,
+    GaussianStats,
+    HeldOut,
+)
 from padim.modelfile import load_model_file, save_model_file
 from padim.network import PadimNet
+from padim.scoring import DEFAULT_SCORE_MODE, SCORE_MODES, term_statistics
 
 Loader = Callable[[int, ImageInput], torch.Tensor]
 
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-MIN_TRAIN_IMAGES = 2
+MIN_TRAIN_IMAGES = 1
 MIN_IMAGES_FOR_HOLDOUT = 5
 
 
@@ -48,6 +55,8 @@ class PadimConfig:
     holdout_fraction: float = 0.2  # good training images held out to calibrate the threshold
     threshold_quantile: float = 0.99  # of the held-out good images' scores
     storage: str = "float16"  # dtype of the whitening matrices in the model file
+    score_mode: str = DEFAULT_SCORE_MODE  # patch score: see padim.scoring
+    shrinkage: str = "none"  # "ledoit-wolf": shrink each covariance before regularising
 
     def validate(self) -> None:
         spec = get_backbone(self.backbone)
@@ -63,6 +72,12 @@ class PadimConfig:
             raise PadimError("threshold quantile must be in (0, 1]")
         if self.regularisation < 0 or self.sigma < 0:
             raise PadimError("regularisation and sigma must be non-negative")
+        if self.score_mode not in SCORE_MODES:
+            raise PadimError(f"score mode must be one of {', '.join(SCORE_MODES)}, "
+                             f"got {self.score_mode!r}")
+        if self.shrinkage not in SHRINKAGE:
+            raise PadimError(f"shrinkage must be one of {', '.join(SHRINKAGE)}, "
+                             f"got {self.shrinkage!r}")
         if self.storage not in STORAGE_DTYPES:
             raise PadimError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, "
                              f"got {self.storage!r}")
@@ -139,12 +154,15 @@ class Padim:
         holdout_fraction: float = 0.2,
         threshold_quantile: float = 0.99,
         storage: str = "float16",
+        score_mode: str = DEFAULT_SCORE_MODE,
+        shrinkage: str = "none",
         progress: bool = False,
     ) -> None:
         self.config = PadimConfig(
             backbone=backbone, size=size, crop=crop, channels=channels, seed=seed,
             regularisation=regularisation, sigma=sigma, holdout_fraction=holdout_fraction,
-            threshold_quantile=threshold_quantile, storage=storage,
+            threshold_quantile=threshold_quantile, storage=storage, score_mode=score_mode,
+            shrinkage=shrinkage,
         )
         self.config.validate()
         if batch_size < 1:
@@ -229,35 +247,71 @@ class Padim:
             holdout = torch.cat(held) if held else None
             del held
             factor_bar = self._bar(stats.positions, "factorise", unit="pos")
-            gaussian, held_dist = GaussianModel.fit(
+            gaussian, held_out = GaussianModel.fit(
                 stats, self.config.regularisation, holdout, consume=True,
-                on_chunk=factor_bar.update,
+                on_chunk=factor_bar.update, shrinkage=self.config.shrinkage,
             )
             factor_bar.close()
             del stats, holdout
             self.net = PadimNet(embedder, gaussian, self.config.sigma).eval()
-            held_scores: list[float] = []
-            if held_dist is not None:
-                size = (self.preprocess.output_size,) * 2
-                held_scores = self.net.mapper(held_dist, size).flatten(1).amax(1).tolist()
-        calibration_source = "held-out good training images"
-        if not held_scores:  # too few images to hold any out: in-sample scores (optimistic)
-            with torch.inference_mode():
-                held_scores = [float(v) for x in self._tensor_batches(fit_items, loader)
-                               for v in self.net(x)[0].cpu()]
-            calibration_source = "in-sample good training images (too few to hold out)"
-        scores = np.asarray(held_scores, dtype=np.float64)
-        self.threshold = float(np.quantile(scores, self.config.threshold_quantile))
+            source = "held-out good training images"
+            if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
+                held_out = self._in_sample_terms(fit_items, loader)
+                source = "in-sample good training images (too few to hold out)"
+            self.net.term_stats = term_statistics(held_out.mahalanobis, held_out.chebyshev)
+            thresholds, summary = self._calibrate(held_out)
+        mode = self.config.score_mode
+        self.net.set_score_mode(mode)
+        self.threshold = thresholds[mode]
+        n_cal = held_out.mahalanobis.shape[0]
         self.info = {
             "n_train": n,
             "n_holdout": n_hold,
             "fit_seconds": round(time.perf_counter() - started, 3),
             "weights": self._weights_description(),
-            "threshold_source": f"quantile {self.config.threshold_quantile} of {len(scores)} "
-            f"{calibration_source}",
-            "good_score_summary": _summary(scores),
+            "threshold_source": f"quantile {self.config.threshold_quantile} of {n_cal} {source}",
+            "thresholds": thresholds,
+            "good_score_summary": summary[mode],
         }
+        if n < MIN_IMAGES_FOR_HOLDOUT:
+            self.info["warning"] = (f"fitted on {n} image(s): the threshold comes from the "
+                                    "training images themselves; calibrate it on labelled data")
+        if gaussian.shrinkage_rho is not None:
+            self.info["shrinkage_intensity"] = _summary(gaussian.shrinkage_rho.numpy())
         return self
+
+    def _in_sample_terms(self, items: Sequence[tuple[int, ImageInput]],
+                         loader: Loader | None) -> HeldOut:
+        assert self.net is not None
+        maha, cheb = [], []
+        for x in self._tensor_batches(items, loader):
+            m, c = self.net.terms(self.net.embedder(x), "hybrid")
+            maha.append(m)
+            cheb.append(c)
+        return HeldOut(torch.cat(maha), torch.cat(cheb))
+
+    def _calibrate(self, held: HeldOut) -> tuple[dict[str, float], dict[str, dict]]:
+        """Threshold per score mode: a quantile of the good calibration images' scores."""
+        assert self.net is not None
+        size = (self.preprocess.output_size,) * 2
+        thresholds, summaries = {}, {}
+        for mode in SCORE_MODES:
+            scores, _ = self.net.maps_from_terms(held.mahalanobis, held.chebyshev, size, mode)
+            values = scores.double().cpu().numpy()
+            thresholds[mode] = float(np.quantile(values, self.config.threshold_quantile))
+            summaries[mode] = _summary(values)
+        return thresholds, summaries
+
+    def set_score_mode(self, mode: str) -> None:
+        """Score with another mode; the threshold becomes the one calibrated for it."""
+        net = self._require_fitted()
+        net.set_score_mode(mode)
+        thresholds = self.info.get("thresholds") or {}
+        if mode not in thresholds:
+            raise PadimError(f"this model has no calibrated threshold for score mode {mode}: "
+                             "re-fit it with this padim")
+        self.config.score_mode = mode
+        self.threshold = float(thresholds[mode])
 
     def _weights_description(self) -> str:
         if self.weights is None:
@@ -344,6 +398,7 @@ class Padim:
             raise PadimError(f"threshold must be a finite number, got {value}")
         self.threshold = float(value)
         self.info["threshold_source"] = source
+        self.info.setdefault("thresholds", {})[self.config.score_mode] = self.threshold
 
     def calibrate(self, scores: np.ndarray, labels: np.ndarray) -> float:
         """Re-calibrate the threshold from labelled validation scores (F1-optimal)."""
@@ -385,12 +440,17 @@ class Padim:
         # Lower triangles only, in the configured precision (float16 halves the file).
         tril = net.gaussian.tril()
         tensors["gaussian.whitening_tril"] = tril.to(STORAGE_DTYPES[self.config.storage])
+        if net.gauss_std is not None:
+            tensors["gaussian.std"] = net.gauss_std
+        tensors["scoring.term_stats"] = net.term_stats
         save_model_file(path, tensors, self.to_config())
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 16) -> Padim:
-        """Rebuild a fitted model from its file (no network: backbone weights are inside)."""
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 16,
+             score_mode: str | None = None) -> Padim:
+        """Rebuild a fitted model from its file (no network: backbone weights are inside);
+        `score_mode` replaces the mode it was fitted with (and its threshold)."""
         tensors, header = load_model_file(path)
         try:
             model = cls._from_header(header, device, batch_size)
@@ -399,6 +459,8 @@ class Padim:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise PadimError(f"model file is incompatible or damaged: {path} ({exc})") from None
+        if score_mode is not None and score_mode != model.config.score_mode:
+            model.set_score_mode(score_mode)
         return model
 
     @classmethod
@@ -409,10 +471,12 @@ class Padim:
             seed=cfg.seed, weights="random", batch_size=batch_size, device=device,
             regularisation=cfg.regularisation, sigma=cfg.sigma,
             holdout_fraction=cfg.holdout_fraction, threshold_quantile=cfg.threshold_quantile,
-            storage=cfg.storage,
+            storage=cfg.storage, score_mode=cfg.score_mode, shrinkage=cfg.shrinkage,
         )
         model.threshold = None if header["threshold"] is None else float(header["threshold"])
         model.info = dict(header.get("info", {}))
+        if "thresholds" not in model.info and model.threshold is not None:  # older files
+            model.info["thresholds"] = {cfg.score_mode: model.threshold}
         return model
 
     def _load_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
@@ -440,12 +504,17 @@ class Padim:
             if full.shape != (mean.shape[0], dim, dim):
                 raise PadimError("model file tensors do not match each other (whitening)")
             gaussian = GaussianModel.from_full(mean, full)
-        self.net = PadimNet(embedder, gaussian, self.config.sigma).to(self.device).eval()
+        gaussian.std = tensors.get("gaussian.std")
+        if gaussian.std is not None and gaussian.std.shape != mean.shape:
+            raise PadimError("model file tensors do not match each other (std)")
+        self.net = PadimNet(embedder, gaussian, self.config.sigma, self.config.score_mode,
+                            tensors.get("scoring.term_stats")).to(self.device).eval()
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int = 16) -> Padim:
+def load(path: str | Path, device: str = "auto", batch_size: int = 16,
+         score_mode: str | None = None) -> Padim:
     """Load a model file written by `Padim.save`."""
-    return Padim.load(path, device=device, batch_size=batch_size)
+    return Padim.load(path, device=device, batch_size=batch_size, score_mode=score_mode)
 
 
 def _summary(scores: np.ndarray) -> dict[str, float]:

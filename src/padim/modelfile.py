@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_NAME = "padim-model"
-FORMAT_VERSION = 2  # 2: packed lower-triangular whitening; 1: full matrices
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 3: + per-channel std and score mode; 2: packed lower-triangular
+READABLE_VERSIONS = (1, 2, 3)  # whitening; 1: full matrices
 _META_KEY = "padim"
 
 

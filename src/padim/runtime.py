@@ -55,10 +55,11 @@ class TorchScorer:
         self.input_size = model.preprocess.output_size
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto") -> TorchScorer:
+    def from_file(cls, path: str | Path, device: str = "auto",
+                  score_mode: str | None = None) -> TorchScorer:
         from padim.model import Padim
 
-        model = Padim.load(path, device=device)
+        model = Padim.load(path, device=device, score_mode=score_mode)
         return cls(model, file_id(path), str(path))
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -87,6 +88,7 @@ class TorchScorer:
             "n_holdout": info.get("n_holdout"),
             "weights": info.get("weights"),
             "sigma": cfg.sigma,
+            "score_mode": cfg.score_mode,
             "library_version": __version__,
         }
 
@@ -119,6 +121,7 @@ class ExportedScorer:
             "threshold": self.threshold, "threshold_source": info.get("threshold_source"),
             "n_train": info.get("n_train"), "n_holdout": info.get("n_holdout"),
             "weights": info.get("weights"), "sigma": self.meta.get("sigma"),
+            "score_mode": self.meta.get("score_mode", "mahalanobis"),
             "library_version": __version__,
             "exported_with_version": self.meta.get("library_version"),
         }
@@ -201,18 +204,23 @@ class OpenVinoScorer(ExportedScorer):
         return result[self._outputs["score"]], result[self._outputs["anomaly_map"]][:, 0]
 
 
-def load_scorer(path: str | Path, device: str = "auto", threads: int | None = None) -> Scorer:
+def load_scorer(path: str | Path, device: str = "auto", threads: int | None = None,
+                score_mode: str | None = None) -> Scorer:
     """The right runtime for a model file: .onnx -> onnxruntime, .xml -> OpenVINO (neither
-    imports torch), anything else -> a padim model file run by torch."""
+    imports torch), anything else -> a padim model file run by torch. `score_mode` replaces
+    the model's (torch only: an export has its mode built in)."""
     suffix = Path(path).suffix.lower()
     if suffix in (".onnx", ".xml") and not Path(path).is_file():
         raise PadimError(f"model file not found: {path}")
-    if suffix == ".onnx":
-        return OnnxScorer(path, threads)
-    if suffix == ".xml":
-        return OpenVinoScorer(path, threads)
+    if suffix in (".onnx", ".xml"):
+        scorer = (OnnxScorer if suffix == ".onnx" else OpenVinoScorer)(path, threads)
+        built_in = scorer.meta.get("score_mode", "mahalanobis")
+        if score_mode is not None and score_mode != built_in:
+            raise PadimError(f"{path} was exported with score mode {built_in}; export the "
+                             f"model again with --score-mode {score_mode}")
+        return scorer
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return TorchScorer.from_file(path, device=device)
+    return TorchScorer.from_file(path, device=device, score_mode=score_mode)

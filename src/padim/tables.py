@@ -40,7 +40,15 @@ def _labels(results: list[dict[str, Any]]) -> list[str]:
 
 
 def run_label(r: dict[str, Any]) -> str:
-    return r["backbone"] + (f", {r['perturbation']}" if r.get("perturbation") else "")
+    """backbone[, score mode][, shrinkage][, perturbation]: defaults are not named."""
+    parts = [r["backbone"]]
+    if r.get("score_mode", "mahalanobis") != "mahalanobis":
+        parts.append(r["score_mode"])
+    if r.get("shrinkage", "none") != "none":
+        parts.append(r["shrinkage"])
+    if r.get("perturbation"):
+        parts.append(r["perturbation"])
+    return ", ".join(parts)
 
 
 def _values(results: list[dict[str, Any]], label: str, metric: str) -> dict[str, float]:
