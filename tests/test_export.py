@@ -60,12 +60,14 @@ def test_metadata_describes_the_model(fitted, onnx_file, capsys):
 
 
 def test_external_data_format(fitted, tmp_path):
+    import torch
+
     out = export_onnx(fitted, tmp_path / "split.onnx", external_data=True)
     data = tmp_path / "split.onnx.data"
     assert data.is_file() and data.stat().st_size > 10 * out.stat().st_size
     x = random_images(2, seed=7)
     np.testing.assert_allclose(OnnxScorer(out).score_batch(x)[0],
-                               fitted.score_tensors(__import__("torch").from_numpy(x))[0],
+                               fitted.score_tensors(torch.from_numpy(x))[0],
                                rtol=1e-4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
 

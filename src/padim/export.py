@@ -145,7 +145,9 @@ def parse_metadata(props: dict[str, str], path: str | Path) -> dict[str, Any]:
 
 def parity(model: Any, scorer: Any, images: np.ndarray) -> dict[str, float]:
     """Largest differences between the torch model and an exported runtime on `images`."""
-    t_scores, t_maps = model.score_tensors(__import__("torch").from_numpy(images))
+    import torch
+
+    t_scores, t_maps = model.score_tensors(torch.from_numpy(images))
     o_scores, o_maps = scorer.score_batch(images)
     return {
         "max_rel_score_diff": float(np.max(np.abs(o_scores - t_scores) / np.abs(t_scores))),
