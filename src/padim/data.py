@@ -17,7 +17,14 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 
 from padim.errors import PadimError
-from padim.images import IMAGE_EXTENSIONS, array_to_image, read_image, resize_crop, to_rgb
+from padim.images import (
+    IMAGE_EXTENSIONS,
+    array_to_image,
+    list_images,
+    read_image,
+    resize_crop,
+    to_rgb,
+)
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -49,14 +56,6 @@ def as_image(item: ImageInput) -> Image.Image:
     return read_image(item)
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PadimError(f"not a folder: {folder}")
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
 
 
 # ----------------------------------------------------------------------------- geometry

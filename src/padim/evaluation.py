@@ -11,6 +11,7 @@ import torch
 
 from padim.data import Preprocess, Sample, batches, read_image, read_mask
 from padim.errors import PadimError
+from padim.images import to_picture
 from padim.metrics import metric_suite
 from padim.model import Padim
 from padim.perturb import RandomRotateCrop, perturbed_sample
@@ -36,13 +37,11 @@ class EvaluationRun:
 
     def image(self, i: int) -> np.ndarray:
         """Test image i as the model saw it (perturbed if the run was), (H, W, 3) uint8."""
-        from padim.viz import to_uint8_image
-
         s = self.samples[i]
         if self.perturbation is None:
-            return to_uint8_image(self.preprocess.image(read_image(s.path)))
+            return to_picture(self.preprocess.image(read_image(s.path)))
         img, _ = perturbed_sample(self.perturbation, self.preprocess, i, s.path, None)
-        return to_uint8_image(img)
+        return to_picture(img)
 
 
 def ground_truth_masks(model: Padim, samples: list[Sample]) -> np.ndarray | None:

@@ -389,14 +389,15 @@ class GaussianModel:
                    else torch.empty(p, n_hold, dtype=torch.float64, device=device))
         held_cheb = None if held is None else torch.empty_like(held_sq)
         std = torch.empty(p, d, dtype=torch.float32, device=device)
-        rhos = torch.zeros(p, dtype=torch.float64, device=device)
+        shrinking = shrinkage == "ledoit-wolf"
+        rhos = torch.zeros(p, dtype=torch.float64, device=device) if shrinking else None
         count = stats.count
         for i, part in enumerate(position_chunks(p)):
             if held is not None:
                 held_part = held[:, :, part].permute(2, 0, 1).contiguous()  # (c, n, d)
                 cov = stats._chunk_covariance(i, part, count, lower_only=True)
                 chunk_std = _std(cov)
-                if shrinkage == "ledoit-wolf":
+                if shrinking:
                     shrink_(cov, count)
                 chol = cholesky(cov, regularisation)
                 chunk_mean = stats.shift[part] + stats.sum[part] / count
@@ -407,7 +408,7 @@ class GaussianModel:
             total = count + n_hold
             cov = stats._chunk_covariance(i, part, total, lower_only=True)
             std[part] = _std(cov).to(torch.float32)
-            if shrinkage == "ledoit-wolf":
+            if shrinking:
                 rhos[part] = shrink_(cov, total)
             w = whitening_factor(cov, regularisation)
             whitening[part] = layout.pack(w).to(torch.float32)
@@ -425,8 +426,7 @@ class GaussianModel:
             held_out = HeldOut(
                 held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32),
                 held_cheb.T.reshape(n_hold, h, w_).to(torch.float32))
-        rho = rhos if shrinkage == "ledoit-wolf" else None
-        return cls(mean.to(torch.float32), whitening, std, rho), held_out
+        return cls(mean.to(torch.float32), whitening, std, rhos), held_out
 
     def chebyshev(self, emb: torch.Tensor) -> torch.Tensor:
         """Chebyshev term of every patch (see `scoring`): (B, d, h, w) -> (B, h, w)."""

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from padim.errors import BadImage
+from padim.errors import BadImage, PadimError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_SIDE = 2
@@ -112,6 +112,16 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = Non
     return open_image(io.BytesIO(data), name, max_pixels)
 
 
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PadimError(f"not a folder: {folder}")
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
 def resize_crop(image: Image.Image, size: int, crop: int | None) -> np.ndarray:
     """RGB image -> (3, S, S) float32 in [0, 1]: resize to size x size (bilinear, antialiased),
     then centre-crop to crop x crop (offsets rounded as torchvision does)."""
@@ -124,6 +134,7 @@ def resize_crop(image: Image.Image, size: int, crop: int | None) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
 
 
-def to_picture(x: np.ndarray) -> np.ndarray:
-    """(3, H, W) float image in [0, 1] -> (H, W, 3) uint8 picture."""
+def to_picture(x) -> np.ndarray:
+    """(3, H, W) float image in [0, 1] (array or CPU tensor) -> (H, W, 3) uint8 picture."""
+    x = np.asarray(x)
     return (np.clip(x.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)

@@ -253,7 +253,8 @@ class Padim:
             )
             factor_bar.close()
             del stats, holdout
-            self.net = PadimNet(embedder, gaussian, self.config.sigma).eval()
+            self.net = PadimNet(embedder, gaussian, self.config.sigma,
+                                self.config.score_mode).eval()
             source = "held-out good training images"
             if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
                 held_out = self._in_sample_terms(fit_items, loader)
@@ -261,7 +262,6 @@ class Padim:
             self.net.term_stats = term_statistics(held_out.mahalanobis, held_out.chebyshev)
             thresholds, summary = self._calibrate(held_out)
         mode = self.config.score_mode
-        self.net.set_score_mode(mode)
         self.threshold = thresholds[mode]
         n_cal = held_out.mahalanobis.shape[0]
         self.info = {

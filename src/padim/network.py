@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from padim.anomaly_map import AnomalyMapper
+from padim.errors import PadimError
 from padim.features import Embedder
 from padim.gaussian import GaussianModel
 from padim.scoring import DEFAULT_SCORE_MODE, SCORE_MODES, combine
@@ -34,8 +35,6 @@ class PadimNet(nn.Module):
         self.set_score_mode(score_mode)
 
     def set_score_mode(self, mode: str) -> None:
-        from padim.errors import PadimError
-
         if mode not in SCORE_MODES:
             raise PadimError(f"unknown score mode {mode!r}: use {', '.join(SCORE_MODES)}")
         if mode != "mahalanobis" and self.gauss_std is None:

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from padim.errors import PadimError
-from padim.images import IMAGE_EXTENSIONS, read_image, to_picture
+from padim.images import list_images, read_image, to_picture
 from padim.runtime import Scorer
 from padim.viz import colour_scale, heatmap_rgb, overlay, save_png
 
@@ -41,8 +41,7 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     out: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = list_images(item)
             if not found:
                 raise PadimError(f"no images found in {item}")
             out.extend(found)

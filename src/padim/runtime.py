@@ -210,9 +210,9 @@ def load_scorer(path: str | Path, device: str = "auto", threads: int | None = No
     imports torch), anything else -> a padim model file run by torch. `score_mode` replaces
     the model's (torch only: an export has its mode built in)."""
     suffix = Path(path).suffix.lower()
-    if suffix in (".onnx", ".xml") and not Path(path).is_file():
-        raise PadimError(f"model file not found: {path}")
     if suffix in (".onnx", ".xml"):
+        if not Path(path).is_file():
+            raise PadimError(f"model file not found: {path}")
         scorer = (OnnxScorer if suffix == ".onnx" else OpenVinoScorer)(path, threads)
         built_in = scorer.meta.get("score_mode", "mahalanobis")
         if score_mode is not None and score_mode != built_in:

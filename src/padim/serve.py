@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from padim import __version__
 from padim.batching import BatchResult, MicroBatcher
 from padim.errors import BadImage, PadimError
-from padim.images import IMAGE_EXTENSIONS, decode_image, to_picture
+from padim.images import decode_image, list_images, to_picture
 from padim.runtime import Scorer
 from padim.serve_metrics import MetricsMiddleware, ServiceMetrics
 from padim.viz import colour_scale, heatmap_rgb, overlay
@@ -311,20 +311,15 @@ def load_examples(sources: Sequence[Path]) -> list[Example]:
         if source.is_file():
             files.append((source.name, source))
         elif source.is_dir():
-            files += [(p.name, p) for p in _images_in(source)]
+            files += [(p.name, p) for p in list_images(source)]
             for sub in sorted(d for d in source.iterdir() if d.is_dir()):
-                files += [(f"{sub.name}/{p.name}", p) for p in _images_in(sub)]
+                files += [(f"{sub.name}/{p.name}", p) for p in list_images(sub)]
         else:
             raise PadimError(f"examples not found: {source}")
     if not files:
         raise PadimError("no example images found in " + ", ".join(map(str, sources)))
     return [Example(name, path.read_bytes(), _media_type(path))
             for name, path in _spread(files, MAX_EXAMPLES)]
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _spread(items: list, n: int) -> list:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from padim.images import to_picture
 from padim.modelfile import write_atomic
 
 
@@ -47,11 +46,6 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None,
     if mask is not None:
         out[mask_outline(mask)] = (255, 255, 255)
     return out
-
-
-def to_uint8_image(tensor_chw) -> np.ndarray:
-    """(3, H, W) float tensor or array in [0, 1] -> (H, W, 3) uint8 array."""
-    return to_picture(np.asarray(tensor_chw))
 
 
 def save_png(path: str | Path, array: np.ndarray) -> None:
