@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import math
 import os
 import time
@@ -26,7 +25,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -38,7 +36,7 @@ from padim.errors import BadImage, PadimError
 from padim.images import decode_image, list_images, to_picture
 from padim.runtime import Scorer
 from padim.serve_metrics import MetricsMiddleware, ServiceMetrics
-from padim.viz import colour_scale, heatmap_rgb, overlay
+from padim.viz import colour_scale, heatmap_rgb, overlay, png_bytes
 
 MB = 1 << 20
 PICTURES = ("heatmap", "mask", "overlay", "input")
@@ -177,11 +175,7 @@ def parse_threshold(text: str | None, default: float) -> float:
 
 
 def png_base64(array: np.ndarray) -> str:
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(array, compress_level=1)).decode("ascii")
 
 
 class Service:
@@ -338,12 +332,7 @@ def demo_examples() -> list[Example]:
         arrays = example_images()
     except ImportError:
         return []
-    out = []
-    for name, array in arrays:
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="PNG")
-        out.append(Example(name, buf.getvalue(), "image/png"))
-    return out
+    return [Example(name, png_bytes(array), "image/png") for name, array in arrays]
 
 
 # ----------------------------------------------------------------------------- the app

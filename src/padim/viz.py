@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,12 +49,19 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None,
     return out
 
 
-def save_png(path: str | Path, array: np.ndarray) -> None:
-    """Write an RGB or greyscale/boolean array as PNG, atomically."""
+def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """An RGB or greyscale/boolean array encoded as PNG."""
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
-    img = Image.fromarray(array)
-    write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """Write an RGB or greyscale/boolean array as PNG, atomically."""
+    data = png_bytes(array)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
