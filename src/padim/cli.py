@@ -1,5 +1,5 @@
-"""The `padim` command line: fit, predict, evaluate, benchmark, calibrate, serve, export, info,
-backbones, demo, download.
+"""The `padim` command line: fit, fit-many, predict, evaluate, benchmark, calibrate, serve,
+export, info, backbones, demo, download.
 
 User mistakes end with one line on stderr (`padim: error: ...`) and exit status 1 (2 for bad
 usage); outputs are written atomically, so a failed command leaves nothing half-written.
@@ -59,7 +59,22 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True) -> None:
+def _add_engine(p: argparse.ArgumentParser, what: str) -> argparse._ArgumentGroup:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help=f"local (this process, default) or ray: {what} "
+                   "(needs pip install 'padim[ray]')")
+    g.add_argument("--address", default=None,
+                   help="ray: the cluster to use (host:port of its head, or 'auto' for the one "
+                   "this node belongs to); default: start a local Ray on this machine")
+    g.add_argument("--num-cpus", type=_positive_int, default=None,
+                   help="ray: CPUs of the local Ray started when no --address is given "
+                   "(default: all)")
+    return g
+
+
+def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True,
+                     fixed_threshold: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help=f"feature extractor (default {DEFAULT_BACKBONE}, works offline; "
@@ -89,8 +104,9 @@ def _add_fit_options(p: argparse.ArgumentParser, threshold: bool = True) -> None
                    "(default 0.2; they are added to the model afterwards)")
     g.add_argument("--threshold-quantile", type=float, default=0.99,
                    help="threshold = this quantile of the held-out good scores (default 0.99)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="use this threshold instead of calibrating one")
+    if fixed_threshold:
+        g.add_argument("--threshold", type=float, default=None,
+                       help="use this threshold instead of calibrating one")
 
 
 SCORE_MODES = ("mahalanobis", "chebyshev", "hybrid", "hybrid-scaled")  # as padim.scoring
@@ -122,19 +138,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_options(p)
     _add_score_mode(p, "mahalanobis")
     _add_runtime(p)
+    g = _add_engine(p, "the batches are sharded over Ray tasks and their sums merged exactly")
+    g.add_argument("--shards", type=_positive_int, default=None,
+                   help="ray: number of shards (default: one per cluster CPU)")
+    g.add_argument("--cpus-per-task", type=_positive_int, default=1,
+                   help="ray: CPUs (torch threads) per shard task (default 1)")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "fit-many", help="fit one model per product/category listed in a manifest",
+        description="Fit one model per name in a manifest (CSV or Parquet with columns 'model' "
+        "and 'path': a folder of good images, an MVTec AD category or one image; several rows "
+        "may name one model). Writes OUT/<model>.safetensors and OUT/fit-many.csv; models "
+        "already in OUT are kept unless --overwrite; one failing model does not stop the rest.")
+    p.add_argument("manifest", type=Path, help="CSV or Parquet manifest (columns model, path)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the model files")
+    p.add_argument("--overwrite", action="store_true", help="re-fit models already in OUT")
+    _add_fit_options(p, fixed_threshold=False)
+    _add_score_mode(p, "mahalanobis")
+    _add_runtime(p)
+    g = _add_engine(p, "the models are fitted in parallel Ray tasks")
+    g.add_argument("--cpus-per-model", type=_positive_int, default=1,
+                   help="ray: CPUs (torch threads) per model task (default 1)")
+    p.set_defaults(func=cmd_fit_many)
 
     p = sub.add_parser("predict", help="score images, write CSV/JSON, heat maps and masks",
                        description="Score images; writes DIR/results.csv (path,score,label), "
                        "DIR/results.json and per-image overlay, heat-map and mask PNGs.")
     p.add_argument("model", type=Path,
                    help="model file (.safetensors), or an export (.onnx, OpenVINO .xml)")
-    p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
+    p.add_argument("inputs", type=Path, nargs="+",
+                   help="image files, folders of images and/or CSV/Parquet manifests (a 'path' "
+                   "column; relative paths are relative to the manifest)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
     p.add_argument("--no-images", action="store_true", help="only write results.csv/json")
     _add_score_mode(p, None)
     _add_runtime(p)
+    g = _add_engine(p, "a Ray Data pipeline of scoring actors writes a resumable job folder: "
+                    "DIR/results.parquet (or .csv), summary.json, parts/ and, with --maps, maps/;"
+                    " folders are searched recursively, a re-run scores only what is missing")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="ray: scoring actors, each holding the model (default: one per CPU)")
+    g.add_argument("--cpus-per-worker", type=_positive_int, default=1,
+                   help="ray: CPUs (torch threads) per scoring actor (default 1)")
+    g.add_argument("--format", choices=["parquet", "csv"], default="parquet",
+                   help="ray: format of DIR/results (default parquet)")
+    g.add_argument("--maps", action="store_true",
+                   help="ray: also write overlay, heat-map and mask PNGs to DIR/maps")
+    g.add_argument("--retry-errors", action="store_true",
+                   help="ray: score again the images that failed in an earlier run")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="image and pixel AUROC on a labelled test set",
@@ -300,27 +353,88 @@ def _load(args: argparse.Namespace):
                       score_mode=getattr(args, "score_mode", None))
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def _model_settings(args: argparse.Namespace) -> dict:
+    """Padim(...) keyword arguments from the fit options."""
     from padim.backbones import resolve_channels
+
+    return {
+        "backbone": args.backbone, "size": args.size, "crop": args.crop,
+        "channels": resolve_channels(args.backbone, args.channels), "seed": args.seed,
+        "weights": args.weights, "batch_size": args.batch_size, "device": args.device,
+        "holdout_fraction": args.holdout, "threshold_quantile": args.threshold_quantile,
+        "storage": args.storage, "score_mode": args.score_mode, "shrinkage": args.shrinkage,
+        "progress": _progress(args),
+    }
+
+
+def _check_engine(args: argparse.Namespace, ray_only: Sequence[str]) -> None:
+    """Ray options without --engine ray are a mistake, not something to ignore silently."""
+    if args.engine == "ray":
+        return
+    given = [o for o in ray_only if getattr(args, o.lstrip("-").replace("-", "_")) not in
+             (None, False, 1, "parquet")]
+    if args.address or args.num_cpus or given:
+        raise PadimError(f"{', '.join(given) or '--address/--num-cpus'} need --engine ray")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
     from padim.model import Padim
 
-    model = Padim(
-        backbone=args.backbone, size=args.size, crop=args.crop,
-        channels=resolve_channels(args.backbone, args.channels),
-        seed=args.seed, weights=args.weights, batch_size=args.batch_size, device=args.device,
-        holdout_fraction=args.holdout, threshold_quantile=args.threshold_quantile,
-        storage=args.storage, score_mode=args.score_mode, shrinkage=args.shrinkage,
-        progress=_progress(args),
-    )
-    model.fit(args.data)
+    _check_engine(args, ["--shards", "--cpus-per-task"])
+    model = Padim(**_model_settings(args))
+    if args.engine == "ray":
+        from padim import ray_engine
+
+        with ray_engine.ray_session(args.address, args.num_cpus):
+            ray_engine.fit(model, args.data, shards=args.shards, cpus_per_task=args.cpus_per_task)
+    else:
+        model.fit(args.data)
     if args.threshold is not None:
         model.set_threshold(args.threshold)
     model.save(args.out)
     info = model.info
     if "warning" in info:
         print(f"padim: warning: {info['warning']}", file=sys.stderr)
-    print(f"fitted {args.backbone} on {info['n_train']} images in {info['fit_seconds']:.1f} s; "
-          f"threshold {model.threshold:.3f} ({info['threshold_source']}); wrote {args.out}")
+    print(f"fitted {args.backbone} on {info['n_train']} images in {info['fit_seconds']:.1f} s"
+          f"{' on ray' if args.engine == 'ray' else ''}; threshold {model.threshold:.3f} "
+          f"({info['threshold_source']}); wrote {args.out}")
+    return 0
+
+
+def cmd_fit_many(args: argparse.Namespace) -> int:
+    from padim import fit_many
+
+    _check_engine(args, ["--cpus-per-model"])
+    settings = _model_settings(args)
+
+    def report(row: dict) -> None:
+        if row["status"] == "fitted":
+            print(f"{row['model']}: fitted on {row['n_train']} images in {row['seconds']:.1f} s, "
+                  f"threshold {row['threshold']:.3f}", flush=True)
+        elif row["status"] == "kept":
+            print(f"{row['model']}: kept {args.out / row['file']} (--overwrite to re-fit)",
+                  flush=True)
+        else:
+            print(f"{row['model']}: failed: {row['error']}", file=sys.stderr, flush=True)
+
+    if args.engine == "ray":
+        from padim import ray_engine
+
+        def remote(jobs, paths):
+            return ray_engine.fit_models(jobs, paths, settings, args.cpus_per_model)
+
+        with ray_engine.ray_session(args.address, args.num_cpus):
+            rows = fit_many.run(args.manifest, args.out, settings, "ray", args.overwrite,
+                                remote, report)
+    else:
+        rows = fit_many.run(args.manifest, args.out, settings, "local", args.overwrite,
+                            report=report)
+    bad = [r["model"] for r in rows if r["status"] == "failed"]
+    summary = args.out / "fit-many.csv"
+    if bad:
+        raise PadimError(f"{len(bad)} of {len(rows)} models failed ({', '.join(bad[:5])}"
+                         f"{', ...' if len(bad) > 5 else ''}): see {summary}")
+    print(f"{len(rows)} models in {args.out}; summary {summary}")
     return 0
 
 
@@ -328,12 +442,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from padim.predict_io import write_predictions
     from padim.runtime import load_scorer
 
+    _check_engine(args, ["--workers", "--cpus-per-worker", "--format", "--maps",
+                         "--retry-errors"])
+    if args.engine == "ray":
+        return _predict_ray(args)
     scorer = load_scorer(args.model, args.device, args.threads, args.score_mode)
     results = write_predictions(scorer, args.inputs, args.out, threshold=args.threshold,
                                 images=not args.no_images, batch_size=args.batch_size,
                                 progress=_progress(args))
     flagged = sum(r.is_anomalous for r in results)
     print(f"scored {len(results)} images: {flagged} anomalous; wrote {args.out / 'results.csv'}")
+    return 0
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    from padim import ray_engine
+
+    if args.no_images or args.threads:
+        raise PadimError("--no-images and --threads are the local engine's: the Ray engine "
+                         "writes pictures only with --maps and uses --cpus-per-worker threads")
+    opts = ray_engine.BulkOptions(
+        workers=args.workers, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size,
+        threshold=args.threshold, score_mode=args.score_mode, maps=args.maps, fmt=args.format,
+        retry_errors=args.retry_errors, progress=_progress(args))
+    with ray_engine.ray_session(args.address, args.num_cpus):
+        summary = ray_engine.predict(args.model, args.inputs, args.out, opts)
+    rate = summary.get("images_per_second")
+    print(f"scored {summary['scored_now']} images ({summary['skipped_done']} already done) with "
+          f"{summary['workers']} workers{f' ({rate:.1f} img/s after start-up)' if rate else ''}: "
+          f"{summary['anomalous']} anomalous, {summary['errors']} errors of "
+          f"{summary['images']}; wrote {args.out / summary['results']}")
     return 0
 
 

@@ -84,6 +84,17 @@ class PadimConfig:
 
 
 @dataclass
+class FitPlan:
+    """Which training items are fitted and which are held out to calibrate the threshold
+    ((index, item) pairs in input order)."""
+
+    n: int
+    fit_items: list[tuple[int, ImageInput]]
+    hold_items: list[tuple[int, ImageInput]]
+    started: float  # perf_counter() when fitting began
+
+
+@dataclass
 class Prediction:
     """One image's result. `anomaly_map` and `mask` are at the model's input geometry."""
 
@@ -192,7 +203,8 @@ class Padim:
 
     # ------------------------------------------------------------------ fitting
 
-    def _build_embedder(self) -> Embedder:
+    def build_embedder(self) -> Embedder:
+        """The frozen backbone + channel selection this model's config describes."""
         spec = get_backbone(self.config.backbone)
         extractor = spec.build(self.weights, seed=self.config.seed)
         keep = self.config.channels or spec.default_keep
@@ -208,6 +220,31 @@ class Padim:
         `loader(index, item)` replaces the usual read + resize + crop of item number `index`
         and must return a (3, H, W) tensor at the model's input geometry (used for seeded
         augmentations such as the Rd-MVTec protocol)."""
+        plan = self.plan_fit(images)
+        embedder = self.build_embedder()
+        bar = self._bar(plan.n, "fit")
+        stats: GaussianStats | None = None
+        held: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for x in self._tensor_batches(plan.fit_items, loader):
+                emb = embedder(x)
+                if stats is None:
+                    stats = GaussianStats.from_batch(emb)
+                else:
+                    stats.update(emb)
+                bar.update(len(x))
+            for x in self._tensor_batches(plan.hold_items, loader):
+                held.append(embedder(x))  # scored by a model that never saw them, then added
+                bar.update(len(x))
+        bar.close()
+        assert stats is not None
+        holdout = torch.cat(held) if held else None
+        del held
+        return self.finish_fit(plan, embedder, stats, holdout, loader)
+
+    def plan_fit(self, images: ImageInput | Iterable[ImageInput]) -> FitPlan:
+        """The training items and their seeded split into fitted and held-out images (the same
+        for every engine, so a distributed fit sees exactly the local fit's images)."""
         if isinstance(images, str | Path) and Path(images).is_dir():
             items: list[ImageInput] = list(training_images(images))
         else:
@@ -218,34 +255,23 @@ class Padim:
                 f"need at least {MIN_TRAIN_IMAGES} good training images to fit a covariance, "
                 f"got {n}"
             )
-        started = time.perf_counter()
-        embedder = self._build_embedder()
         order = np.random.default_rng(self.config.seed).permutation(n)
         n_hold = 0
         if n >= MIN_IMAGES_FOR_HOLDOUT:
             n_hold = min(n - MIN_TRAIN_IMAGES, round(self.config.holdout_fraction * n))
         indexed = list(enumerate(items))
-        fit_items = [indexed[i] for i in sorted(order[: n - n_hold])]
-        hold_items = [indexed[i] for i in sorted(order[n - n_hold :])]
+        return FitPlan(
+            n=n,
+            fit_items=[indexed[i] for i in sorted(order[: n - n_hold])],
+            hold_items=[indexed[i] for i in sorted(order[n - n_hold :])],
+            started=time.perf_counter(),
+        )
 
-        bar = self._bar(n, "fit")
-        stats: GaussianStats | None = None
-        held: list[torch.Tensor] = []
+    def finish_fit(self, plan: FitPlan, embedder: Embedder, stats: GaussianStats,
+                   holdout: torch.Tensor | None, loader: Loader | None = None) -> Padim:
+        """Factorise the summed statistics, score the held-out embeddings and calibrate a
+        threshold per score mode (consumes `stats`)."""
         with torch.inference_mode():
-            for x in self._tensor_batches(fit_items, loader):
-                emb = embedder(x)
-                if stats is None:
-                    stats = GaussianStats.from_batch(emb)
-                else:
-                    stats.update(emb)
-                bar.update(len(x))
-            for x in self._tensor_batches(hold_items, loader):
-                held.append(embedder(x))  # scored by a model that never saw them, then added
-                bar.update(len(x))
-            assert stats is not None
-            bar.close()
-            holdout = torch.cat(held) if held else None
-            del held
             factor_bar = self._bar(stats.positions, "factorise", unit="pos")
             gaussian, held_out = GaussianModel.fit(
                 stats, self.config.regularisation, holdout, consume=True,
@@ -257,17 +283,17 @@ class Padim:
                                 self.config.score_mode).eval()
             source = "held-out good training images"
             if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
-                held_out = self._in_sample_terms(fit_items, loader)
+                held_out = self._in_sample_terms(plan.fit_items, loader)
                 source = "in-sample good training images (too few to hold out)"
             self.net.term_stats = term_statistics(held_out.mahalanobis, held_out.chebyshev)
             thresholds, summary = self._calibrate(held_out)
         mode = self.config.score_mode
         self.threshold = thresholds[mode]
-        n_cal = held_out.mahalanobis.shape[0]
+        n, n_cal = plan.n, held_out.mahalanobis.shape[0]
         self.info = {
             "n_train": n,
-            "n_holdout": n_hold,
-            "fit_seconds": round(time.perf_counter() - started, 3),
+            "n_holdout": len(plan.hold_items),
+            "fit_seconds": round(time.perf_counter() - plan.started, 3),
             "weights": self._weights_description(),
             "threshold_source": f"quantile {self.config.threshold_quantile} of {n_cal} {source}",
             "thresholds": thresholds,

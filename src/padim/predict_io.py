@@ -37,10 +37,15 @@ class ResultRow:
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
-    """Image files as given plus the images inside given folders, in order, without repeats."""
+    """Image files as given, the images inside given folders and the paths listed in CSV or
+    Parquet manifests (`path` column), in order, without repeats."""
+    from padim.bulk import MANIFEST_SUFFIXES, manifest_paths
+
     out: list[Path] = []
     for item in inputs:
-        if item.is_dir():
+        if item.suffix.lower() in MANIFEST_SUFFIXES and not item.is_dir():
+            out.extend(manifest_paths(item))
+        elif item.is_dir():
             found = list_images(item)
             if not found:
                 raise PadimError(f"no images found in {item}")
@@ -53,8 +58,9 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """Unique, readable file stems: each path relative to the inputs' common folder."""
-    resolved = [p.resolve() for p in paths]
+    """Unique, readable file stems: each path relative to the inputs' common folder, with '__'
+    for '/' (stable: a resumed bulk job names every image as its first run did)."""
+    resolved = [Path(os.path.abspath(p)) for p in paths]
     base = Path(os.path.commonpath([p.parent for p in resolved]))
     names = ["__".join(p.relative_to(base).with_suffix("").parts) for p in resolved]
     if len(set(names)) != len(names):  # same stem, different extensions

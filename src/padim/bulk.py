@@ -1,0 +1,267 @@
+"""Bulk scoring jobs: manifests in, resumable result parts out (torch-free and Ray-free; the Ray
+engine runs `score_part` inside its actors).
+
+An output folder holds `job.json` (which model and threshold the results belong to), `parts/`
+(one Parquet file per scored batch, each written atomically, so a killed job leaves only whole
+parts behind), optional `maps/`, and at the end `results.parquet` or `results.csv` with one row
+per input in input order plus `summary.json`. A re-run scores only the inputs that no part
+covers yet: that is how a killed job resumes and how a growing folder is topped up.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from padim.errors import PadimError
+from padim.images import IMAGE_EXTENSIONS, read_image, to_picture
+from padim.modelfile import atomic_path, write_text_atomic
+from padim.runtime import Scorer
+
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+RESULT_FORMATS = ("parquet", "csv")
+COLUMNS = ("path", "score", "label", "threshold", "error", "overlay", "heatmap", "mask")
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise PadimError("Parquet files need pyarrow: pip install pyarrow (or 'padim[ray]')"
+                         ) from None
+    return pa, pq
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+def read_table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV (with a header) or Parquet manifest, restricted to `columns`, all required."""
+    if not path.is_file():
+        raise PadimError(f"manifest not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        _, pq = _pyarrow()
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise PadimError(f"cannot read Parquet manifest {path}: {exc}") from None
+        found = table.column_names
+        data = {c: table.column(c).to_pylist() for c in columns if c in found}
+        rows = [dict(zip(data, values, strict=True)) for values in zip(*data.values(),
+                                                                         strict=True)]
+    elif suffix == ".csv":
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                found = list(reader.fieldnames or [])
+                rows = [{c: r.get(c) for c in columns} for r in reader]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise PadimError(f"cannot read CSV manifest {path}: {exc}") from None
+    else:
+        raise PadimError(f"a manifest is a .csv or .parquet file, got {path}")
+    missing = [c for c in columns if c not in found]
+    if missing:
+        raise PadimError(f"manifest {path} has no column {', '.join(map(repr, missing))} "
+                         f"(columns: {', '.join(map(str, found)) or 'none'})")
+    for i, row in enumerate(rows, start=2):
+        empty = [c for c in columns if row.get(c) in (None, "")]
+        if empty:
+            raise PadimError(f"manifest {path}, row {i}: empty {', '.join(empty)}")
+    return [{c: str(row[c]) for c in columns} for row in rows]
+
+
+def manifest_paths(path: Path) -> list[Path]:
+    """Image paths of a manifest's `path` column; relative ones are relative to the manifest."""
+    return [_resolve(path, row["path"]) for row in read_table(path, ["path"])]
+
+
+def _resolve(manifest: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else manifest.parent / p
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every image under `folder`, sub-folders included, sorted (hidden entries skipped)."""
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+             and p.is_file() and not any(part.startswith(".")
+                                         for part in p.relative_to(folder).parts)]
+    return sorted(found)
+
+
+def source_paths(sources: Sequence[Path]) -> list[Path]:
+    """Images of folders (recursively), manifests and single files, in order, without repeats."""
+    out: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            found = find_images(src)
+            if not found:
+                raise PadimError(f"no images found under {src}")
+            out.extend(found)
+        elif src.suffix.lower() in MANIFEST_SUFFIXES:
+            out.extend(manifest_paths(src))
+        elif src.is_file():
+            out.append(src)
+        else:
+            raise PadimError(f"input not found: {src}")
+    if not out:
+        raise PadimError("no images to score")
+    return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------- one part
+
+
+def score_part(scorer: Scorer, paths: Sequence[str], names: Sequence[str], threshold: float,
+               maps_dir: Path | None, parts_dir: Path) -> dict[str, list]:
+    """Score one batch, write its pictures (if `maps_dir`) and then its part file; an image that
+    cannot be read becomes a row with an `error` and no score, never a failed batch."""
+    from padim.viz import colour_scale, heatmap_rgb, overlay, save_png
+
+    found: list[dict[str, Any]] = [{"path": p, "threshold": threshold} for p in paths]
+    good, arrays = [], []
+    for i, path in enumerate(paths):
+        try:
+            arrays.append(scorer.preprocess(read_image(path)))
+            good.append(i)
+        except PadimError as exc:
+            found[i]["error"] = f"{getattr(exc, 'code', 'unreadable')}: {exc}"
+        except Exception as exc:  # any decoder failure on one file is that file's problem
+            found[i]["error"] = f"unreadable: {type(exc).__name__}: {exc}"
+    if good:
+        scores, maps = scorer.score_batch(np.stack(arrays))
+        vmin, vmax = colour_scale(threshold)
+        for i, img, score, amap in zip(good, arrays, scores, maps, strict=True):
+            found[i].update(score=float(score), label=int(score > threshold))
+            if maps_dir is None:
+                continue
+            mask = amap > threshold
+            pictures = {"overlay": overlay(to_picture(img), amap, mask, vmin, vmax),
+                        "heatmap": heatmap_rgb(amap, vmin, vmax), "mask": mask}
+            for kind, picture in pictures.items():
+                save_png(maps_dir / f"{names[i]}_{kind}.png", picture)
+                found[i][kind] = f"maps/{names[i]}_{kind}.png"
+    rows = {c: [row.get(c) for row in found] for c in COLUMNS}
+    rows["error"] = [e.splitlines()[0][:500] if e else None for e in rows["error"]]
+    write_part(parts_dir, rows)
+    return rows
+
+
+def _table(rows: dict[str, list]):
+    pa, _ = _pyarrow()
+    schema = pa.schema([("path", pa.string()), ("score", pa.float64()), ("label", pa.int8()),
+                        ("threshold", pa.float64()), ("error", pa.string()),
+                        ("overlay", pa.string()), ("heatmap", pa.string()),
+                        ("mask", pa.string())])
+    return pa.table({c: rows[c] for c in COLUMNS}, schema=schema)
+
+
+def write_part(parts_dir: Path, rows: dict[str, list]) -> Path:
+    """One batch's rows as parts/part-<uuid>.parquet, atomically."""
+    _, pq = _pyarrow()
+    path = parts_dir / f"part-{uuid.uuid4().hex}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(_table(rows), tmp)
+    return path
+
+
+# ----------------------------------------------------------------------------- the job folder
+
+
+@dataclass
+class BulkJob:
+    """An output folder of a bulk scoring job (see the module docstring)."""
+
+    out: Path
+    fmt: str = "parquet"
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.out / "parts"
+
+    @property
+    def maps_dir(self) -> Path:
+        return self.out / "maps"
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / f"results.{self.fmt}"
+
+    def start(self, identity: dict[str, Any]) -> None:
+        """Create the folder, or check that its earlier results come from the same model,
+        threshold and score mode (mixing them would make one table of incomparable scores)."""
+        if self.fmt not in RESULT_FORMATS:
+            raise PadimError(f"--format must be one of {', '.join(RESULT_FORMATS)}")
+        if self.out.exists() and not self.out.is_dir():
+            raise PadimError(f"--out must be a folder: {self.out}")
+        record = self.out / "job.json"
+        if record.is_file():
+            try:
+                before = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                raise PadimError(f"{record} is damaged; use a new --out folder") from None
+            changed = [k for k in identity if before.get(k) != identity[k]]
+            if changed:
+                raise PadimError(
+                    f"{self.out} holds results of another job ({', '.join(changed)} differ: "
+                    f"{before.get(changed[0])!r} vs {identity[changed[0]]!r}); use a new --out "
+                    "folder")
+        elif self.out.exists() and any(self.out.iterdir()):
+            raise PadimError(f"{self.out} is not empty and holds no padim job; use a new "
+                             "--out folder")
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(record, json.dumps(identity, indent=2) + "\n")
+
+    def done(self, retry_errors: bool = False) -> dict[str, dict[str, Any]]:
+        """The rows already written, by path (a scored row wins over an error row); with
+        `retry_errors`, paths that only have error rows count as not done."""
+        _, pq = _pyarrow()
+        rows: dict[str, dict[str, Any]] = {}
+        for part in sorted(self.parts_dir.glob("part-*.parquet")):
+            try:
+                table = pq.read_table(part)
+            except Exception:  # not written by an atomic rename: cannot happen, but never fatal
+                continue
+            for row in table.to_pylist():
+                kept = rows.get(row["path"])
+                if kept is None or (kept["error"] and not row["error"]):
+                    rows[row["path"]] = row
+        if retry_errors:
+            rows = {p: r for p, r in rows.items() if not r["error"]}
+        return rows
+
+    def finish(self, paths: Sequence[str], summary: dict[str, Any]) -> dict[str, Any]:
+        """Write results.<fmt> (one row per input, input order) and summary.json, atomically."""
+        done = self.done()
+        missing = [p for p in paths if p not in done]
+        if missing:
+            raise PadimError(f"{len(missing)} inputs have no result (first: {missing[0]})")
+        rows = {c: [done[p][c] for p in paths] for c in COLUMNS}
+        errors = sum(e is not None for e in rows["error"])
+        summary = {**summary, "images": len(paths), "errors": errors,
+                   "anomalous": sum(v == 1 for v in rows["label"]),
+                   "results": self.results_path.name}
+        with atomic_path(self.results_path) as tmp:
+            if self.fmt == "parquet":
+                _pyarrow()[1].write_table(_table(rows), tmp)
+            else:
+                _write_csv(tmp, rows)
+        write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _write_csv(path: Path, rows: dict[str, list]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for values in zip(*(rows[c] for c in COLUMNS), strict=True):
+            writer.writerow(["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)
+                             for v in values])
