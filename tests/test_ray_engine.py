@@ -65,14 +65,23 @@ def test_split_evenly():
     assert ray_engine.split_evenly([1, 2], 5) == [[1], [2]]  # never an empty shard
 
 
+def test_unreachable_address_fails_fast():
+    started = time.monotonic()
+    with pytest.raises(PadimError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1"):
+        ray_engine.check_reachable("127.0.0.1:1")
+    assert time.monotonic() - started < 10
+    ray_engine.check_reachable("auto")  # left to Ray
+
+
 def _local_stats(model: Padim, plan, embedder) -> tuple[GaussianStats, torch.Tensor]:
     """The local fit's accumulation, batch by batch."""
     stats = None
     with torch.inference_mode():
         for x in model._tensor_batches(plan.fit_items):
-            emb = embedder(x)
-            stats = GaussianStats.from_batch(emb) if stats is None else (stats.update(emb)
-                                                                         or stats)
+            if stats is None:
+                stats = GaussianStats.from_batch(embedder(x))
+            else:
+                stats.update(embedder(x))
         held = torch.cat([embedder(x) for x in model._tensor_batches(plan.hold_items)])
     return stats, held
 

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -28,9 +29,6 @@ from padim.data import Preprocess, as_image, batches
 from padim.errors import PadimError
 from padim.gaussian import GaussianStats
 from padim.model import FitPlan, Padim
-
-TASK_MEMORY_NOTE = ("a shard's statistics take about 8 * positions * dim^2 * 0.56 bytes; "
-                    "use fewer --shards or a smaller --size if workers run out of memory")
 
 
 def require_ray():
@@ -51,7 +49,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield ray
         return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if address:
+        check_reachable(address)
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
                               "log_to_driver": True}
     try:
@@ -66,6 +65,18 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or address == "auto":
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise PadimError(f"cannot reach the Ray cluster at {address}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def cluster_cpus() -> int:
