@@ -145,6 +145,8 @@ def test_ray_fit_few_images_and_errors(cluster, tmp_path, one_thread):
     remote = ray_engine.fit(Padim(size=SIZE, crop=None, batch_size=2, device="cpu"), few)
     assert remote.threshold == pytest.approx(local.threshold, rel=1e-6)  # in-sample threshold
     assert "warning" in remote.info
+    with pytest.raises(PadimError, match=r"^a Ray fit task failed: TypeError: "):
+        ray_engine.fit(Padim(size=SIZE, crop=None, batch_size=2, device="cpu"), [*few, 5])
     (tmp_path / "few" / "1.png").write_bytes(b"broken")
     with pytest.raises(PadimError, match=r"^not an image file .*1\.png$"):
         ray_engine.fit(Padim(size=SIZE, crop=None, batch_size=2, device="cpu"), few)

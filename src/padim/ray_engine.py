@@ -84,18 +84,21 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """A task's PadimError as the same one-line error on the driver (Ray wraps it, sometimes
-    twice: the task's error, then Ray Data's user-code error)."""
-    current: BaseException | None = exc
+def _unwrap(exc: BaseException, what: str) -> PadimError:
+    """One line for the driver: a task's PadimError as it was raised (Ray wraps it, sometimes
+    twice: the task's error, then Ray Data's user-code error), anything else as `what` failed
+    with the innermost error's first line."""
+    current: BaseException = exc
     for _ in range(8):
-        if current is None:
-            break
         cause = getattr(current, "cause", None)
         if isinstance(cause, PadimError) or (cause is None and isinstance(current, PadimError)):
             return PadimError(str(cause or current).strip().splitlines()[0])
-        current = cause if isinstance(cause, BaseException) else current.__cause__
-    return exc
+        nxt = cause if isinstance(cause, BaseException) else current.__cause__
+        if nxt is None:
+            break
+        current = nxt
+    first = (str(current).strip().splitlines() or [""])[0][:300]
+    return PadimError(f"{what}: {type(current).__name__}: {first}")
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -191,7 +194,7 @@ def sharded_statistics(model: Padim, plan: FitPlan, embedder: torch.nn.Module,
         stats = GaussianStats.from_state_dict(ray.get(merged))
         holdout = torch.cat(ray.get(hold_refs)) if hold_refs else None
     except ray.exceptions.RayError as exc:
-        raise _unwrap(exc) from None
+        raise _unwrap(exc, "a Ray fit task failed") from None
     finally:
         bar.close()
     return stats, holdout
@@ -302,7 +305,8 @@ def _run_pipeline(ray, model_path: Path, todo: list[Path], names: dict[Path, str
             bar.update(len(batch["path"]))
             first = first or (time.perf_counter(), len(batch["path"]))
     except Exception as exc:
-        raise _unwrap(exc) from None
+        raise _unwrap(exc, f"the Ray scoring job failed (parts written so far are kept in "
+                           f"{job.out}: run the command again to resume)") from None
     finally:
         bar.close()
     end = time.perf_counter()
@@ -347,7 +351,7 @@ def fit_models(jobs: list, paths: dict[str, Path], settings: dict[str, Any],
         try:
             data, row = ray.get(ready[0])
         except ray.exceptions.RayError as exc:
-            yield failed(job.name, _unwrap(exc))
+            yield failed(job.name, _unwrap(exc, "the Ray task failed"))
             continue
         if data is not None:
             write_atomic(paths[job.name], lambda tmp, data=data: tmp.write_bytes(data))
