@@ -180,6 +180,23 @@ def test_predict_leaves_nothing_when_an_input_is_bad(tmp_path, model_file, categ
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pred")] == []
 
 
+def test_predict_from_a_manifest(tmp_path, model_file, category, capsys):
+    images = sorted((category / "test" / "square").iterdir())[:3]
+    for p in images:
+        shutil.copy(p, tmp_path / p.name)
+    manifest = tmp_path / "list.csv"  # relative paths are relative to the manifest
+    manifest.write_text("path\n" + "".join(f"{p.name}\n" for p in images))
+    out = tmp_path / "pred"
+    assert main(["predict", str(model_file), str(manifest), "--out", str(out), "--quiet",
+                 "--no-images"]) == 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["path"] for row in rows] == [str(tmp_path / p.name) for p in images]
+    manifest.write_text("path\nmissing.png\n")
+    assert main(["predict", str(model_file), str(manifest), "--out", str(tmp_path / "p2")]) == 1
+    assert "missing.png" in _error_line(capsys)
+
+
 def test_predict_missing_input(tmp_path, model_file, capsys):
     assert main(["predict", str(model_file), str(tmp_path / "nope.png"), "--out",
                  str(tmp_path / "o")]) == 1
