@@ -9,7 +9,7 @@ from conftest import save, texture
 
 from padim.bulk import BulkJob, manifest_paths, read_table, score_part, source_paths
 from padim.errors import PadimError
-from padim.images import resize_crop
+from padim.images import read_image, resize_crop
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -80,12 +80,18 @@ def test_score_part_records_bad_images(tmp_path, images):
     job.start({"model_id": "mean-0", "threshold": 0.5})
     names = [p.stem for p in paths]
     rows = score_part(MeanScorer(), [str(p) for p in paths], names, 0.5, job.maps_dir,
-                      job.parts_dir)
+                      job.parts_dir, ("heatmap", "mask", "map"))
     assert rows["error"][3].startswith("not_an_image: ")
     assert rows["score"][3] is None and rows["label"][3] is None
     assert rows["label"][4] == 1 and rows["score"][4] > 0.9  # the bright image
     assert all(rows["error"][i] is None for i in (0, 1, 2, 4))
     assert (job.maps_dir / "x_heatmap.png").is_file() and rows["mask"][4] == "maps/x_mask.png"
+    assert rows["overlay"][4] is None and not (job.maps_dir / "x_overlay.png").exists()
+    raw = np.load(job.maps_dir / "x_map.npy")  # the raw map, to re-threshold later
+    assert raw.dtype == np.float16 and raw.shape == (16, 16) and rows["map"][4] == "maps/x_map.npy"
+    scorer = MeanScorer()
+    expected = scorer.score_batch(scorer.preprocess(read_image(paths[4]))[None])[1][0]
+    assert np.allclose(raw, expected, atol=1e-3)
     parts = list(job.parts_dir.glob("part-*.parquet"))
     assert len(parts) == 1 and pq.read_table(parts[0]).num_rows == 5
     assert not list(job.parts_dir.glob(".*"))  # no temporary files left

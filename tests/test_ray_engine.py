@@ -193,7 +193,8 @@ def test_ray_predict_scores_and_bad_images(cluster, model_file, fitted, scored_f
                                            capsys):
     out = tmp_path / "job"
     assert main(["predict", str(model_file), str(scored_folder), "--out", str(out), "--engine",
-                 "ray", "--address", cluster, "--batch-size", "3", "--maps", "--quiet"]) == 0
+                 "ray", "--address", cluster, "--batch-size", "3", "--maps", "--raw-maps",
+                 "--quiet"]) == 0
     assert "3 errors of 13" in capsys.readouterr().out
     rows = _rows(out / "results.parquet")
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)  # input order
@@ -206,6 +207,8 @@ def test_ray_predict_scores_and_bad_images(cluster, model_file, fitted, scored_f
     np.testing.assert_allclose([r["score"] for r in scored], expected, rtol=1e-4)
     assert [r["label"] for r in scored] == [int(s > fitted.threshold) for s in expected]
     assert all((out / r["heatmap"]).is_file() and (out / r["mask"]).is_file() for r in scored)
+    raw = np.load(out / scored[0]["map"]).astype(np.float32)
+    assert raw.max() == pytest.approx(scored[0]["score"], rel=1e-2)  # image score = map max
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 13 and summary["errors"] == 3 and summary["scored_now"] == 13
     # a re-run has nothing left to do; --retry-errors scores the 3 failures again

@@ -3,9 +3,10 @@ engine runs `score_part` inside its actors).
 
 An output folder holds `job.json` (which model and threshold the results belong to), `parts/`
 (one Parquet file per scored batch, each written atomically, so a killed job leaves only whole
-parts behind), optional `maps/`, and at the end `results.parquet` or `results.csv` with one row
-per input in input order plus `summary.json`. A re-run scores only the inputs that no part
-covers yet: that is how a killed job resumes and how a growing folder is topped up.
+parts behind), optional `maps/` (PNG pictures, raw float16 maps), and at the end
+`results.parquet` or `results.csv` with one row per input in input order plus `summary.json`.
+A re-run scores only the inputs that no part covers yet: that is how a killed job resumes and
+how a growing folder is topped up.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import numpy as np
 
 from padim.errors import PadimError
 from padim.images import IMAGE_EXTENSIONS, read_image, to_picture
-from padim.modelfile import atomic_path, write_text_atomic
+from padim.modelfile import atomic_path, write_atomic, write_text_atomic
 from padim.runtime import Scorer
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 RESULT_FORMATS = ("parquet", "csv")
-COLUMNS = ("path", "score", "label", "threshold", "error", "overlay", "heatmap", "mask")
+COLUMNS = ("path", "score", "label", "threshold", "error", "overlay", "heatmap", "mask", "map")
+PICTURES = ("overlay", "heatmap", "mask")
 
 
 def _pyarrow():
@@ -121,11 +123,11 @@ def source_paths(sources: Sequence[Path]) -> list[Path]:
 
 
 def score_part(scorer: Scorer, paths: Sequence[str], names: Sequence[str], threshold: float,
-               maps_dir: Path | None, parts_dir: Path) -> dict[str, list]:
-    """Score one batch, write its pictures (if `maps_dir`) and then its part file; an image that
-    cannot be read becomes a row with an `error` and no score, never a failed batch."""
-    from padim.viz import colour_scale, heatmap_rgb, overlay, save_png
-
+               maps_dir: Path | None, parts_dir: Path,
+               outputs: Sequence[str] = PICTURES) -> dict[str, list]:
+    """Score one batch, write its `outputs` into `maps_dir` (if given: PNG pictures, and "map",
+    the raw anomaly map as float16 .npy) and then its part file; an image that cannot be read
+    becomes a row with an `error` and no score, never a failed batch."""
     found: list[dict[str, Any]] = [{"path": p, "threshold": threshold} for p in paths]
     good, arrays = [], []
     for i, path in enumerate(paths):
@@ -138,21 +140,42 @@ def score_part(scorer: Scorer, paths: Sequence[str], names: Sequence[str], thres
             found[i]["error"] = f"unreadable: {type(exc).__name__}: {exc}"
     if good:
         scores, maps = scorer.score_batch(np.stack(arrays))
-        vmin, vmax = colour_scale(threshold)
         for i, img, score, amap in zip(good, arrays, scores, maps, strict=True):
             found[i].update(score=float(score), label=int(score > threshold))
-            if maps_dir is None:
-                continue
-            mask = amap > threshold
-            pictures = {"overlay": overlay(to_picture(img), amap, mask, vmin, vmax),
-                        "heatmap": heatmap_rgb(amap, vmin, vmax), "mask": mask}
-            for kind, picture in pictures.items():
-                save_png(maps_dir / f"{names[i]}_{kind}.png", picture)
-                found[i][kind] = f"maps/{names[i]}_{kind}.png"
+            if maps_dir is not None:
+                found[i].update(_write_outputs(maps_dir, names[i], img, amap, threshold,
+                                               outputs))
     rows = {c: [row.get(c) for row in found] for c in COLUMNS}
     rows["error"] = [e.splitlines()[0][:500] if e else None for e in rows["error"]]
     write_part(parts_dir, rows)
     return rows
+
+
+def _write_outputs(maps_dir: Path, name: str, img: np.ndarray, amap: np.ndarray,
+                   threshold: float, outputs: Sequence[str]) -> dict[str, str]:
+    """One image's requested pictures / raw map; returns their paths relative to the job."""
+    from padim.viz import colour_scale, heatmap_rgb, overlay, save_png
+
+    vmin, vmax = colour_scale(threshold)
+    mask = amap > threshold
+    written = {}
+    for kind in outputs:
+        if kind == "map":
+            file = f"{name}_map.npy"
+            write_atomic(maps_dir / file, lambda tmp: _save_npy(tmp, amap))
+        else:
+            file = f"{name}_{kind}.png"
+            picture = {"overlay": lambda: overlay(to_picture(img), amap, mask, vmin, vmax),
+                       "heatmap": lambda: heatmap_rgb(amap, vmin, vmax),
+                       "mask": lambda: mask}[kind]()
+            save_png(maps_dir / file, picture)
+        written[kind] = f"maps/{file}"
+    return written
+
+
+def _save_npy(path: Path, amap: np.ndarray) -> None:
+    with path.open("wb") as f:
+        np.save(f, amap.astype(np.float16))
 
 
 def _table(rows: dict[str, list]):
@@ -160,7 +183,7 @@ def _table(rows: dict[str, list]):
     schema = pa.schema([("path", pa.string()), ("score", pa.float64()), ("label", pa.int8()),
                         ("threshold", pa.float64()), ("error", pa.string()),
                         ("overlay", pa.string()), ("heatmap", pa.string()),
-                        ("mask", pa.string())])
+                        ("mask", pa.string()), ("map", pa.string())])
     return pa.table({c: rows[c] for c in COLUMNS}, schema=schema)
 
 

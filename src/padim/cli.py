@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray: format of DIR/results (default parquet)")
     g.add_argument("--maps", action="store_true",
                    help="ray: also write overlay, heat-map and mask PNGs to DIR/maps")
+    g.add_argument("--raw-maps", action="store_true",
+                   help="ray: also write each raw anomaly map (float16 .npy, input size) to "
+                   "DIR/maps, to re-threshold later without scoring again")
     g.add_argument("--retry-errors", action="store_true",
                    help="ray: score again the images that failed in an earlier run")
     p.set_defaults(func=cmd_predict)
@@ -442,7 +445,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from padim.predict_io import write_predictions
     from padim.runtime import load_scorer
 
-    _check_engine(args, ["--workers", "--cpus-per-worker", "--format", "--maps",
+    _check_engine(args, ["--workers", "--cpus-per-worker", "--format", "--maps", "--raw-maps",
                          "--retry-errors"])
     if args.engine == "ray":
         return _predict_ray(args)
@@ -457,19 +460,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_ray(args: argparse.Namespace) -> int:
     from padim import ray_engine
+    from padim.bulk import PICTURES
 
     if args.no_images or args.threads:
         raise PadimError("--no-images and --threads are the local engine's: the Ray engine "
                          "writes pictures only with --maps and uses --cpus-per-worker threads")
     opts = ray_engine.BulkOptions(
         workers=args.workers, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size,
-        threshold=args.threshold, score_mode=args.score_mode, maps=args.maps, fmt=args.format,
+        threshold=args.threshold, score_mode=args.score_mode, fmt=args.format,
+        maps=(PICTURES if args.maps else ()) + (("map",) if args.raw_maps else ()),
         retry_errors=args.retry_errors, progress=_progress(args))
     with ray_engine.ray_session(args.address, args.num_cpus):
         summary = ray_engine.predict(args.model, args.inputs, args.out, opts)
     rate = summary.get("images_per_second")
     print(f"scored {summary['scored_now']} images ({summary['skipped_done']} already done) with "
-          f"{summary['workers']} workers{f' ({rate:.1f} img/s after start-up)' if rate else ''}: "
+          f"{summary['workers']} worker{'s' if summary['workers'] != 1 else ''}"
+          f"{f' ({rate:.1f} img/s after start-up)' if rate else ''}: "
           f"{summary['anomalous']} anomalous, {summary['errors']} errors of "
           f"{summary['images']}; wrote {args.out / summary['results']}")
     return 0

@@ -208,7 +208,7 @@ class ScoreWorker:
     batches of paths and writes their pictures and result part (`padim.bulk.score_part`)."""
 
     def __init__(self, model: str, threads: int, score_mode: str | None,
-                 threshold: float, out: str, maps: bool) -> None:
+                 threshold: float, out: str, maps: tuple[str, ...]) -> None:
         from padim.runtime import load_scorer
 
         self.scorer = load_scorer(model, "cpu", threads, score_mode)
@@ -221,7 +221,8 @@ class ScoreWorker:
 
         rows = score_part(self.scorer, [str(p) for p in batch["path"]],
                           [str(n) for n in batch["name"]], self.threshold,
-                          self.out / "maps" if self.maps else None, self.out / "parts")
+                          self.out / "maps" if self.maps else None, self.out / "parts",
+                          self.maps)
         return {"path": np.array(rows["path"], dtype=object),
                 "error": np.array([e or "" for e in rows["error"]], dtype=object)}
 
@@ -233,7 +234,7 @@ class BulkOptions:
     batch_size: int = 16
     threshold: float | None = None
     score_mode: str | None = None
-    maps: bool = False
+    maps: tuple[str, ...] = ()  # into DIR/maps: any of overlay, heatmap, mask (PNG), map (.npy)
     fmt: str = "parquet"
     retry_errors: bool = False
     progress: bool = True
