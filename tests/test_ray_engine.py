@@ -75,13 +75,9 @@ def test_unreachable_address_fails_fast():
 
 def _local_stats(model: Padim, plan, embedder) -> tuple[GaussianStats, torch.Tensor]:
     """The local fit's accumulation, batch by batch."""
-    stats = None
     with torch.inference_mode():
-        for x in model._tensor_batches(plan.fit_items):
-            if stats is None:
-                stats = GaussianStats.from_batch(embedder(x))
-            else:
-                stats.update(embedder(x))
+        stats = GaussianStats.from_batches(embedder(x)
+                                           for x in model._tensor_batches(plan.fit_items))
         held = torch.cat([embedder(x) for x in model._tensor_batches(plan.hold_items)])
     return stats, held
 

@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 
 from padim.errors import PadimError
-from padim.images import IMAGE_EXTENSIONS, read_image, to_picture
+from padim.images import IMAGE_EXTENSIONS, list_images, read_image
 from padim.modelfile import atomic_path, write_atomic, write_text_atomic
 from padim.runtime import Scorer
+from padim.viz import PICTURES, save_pictures
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 RESULT_FORMATS = ("parquet", "csv")
 COLUMNS = ("path", "score", "label", "threshold", "error", "overlay", "heatmap", "mask", "map")
-PICTURES = ("overlay", "heatmap", "mask")
 
 
 def _pyarrow():
@@ -99,14 +99,15 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def source_paths(sources: Sequence[Path]) -> list[Path]:
-    """Images of folders (recursively), manifests and single files, in order, without repeats."""
+def source_paths(sources: Sequence[Path], recursive: bool = True) -> list[Path]:
+    """Images of folders (sub-folders too if `recursive`), of CSV/Parquet manifests (`path`
+    column) and single files, in order, without repeats."""
     out: list[Path] = []
     for src in sources:
         if src.is_dir():
-            found = find_images(src)
+            found = find_images(src) if recursive else list_images(src)
             if not found:
-                raise PadimError(f"no images found under {src}")
+                raise PadimError(f"no images found {'under' if recursive else 'in'} {src}")
             out.extend(found)
         elif src.suffix.lower() in MANIFEST_SUFFIXES:
             out.extend(manifest_paths(src))
@@ -114,8 +115,6 @@ def source_paths(sources: Sequence[Path]) -> list[Path]:
             out.append(src)
         else:
             raise PadimError(f"input not found: {src}")
-    if not out:
-        raise PadimError("no images to score")
     return list(dict.fromkeys(out))
 
 
@@ -154,22 +153,12 @@ def score_part(scorer: Scorer, paths: Sequence[str], names: Sequence[str], thres
 def _write_outputs(maps_dir: Path, name: str, img: np.ndarray, amap: np.ndarray,
                    threshold: float, outputs: Sequence[str]) -> dict[str, str]:
     """One image's requested pictures / raw map; returns their paths relative to the job."""
-    from padim.viz import colour_scale, heatmap_rgb, overlay, save_png
-
-    vmin, vmax = colour_scale(threshold)
-    mask = amap > threshold
-    written = {}
-    for kind in outputs:
-        if kind == "map":
-            file = f"{name}_map.npy"
-            write_atomic(maps_dir / file, lambda tmp: _save_npy(tmp, amap))
-        else:
-            file = f"{name}_{kind}.png"
-            picture = {"overlay": lambda: overlay(to_picture(img), amap, mask, vmin, vmax),
-                       "heatmap": lambda: heatmap_rgb(amap, vmin, vmax),
-                       "mask": lambda: mask}[kind]()
-            save_png(maps_dir / file, picture)
-        written[kind] = f"maps/{file}"
+    pictures = save_pictures(maps_dir, name, img, amap, threshold,
+                             [kind for kind in outputs if kind != "map"])
+    written = {kind: f"maps/{file}" for kind, file in pictures.items()}
+    if "map" in outputs:
+        write_atomic(maps_dir / f"{name}_map.npy", lambda tmp: _save_npy(tmp, amap))
+        written["map"] = f"maps/{name}_map.npy"
     return written
 
 

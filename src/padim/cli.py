@@ -427,11 +427,10 @@ def cmd_fit_many(args: argparse.Namespace) -> int:
             return ray_engine.fit_models(jobs, paths, settings, args.cpus_per_model)
 
         with ray_engine.ray_session(args.address, args.num_cpus):
-            rows = fit_many.run(args.manifest, args.out, settings, "ray", args.overwrite,
-                                remote, report)
+            rows = fit_many.run(args.manifest, args.out, settings, args.overwrite, remote,
+                                report)
     else:
-        rows = fit_many.run(args.manifest, args.out, settings, "local", args.overwrite,
-                            report=report)
+        rows = fit_many.run(args.manifest, args.out, settings, args.overwrite, report=report)
     bad = [r["model"] for r in rows if r["status"] == "failed"]
     summary = args.out / "fit-many.csv"
     if bad:
@@ -460,7 +459,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_ray(args: argparse.Namespace) -> int:
     from padim import ray_engine
-    from padim.bulk import PICTURES
+    from padim.viz import PICTURES
 
     if args.no_images or args.threads:
         raise PadimError("--no-images and --threads are the local engine's: the Ray engine "
@@ -599,10 +598,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise PadimError(f"--format {args.format} writes a {want} file: got --out {args.out}")
     model = Padim.load(args.model, device="cpu")
     if args.verify:
+        from padim.bulk import source_paths
         from padim.images import read_image
-        from padim.predict_io import collect_inputs
 
-        paths = collect_inputs(args.verify)[:16]
+        paths = source_paths(args.verify, recursive=False)[:16]
         check = np.stack([model.preprocess.image(read_image(p)).numpy() for p in paths])
     else:
         size = model.preprocess.output_size

@@ -13,7 +13,7 @@ import csv
 import io
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,12 @@ def read_jobs(manifest: Path) -> list[ModelJob]:
     return list(jobs.values())
 
 
+def summary_row(name: str, status: str, **values: Any) -> dict[str, Any]:
+    """One row of fit-many.csv (columns not given are empty)."""
+    return {**dict.fromkeys(SUMMARY_COLUMNS), "file": "", "error": "", "model": name,
+            "status": status, **values}
+
+
 def fit_one(job: ModelJob, settings: dict[str, Any], out: Path) -> dict[str, Any]:
     """Fit and save one model; returns its summary row."""
     from padim.model import Padim
@@ -70,25 +76,30 @@ def fit_one(job: ModelJob, settings: dict[str, Any], out: Path) -> dict[str, Any
     started = time.perf_counter()
     model = Padim(**settings).fit(job.images())
     model.save(out)
-    return _row(job.name, "fitted", model, started, out)
-
-
-def _row(name: str, status: str, model: Any, started: float, out: Path) -> dict[str, Any]:
-    return {"model": name, "status": status, "n_train": model.info["n_train"],
-            "threshold": model.threshold, "seconds": round(time.perf_counter() - started, 3),
-            "file": out.name, "error": ""}
+    return summary_row(job.name, "fitted", n_train=model.info["n_train"],
+                       threshold=model.threshold,
+                       seconds=round(time.perf_counter() - started, 3), file=out.name)
 
 
 def failed(name: str, exc: BaseException) -> dict[str, Any]:
-    return {"model": name, "status": "failed", "n_train": None, "threshold": None,
-            "seconds": None, "file": "", "error": str(exc).strip().splitlines()[0][:500]}
+    return summary_row(name, "failed", error=str(exc).strip().splitlines()[0][:500])
 
 
-def run(manifest: Path, out: Path, settings: dict[str, Any], engine: str = "local",
-        overwrite: bool = False, fit_remote: Callable | None = None,
-        report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Fit every model of the manifest into `out`; `fit_remote(jobs, paths)` (the Ray engine)
-    fits the pending ones in parallel and yields their rows as they finish."""
+def fit_locally(jobs: list[ModelJob], paths: dict[str, Path],
+                settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The local engine: one model after the other; yields their summary rows."""
+    for job in jobs:
+        try:
+            yield fit_one(job, settings, paths[job.name])
+        except PadimError as exc:
+            yield failed(job.name, exc)
+
+
+def run(manifest: Path, out: Path, settings: dict[str, Any], overwrite: bool = False,
+        fit_remote: Callable | None = None,
+        report: Callable[[dict[str, Any]], None] = lambda row: None) -> list[dict[str, Any]]:
+    """Fit every model of the manifest into `out`, one after the other, or with
+    `fit_remote(jobs, paths)` (the Ray engine: in parallel, yielding rows as they finish)."""
     jobs = read_jobs(manifest)
     if out.exists() and not out.is_dir():
         raise PadimError(f"--out must be a folder: {out}")
@@ -98,32 +109,19 @@ def run(manifest: Path, out: Path, settings: dict[str, Any], engine: str = "loca
     for job in jobs:
         path = out / f"{job.name}.safetensors"
         if path.is_file() and not overwrite:
-            rows[job.name] = {"model": job.name, "status": "kept", "n_train": None,
-                              "threshold": None, "seconds": None, "file": path.name, "error": ""}
-            _emit(report, rows[job.name])
+            rows[job.name] = summary_row(job.name, "kept", file=path.name)
+            report(rows[job.name])
         else:
             pending.append(job)
     paths = {job.name: out / f"{job.name}.safetensors" for job in pending}
-    if engine == "ray" and pending:
-        assert fit_remote is not None
-        for row in fit_remote(pending, paths):
-            rows[row["model"]] = row
-            _emit(report, row)
-    else:
-        for job in pending:
-            try:
-                rows[job.name] = fit_one(job, settings, paths[job.name])
-            except PadimError as exc:
-                rows[job.name] = failed(job.name, exc)
-            _emit(report, rows[job.name])
+    fitted = (fit_remote(pending, paths) if fit_remote and pending
+              else fit_locally(pending, paths, settings))
+    for row in fitted:
+        rows[row["model"]] = row
+        report(row)
     ordered = [rows[job.name] for job in jobs]
     write_text_atomic(out / "fit-many.csv", _csv(ordered))
     return ordered
-
-
-def _emit(report: Callable | None, row: dict[str, Any]) -> None:
-    if report is not None:
-        report(row)
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

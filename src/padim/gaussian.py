@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -93,6 +93,19 @@ class GaussianStats:
                      for c in position_chunks(p)],
         )
         stats._add(x)
+        return stats
+
+    @classmethod
+    def from_batches(cls, embeddings: Iterable[torch.Tensor]) -> GaussianStats:
+        """The sums over a stream of embedding batches (B, d, h, w), one batch at a time."""
+        stats: GaussianStats | None = None
+        for emb in embeddings:
+            if stats is None:
+                stats = cls.from_batch(emb)
+            else:
+                stats.update(emb)
+        if stats is None:
+            raise PadimError("no training images in the statistics")
         return stats
 
     @property

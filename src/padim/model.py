@@ -223,24 +223,22 @@ class Padim:
         plan = self.plan_fit(images)
         embedder = self.build_embedder()
         bar = self._bar(plan.n, "fit")
-        stats: GaussianStats | None = None
-        held: list[torch.Tensor] = []
         with torch.inference_mode():
-            for x in self._tensor_batches(plan.fit_items, loader):
-                emb = embedder(x)
-                if stats is None:
-                    stats = GaussianStats.from_batch(emb)
-                else:
-                    stats.update(emb)
-                bar.update(len(x))
-            for x in self._tensor_batches(plan.hold_items, loader):
-                held.append(embedder(x))  # scored by a model that never saw them, then added
-                bar.update(len(x))
+            stats = GaussianStats.from_batches(
+                self._embeddings(embedder, plan.fit_items, loader, bar))
+            # held out: scored by a model that never saw them, then added
+            held = list(self._embeddings(embedder, plan.hold_items, loader, bar))
         bar.close()
-        assert stats is not None
         holdout = torch.cat(held) if held else None
         del held
         return self.finish_fit(plan, embedder, stats, holdout, loader)
+
+    def _embeddings(self, embedder: Embedder, items: Sequence[tuple[int, ImageInput]],
+                    loader: Loader | None, bar: tqdm) -> Iterator[torch.Tensor]:
+        """Embedding batches of `items`, counted on `bar`."""
+        for x in self._tensor_batches(items, loader):
+            yield embedder(x)
+            bar.update(len(x))
 
     def plan_fit(self, images: ImageInput | Iterable[ImageInput]) -> FitPlan:
         """The training items and their seeded split into fitted and held-out images (the same

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from padim.errors import PadimError
-from padim.images import list_images, read_image, to_picture
+from padim.bulk import source_paths
+from padim.images import read_image
 from padim.runtime import Scorer
-from padim.viz import colour_scale, heatmap_rgb, overlay, save_png
+from padim.viz import PICTURES, save_pictures
 
 
 @dataclass
@@ -34,27 +34,6 @@ class ResultRow:
     overlay: str = ""
     heatmap: str = ""
     mask: str = ""
-
-
-def collect_inputs(inputs: list[Path]) -> list[Path]:
-    """Image files as given, the images inside given folders and the paths listed in CSV or
-    Parquet manifests (`path` column), in order, without repeats."""
-    from padim.bulk import MANIFEST_SUFFIXES, manifest_paths
-
-    out: list[Path] = []
-    for item in inputs:
-        if item.suffix.lower() in MANIFEST_SUFFIXES and not item.is_dir():
-            out.extend(manifest_paths(item))
-        elif item.is_dir():
-            found = list_images(item)
-            if not found:
-                raise PadimError(f"no images found in {item}")
-            out.extend(found)
-        elif item.is_file():
-            out.append(item)
-        else:
-            raise PadimError(f"input not found: {item}")
-    return list(dict.fromkeys(out))
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -72,10 +51,9 @@ def write_predictions(scorer: Scorer, inputs: list[Path], out: Path,
                       threshold: float | None = None, images: bool = True,
                       batch_size: int = 16, progress: bool = False) -> list[ResultRow]:
     """Score every input with any runtime (torch, ONNX, OpenVINO) and write the outputs."""
-    paths = collect_inputs(inputs)
+    paths = source_paths(inputs, recursive=False)
     names = dict(zip(paths, output_names(paths), strict=True))
     thr = scorer.threshold if threshold is None else float(threshold)
-    vmin, vmax = colour_scale(thr)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     rows: list[ResultRow] = []
@@ -89,15 +67,8 @@ def write_predictions(scorer: Scorer, inputs: list[Path], out: Path,
             for path, img, score, amap in zip(chunk, x, scores, maps, strict=True):
                 row = ResultRow(str(path), float(score), bool(score > thr), thr)
                 if images:
-                    name = names[path]
-                    picture = to_picture(img)
-                    mask = amap > thr
-                    row.overlay, row.heatmap, row.mask = (
-                        f"{name}_overlay.png", f"{name}_heatmap.png", f"{name}_mask.png"
-                    )
-                    save_png(stage / row.overlay, overlay(picture, amap, mask, vmin, vmax))
-                    save_png(stage / row.heatmap, heatmap_rgb(amap, vmin, vmax))
-                    save_png(stage / row.mask, mask)
+                    files = save_pictures(stage, names[path], img, amap, thr)
+                    row.overlay, row.heatmap, row.mask = (files[k] for k in PICTURES)
                 rows.append(row)
             bar.update(len(chunk))
         (stage / "results.csv").write_text(_csv(rows), encoding="utf-8")

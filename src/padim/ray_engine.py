@@ -122,14 +122,7 @@ def _embed_batches(embedder: torch.nn.Module, pre: Preprocess, groups: list[list
 
 def _shard_stats(embedder, pre: Preprocess, groups: list[list], threads: int) -> dict:
     """Partial sums over some whole batches of the fitted images."""
-    stats: GaussianStats | None = None
-    for emb in _embed_batches(embedder, pre, groups, threads):
-        if stats is None:
-            stats = GaussianStats.from_batch(emb)
-        else:
-            stats.update(emb)
-    assert stats is not None
-    return stats.state_dict()
+    return GaussianStats.from_batches(_embed_batches(embedder, pre, groups, threads)).state_dict()
 
 
 def _shard_embeddings(embedder, pre: Preprocess, groups: list[list],
@@ -250,6 +243,8 @@ def predict(model_path: Path, sources: Sequence[Path], out: Path,
     from padim.runtime import file_id, load_scorer
 
     paths = [Path(os.path.abspath(p)) for p in source_paths(sources)]  # as workers see them
+    if not paths:
+        raise PadimError("no images to score")
     names = dict(zip(paths, output_names(paths), strict=True))
     probe = load_scorer(model_path, "cpu", 1, opts.score_mode)  # fails here, not in an actor
     threshold = probe.threshold if opts.threshold is None else float(opts.threshold)

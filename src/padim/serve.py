@@ -33,10 +33,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from padim import __version__
 from padim.batching import BatchResult, MicroBatcher
 from padim.errors import BadImage, PadimError
-from padim.images import decode_image, list_images, to_picture
+from padim.images import decode_image, list_images
 from padim.runtime import Scorer
 from padim.serve_metrics import MetricsMiddleware, ServiceMetrics
-from padim.viz import colour_scale, heatmap_rgb, overlay, png_bytes
+from padim.viz import colour_scale, png_bytes, render_pictures
 
 MB = 1 << 20
 PICTURES = ("heatmap", "mask", "overlay", "input")
@@ -238,19 +238,11 @@ class Service:
                include: set[str]) -> dict:
         """The pictures asked for, as base64 PNGs, and the raw map (float32 little-endian)."""
         out: dict[str, Any] = {}
-        vmin, vmax = colour_scale(self.scorer.threshold)  # colours mean the same across images
-        picture = to_picture(x)
-        mask = amap > threshold
-        makers = {
-            "heatmap": lambda: heatmap_rgb(amap, vmin, vmax),
-            "mask": lambda: mask,
-            "overlay": lambda: overlay(picture, amap, mask, vmin, vmax),
-            "input": lambda: picture,
-        }
-        pictures = {name: png_base64(makers[name]()) for name in PICTURES if name in include}
-        if pictures:
-            out["pictures"] = pictures
-            out["colour_scale"] = [vmin, vmax]
+        kinds = [name for name in PICTURES if name in include]
+        if kinds:  # colours scaled by the model's threshold: they mean the same across requests
+            arrays = render_pictures(x, amap, threshold, kinds, self.scorer.threshold)
+            out["pictures"] = {name: png_base64(a) for name, a in arrays.items()}
+            out["colour_scale"] = list(colour_scale(self.scorer.threshold))
         if "map" in include:
             h, w = amap.shape
             out["anomaly_map"] = {

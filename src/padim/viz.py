@@ -49,6 +49,36 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None,
     return out
 
 
+PICTURES = ("overlay", "heatmap", "mask")
+
+
+def render_pictures(image: np.ndarray, amap: np.ndarray, threshold: float, kinds: Sequence[str],
+                    colour_threshold: float | None = None) -> dict[str, np.ndarray]:
+    """A scored image's pictures as arrays, by kind: overlay, heatmap, mask (amap > threshold)
+    and input. `image` is the (3, S, S) model input in [0, 1], `amap` its (S, S) anomaly map;
+    colours are scaled around `colour_threshold` (default: `threshold`)."""
+    from padim.images import to_picture
+
+    vmin, vmax = colour_scale(threshold if colour_threshold is None else colour_threshold)
+    mask = amap > threshold
+    picture = to_picture(image) if {"overlay", "input"} & set(kinds) else None
+    make = {"overlay": lambda: overlay(picture, amap, mask, vmin, vmax),
+            "heatmap": lambda: heatmap_rgb(amap, vmin, vmax), "mask": lambda: mask,
+            "input": lambda: picture}
+    return {kind: make[kind]() for kind in kinds}
+
+
+def save_pictures(folder: Path, name: str, image: np.ndarray, amap: np.ndarray,
+                  threshold: float, kinds: Sequence[str] = PICTURES) -> dict[str, str]:
+    """`render_pictures`, each written atomically as folder/<name>_<kind>.png; returns the file
+    names by kind."""
+    names = {}
+    for kind, picture in render_pictures(image, amap, threshold, kinds).items():
+        names[kind] = f"{name}_{kind}.png"
+        save_png(folder / names[kind], picture)
+    return names
+
+
 def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
     """An RGB or greyscale/boolean array encoded as PNG."""
     if array.dtype == bool:
