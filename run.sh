@@ -1,25 +1,42 @@
 #!/usr/bin/env bash
 # One command to install everything and run padim:
-#   ./run.sh demo   install into .venv, then fit and evaluate the built-in demo (offline)
-#   ./run.sh test   install into .venv (with test tools), then run the whole test suite
-# Extra arguments go to `padim demo` or to pytest. PYTHON picks the interpreter (>= 3.11).
+#   ./run.sh demo    install into .venv, then fit and evaluate the built-in demo (offline)
+#   ./run.sh test    install into .venv (with test tools), then run the whole test suite
+#   ./run.sh check   install, then the linters and the type checker (ruff, mypy)
+# Extra arguments go to `padim demo` or to pytest (`./run.sh test -m "not slow"`: the fast loop).
+# PYTHON picks the interpreter (>= 3.11); PADIM_VENV the environment folder.
 set -euo pipefail
 cd "$(dirname "$0")"
 task=${1:-}
 shift || true
 case "$task" in
-  demo|test) ;;
-  *) echo "usage: ./run.sh demo|test [args...]" >&2; exit 2 ;;
+  demo|test|check) ;;
+  *) echo "usage: ./run.sh demo|test|check [args...]" >&2; exit 2 ;;
 esac
 python=${PYTHON:-python3}
 venv=${PADIM_VENV:-.venv}
+say() { echo "run.sh: $*" >&2; }
 if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtual environment $venv"
   "$python" -m venv "$venv"
+  say "installing padim and its dependencies into $venv (first time: several minutes, a few GB for torch)"
+  quiet=()
+else
+  say "checking the installation in $venv"
+  quiet=(--quiet)
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
+# Show what pip is doing on a first install (one line per package), nothing on later runs.
+"$venv/bin/python" -m pip install "${quiet[@]}" --progress-bar off --disable-pip-version-check \
+    -e ".[dev]" 2>&1 \
+  | grep -v -e "is ignored: it is neither a file nor a directory" -e "^  " -e "^Requirement already" \
+  | sed -u 's/^/  pip: /' >&2 || true
 "$venv/bin/python" -c "import padim, torch" # fail here, loudly, if the install did not work
-if [ "$task" = demo ]; then
-  exec "$venv/bin/padim" demo "$@"
-fi
-exec "$venv/bin/python" -m pytest "$@"
+say "ready"
+case "$task" in
+  demo) exec "$venv/bin/padim" demo "$@" ;;
+  check)
+    "$venv/bin/ruff" check .
+    "$venv/bin/ruff" format --check .
+    exec "$venv/bin/mypy" ;;
+  test) exec "$venv/bin/python" -m pytest "$@" ;;
+esac

@@ -32,8 +32,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 def find_images(sources: list[Path]) -> list[Path]:
     found: list[Path] = []
     for src in sources:
-        found += [src] if src.is_file() else sorted(
-            p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found += (
+            [src]
+            if src.is_file()
+            else sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        )
     if not found:
         raise SystemExit(f"no images in {', '.join(map(str, sources))}")
     return found
@@ -51,8 +54,20 @@ class Server:
     def __init__(self, model: Path, batching: bool, threads: int, extra: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "padim", "serve", str(model), "--port", str(self.port),
-               "--threads", str(threads), "--log-level", "warning", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "padim",
+            "serve",
+            str(model),
+            "--port",
+            str(self.port),
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+            *extra,
+        ]
         if not batching:
             cmd.append("--no-batching")
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
@@ -86,8 +101,9 @@ def batch_counters(url: str) -> tuple[float, float]:
     return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
 
 
-async def run_clients(url: str, payloads: list[tuple[str, bytes]], clients: int,
-                      duration: float, seed: int) -> dict:
+async def run_clients(
+    url: str, payloads: list[tuple[str, bytes]], clients: int, duration: float, seed: int
+) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stop_at = time.perf_counter() + duration
@@ -115,10 +131,14 @@ async def run_clients(url: str, payloads: list[tuple[str, bytes]], clients: int,
     lat = np.array(latencies) * 1000.0
     pct = np.percentile(lat, [50, 95, 99]) if lat.size else [float("nan")] * 3
     return {
-        "clients": clients, "seconds": round(elapsed, 2), "requests": int(lat.size),
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "requests": int(lat.size),
         "throughput_rps": round(lat.size / elapsed, 2),
-        "p50_ms": round(float(pct[0]), 1), "p95_ms": round(float(pct[1]), 1),
-        "p99_ms": round(float(pct[2]), 1), "errors": sum(errors.values()),
+        "p50_ms": round(float(pct[0]), 1),
+        "p95_ms": round(float(pct[1]), 1),
+        "p99_ms": round(float(pct[2]), 1),
+        "errors": sum(errors.values()),
         "error_kinds": errors,
     }
 
@@ -137,37 +157,55 @@ def measure(args: argparse.Namespace, payloads: list[tuple[str, bytes]], batchin
             row["mean_batch"] = round((after[0] - before[0]) / batches, 2) if batches else None
             row["batching"] = "on" if batching else "off"
             rows.append(row)
-            print(f"batching {row['batching']:3s} clients {k:3d}: {row['throughput_rps']:6.2f} "
-                  f"img/s  p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  "
-                  f"p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  "
-                  f"mean batch {row['mean_batch']}", file=sys.stderr, flush=True)
+            print(
+                f"batching {row['batching']:3s} clients {k:3d}: {row['throughput_rps']:6.2f} "
+                f"img/s  p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  "
+                f"p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  "
+                f"mean batch {row['mean_batch']}",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         server.stop()
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| batching | clients | throughput (img/s) | p50 ms | p95 ms | p99 ms | errors "
-             "| mean batch |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| batching | clients | throughput (img/s) | p50 ms | p95 ms | p99 ms | errors "
+        "| mean batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['batching']} | {r['clients']} | {r['throughput_rps']:.2f} | "
-                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{r['errors']} | {r['mean_batch']} |")
+        lines.append(
+            f"| {r['batching']} | {r['clients']} | {r['throughput_rps']:.2f} | "
+            f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['errors']} | {r['mean_batch']} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model file to serve")
-    parser.add_argument("--images", type=Path, nargs="+", required=True,
-                        help="image files / folders (searched recursively) to post")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="image files / folders (searched recursively) to post",
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per client count")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up")
     parser.add_argument("--batching", choices=["on", "off", "both"], default="both")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server")
-    parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
-                        help="passed to padim serve (last on the line)")
+    parser.add_argument(
+        "--serve-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="passed to padim serve (last on the line)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args()
     payloads = [(p.name, p.read_bytes()) for p in find_images(args.images)]
@@ -176,8 +214,12 @@ def main() -> None:
     table = markdown(rows)
     print(table)
     if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "model": str(args.model),
-                                        "duration_s": args.duration}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {"rows": rows, "model": str(args.model), "duration_s": args.duration}, indent=2
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ def timed(fn, x: np.ndarray, runs: int) -> list[float]:
 def measure(path: Path, runs: int, threads: int) -> list[dict]:
     import torch
 
-    from padim.export import export_onnx, export_openvino
-    from padim.model import Padim
-    from padim.runtime import OnnxScorer, OpenVinoScorer, TorchScorer, file_id
+    from padim.deploy.export import export_onnx, export_openvino
+    from padim.deploy.scorers import OnnxScorer, OpenVinoScorer, TorchScorer, file_id
+    from padim.model.estimator import Padim
 
     torch.set_num_threads(threads)
     model = Padim.load(path, device="cpu")
@@ -54,14 +54,22 @@ def measure(path: Path, runs: int, threads: int) -> list[dict]:
         for name, scorer in runtimes.items():
             b1 = timed(scorer.score_batch, one, runs)
             b8 = timed(scorer.score_batch, eight, max(3, runs // 4))
-            rows.append({
-                "model": path.name, "backbone": model.config.backbone, "input": size,
-                "runtime": name, "b1_median_ms": statistics.median(b1),
-                "b1_p90_ms": float(np.percentile(b1, 90)),
-                "b8_img_per_s": 8000.0 / statistics.median(b8),
-            })
-            print(f"{path.name} {name}: batch 1 median {rows[-1]['b1_median_ms']:.1f} ms",
-                  file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    "model": path.name,
+                    "backbone": model.config.backbone,
+                    "input": size,
+                    "runtime": name,
+                    "b1_median_ms": statistics.median(b1),
+                    "b1_p90_ms": float(np.percentile(b1, 90)),
+                    "b8_img_per_s": 8000.0 / statistics.median(b8),
+                }
+            )
+            print(
+                f"{path.name} {name}: batch 1 median {rows[-1]['b1_median_ms']:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
@@ -75,8 +83,10 @@ def main() -> None:
     print("| backbone | input | runtime | batch 1 median ms | batch 1 p90 ms | batch 8 img/s |")
     print("|---|---:|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['input']} | {r['runtime']} | {r['b1_median_ms']:.1f} | "
-              f"{r['b1_p90_ms']:.1f} | {r['b8_img_per_s']:.1f} |")
+        print(
+            f"| {r['backbone']} | {r['input']} | {r['runtime']} | {r['b1_median_ms']:.1f} | "
+            f"{r['b1_p90_ms']:.1f} | {r['b8_img_per_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ import torch
 
 LITE_LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 RESNET_LAYERS = ["layer1", "layer2", "layer3"]
-TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0",
-              "efficientnet_lite2": "tf_efficientnet_lite2"}
+TIMM_NAMES = {
+    "efficientnet_lite0": "tf_efficientnet_lite0",
+    "efficientnet_lite2": "tf_efficientnet_lite2",
+}
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -42,21 +44,27 @@ TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0",
 
 def load_inputs(data: Path) -> dict:
     """Preprocessed train/test tensors (256x256, no crop, [0, 1]) and test labels/masks."""
-    from padim.data import Preprocess, mvtec_test_set, read_image, read_mask, training_images
+    from padim.data.datasets import mvtec_test_set, read_mask, training_images
+    from padim.data.images import read_image
+    from padim.data.preprocess import Preprocess
 
     pre = Preprocess(256, None)
-    train = torch.stack([pre.image(read_image(p)) for p in training_images(data)])
+    train = torch.from_numpy(np.stack([pre.image(read_image(p)) for p in training_images(data)]))
     samples = mvtec_test_set(data)
-    test = torch.stack([pre.image(read_image(s.path)) for s in samples])
-    masks = np.stack([pre.mask(read_mask(s.mask_path)).numpy() if s.mask_path
-                      else np.zeros((256, 256), bool) for s in samples])
+    test = torch.from_numpy(np.stack([pre.image(read_image(s.path)) for s in samples]))
+    masks = np.stack(
+        [
+            pre.mask(read_mask(s.mask_path)) if s.mask_path else np.zeros((256, 256), bool)
+            for s in samples
+        ]
+    )
     labels = np.array([s.label for s in samples])
     return {"train": train, "test": test, "masks": masks, "labels": labels}
 
 
 def full_backbone(name: str, weights: str | None, seed: int = 0) -> torch.nn.Module:
     """The whole backbone network with the weights padim's registry would give it."""
-    from padim.backbones import get_backbone
+    from padim.core.backbones import get_backbone
 
     spec = get_backbone(name)
     with torch.random.fork_rng(devices=[]):
@@ -78,10 +86,12 @@ def median_ms(fn, runs: int) -> float:
 
 
 def aurocs(labels, masks, scores, maps) -> dict:
-    from padim.metrics import image_auroc, pixel_auroc
+    from padim.evaluation.metrics import image_auroc, pixel_auroc
 
-    return {"image_auroc": round(image_auroc(labels, scores), 4),
-            "pixel_auroc": round(pixel_auroc(masks, maps), 4)}
+    return {
+        "image_auroc": round(image_auroc(labels, scores), 4),
+        "pixel_auroc": round(pixel_auroc(masks, maps), 4),
+    }
 
 
 # ----------------------------------------------------------------------------- workers
@@ -89,7 +99,7 @@ def aurocs(labels, masks, scores, maps) -> dict:
 
 def run_ours(backbone: str, inputs: dict, weights: str | None, runs: int) -> dict:
     from padim.memory import PeakRSS
-    from padim.model import Padim
+    from padim.model.estimator import Padim
 
     out: dict = {}
     model = Padim(backbone=backbone, size=256, crop=None, weights=weights, device="cpu")
@@ -99,7 +109,7 @@ def run_ours(backbone: str, inputs: dict, weights: str | None, runs: int) -> dic
         model.fit([f"train_{i}" for i in range(len(train))], loader=lambda i, _: train[i])
         out["fit_s"] = round(time.perf_counter() - start, 2)
     out["fit_peak_rss_mib"] = round(mem.peak_bytes / 2**20)
-    net = model.net
+    net = model.fitted_net()
     extractor = net.embedder.extractor
     x1 = (inputs["test"][:1] - net.embedder.mean) / net.embedder.std
     with torch.inference_mode():
@@ -110,11 +120,12 @@ def run_ours(backbone: str, inputs: dict, weights: str | None, runs: int) -> dic
     return out
 
 
-def run_anomalib(backbone: str, inputs: dict, weights: str | None, runs: int,
-                 channel_idx: torch.Tensor) -> dict:
+def run_anomalib(
+    backbone: str, inputs: dict, weights: str | None, runs: int, channel_idx: torch.Tensor
+) -> dict:
     from anomalib.models.image.padim.torch_model import PadimModel
 
-    from padim.backbones import get_backbone
+    from padim.core.backbones import get_backbone
     from padim.memory import PeakRSS
 
     _guard_batched_inverse()
@@ -122,10 +133,12 @@ def run_anomalib(backbone: str, inputs: dict, weights: str | None, runs: int,
     spec = get_backbone(backbone)
     timm_name = TIMM_NAMES.get(backbone, backbone)
     layers = LITE_LAYERS if backbone in TIMM_NAMES else RESNET_LAYERS
-    model = PadimModel(backbone=timm_name, layers=layers, pre_trained=False,
-                       n_features=len(channel_idx))
+    model = PadimModel(
+        backbone=timm_name, layers=layers, pre_trained=False, n_features=len(channel_idx)
+    )
     missing = model.feature_extractor.feature_extractor.load_state_dict(
-        full_backbone(backbone, weights).state_dict(), strict=False).missing_keys
+        full_backbone(backbone, weights).state_dict(), strict=False
+    ).missing_keys
     if missing:
         raise RuntimeError(f"anomalib backbone weights not covered: {missing[:3]}")
     model.idx = channel_idx.clone()
@@ -182,8 +195,9 @@ def _predict(forward, inputs: dict, runs: int) -> dict:
     test = inputs["test"]
     out: dict = {}
     with torch.inference_mode(), PeakRSS() as mem:
-        lat = [median_ms(lambda i=i: forward(test[i : i + 1]), 1)
-               for i in range(min(runs, len(test)))]
+        lat = [
+            median_ms(lambda i=i: forward(test[i : i + 1]), 1) for i in range(min(runs, len(test)))
+        ]
         start = time.perf_counter()
         scores, maps = [], []
         for batch in test.split(16):
@@ -194,14 +208,17 @@ def _predict(forward, inputs: dict, runs: int) -> dict:
     out["predict_ms_b1"] = round(statistics.median(lat), 1)
     out["throughput_img_s_b16"] = round(len(test) / elapsed, 1)
     out["predict_peak_rss_mib"] = round(mem.peak_bytes / 2**20)
-    out.update(aurocs(inputs["labels"], inputs["masks"], torch.cat(scores).numpy(),
-                      torch.cat(maps).numpy()))
+    out.update(
+        aurocs(
+            inputs["labels"], inputs["masks"], torch.cat(scores).numpy(), torch.cat(maps).numpy()
+        )
+    )
     return out
 
 
 def worker(args: argparse.Namespace) -> None:
-    from padim.backbones import get_backbone
-    from padim.features import select_channels
+    from padim.core.backbones import get_backbone
+    from padim.core.features import select_channels
 
     torch.set_num_threads(args.threads)
     spec = get_backbone(args.backbone)
@@ -220,41 +237,63 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def spawn(impl: str, backbone: str, args: argparse.Namespace) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", impl, "--backbone", backbone,
-           "--data", str(args.data), "--threads", str(args.threads), "--runs", str(args.runs)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        "--backbone",
+        backbone,
+        "--data",
+        str(args.data),
+        "--threads",
+        str(args.threads),
+        "--runs",
+        str(args.runs),
+    ]
     print(f"... {impl} / {backbone}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"    {impl} / {backbone} failed (exit {proc.returncode}): {tail}",
-              file=sys.stderr)
+        print(f"    {impl} / {backbone} failed (exit {proc.returncode}): {tail}", file=sys.stderr)
         return {"error": f"exit {proc.returncode}: {tail}"}
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-ROWS = [("backbone_ms", "backbone forward, batch 1 (ms)"), ("fit_s", "fit (s)"),
-        ("fit_peak_rss_mib", "peak RSS during fit (MiB)"),
-        ("predict_ms_b1", "predict latency, batch 1 (ms)"),
-        ("throughput_img_s_b16", "throughput, batch 16 (img/s)"),
-        ("predict_peak_rss_mib", "peak RSS during predict (MiB)"),
-        ("model_mb", "model size (MB)"), ("image_auroc", "image AUROC"),
-        ("pixel_auroc", "pixel AUROC")]
+ROWS = [
+    ("backbone_ms", "backbone forward, batch 1 (ms)"),
+    ("fit_s", "fit (s)"),
+    ("fit_peak_rss_mib", "peak RSS during fit (MiB)"),
+    ("predict_ms_b1", "predict latency, batch 1 (ms)"),
+    ("throughput_img_s_b16", "throughput, batch 16 (img/s)"),
+    ("predict_peak_rss_mib", "peak RSS during predict (MiB)"),
+    ("model_mb", "model size (MB)"),
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC"),
+]
 
 
 def table(backbone: str, ours: dict, theirs: dict | None) -> str:
-    lines = [f"#### {backbone} ({ours.get('weights', '')})", "",
-             "| measure | padim | anomalib | padim / anomalib |", "|---|---|---|---|"]
+    lines = [
+        f"#### {backbone} ({ours.get('weights', '')})",
+        "",
+        "| measure | padim | anomalib | padim / anomalib |",
+        "|---|---|---|---|",
+    ]
     for key, title in ROWS:
         a = ours.get(key)
         b = None if not theirs or "error" in theirs else theirs.get(key)
         ratio = f"{a / b:.2f}" if isinstance(a, int | float) and b else "-"
-        lines.append(f"| {title} | {'-' if a is None else a} | {'-' if b is None else b} | "
-                     f"{ratio} |")
+        lines.append(
+            f"| {title} | {'-' if a is None else a} | {'-' if b is None else b} | {ratio} |"
+        )
     if ours.get("backbone_ms") and ours.get("predict_ms_b1"):
         overhead = ours["predict_ms_b1"] - ours["backbone_ms"]
-        lines.append(f"| padim overhead over the backbone, batch 1 | {overhead:.1f} ms "
-                     f"({100 * overhead / ours['backbone_ms']:.0f} %) | | |")
+        lines.append(
+            f"| padim overhead over the backbone, batch 1 | {overhead:.1f} ms "
+            f"({100 * overhead / ours['backbone_ms']:.0f} %) | | |"
+        )
     if theirs and "error" in theirs:
         lines.append(f"\nanomalib failed: {theirs['error']}")
     return "\n".join(lines)
@@ -263,8 +302,9 @@ def table(backbone: str, ours: dict, theirs: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="MVTec AD category folder")
-    parser.add_argument("--backbones", nargs="+",
-                        default=["efficientnet_lite0", "resnet18", "wide_resnet50_2"])
+    parser.add_argument(
+        "--backbones", nargs="+", default=["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20, help="timed repetitions (latency)")
     parser.add_argument("--no-anomalib", action="store_true")
@@ -282,9 +322,15 @@ def main() -> None:
     except ImportError:
         have_anomalib = False
         print("anomalib is not importable: padim only", file=sys.stderr)
-    report = {"machine": {"cpu": platform.processor() or platform.machine(),
-                          "cores": os.cpu_count(), "threads": args.threads,
-                          "torch": torch.__version__}, "runs": {}}
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+        },
+        "runs": {},
+    }
     for backbone in args.backbones:
         ours = spawn("ours", backbone, args)
         print(f"    padim / {backbone}: {json.dumps(ours)}", file=sys.stderr, flush=True)

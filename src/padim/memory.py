@@ -1,10 +1,14 @@
-"""Peak resident memory (RSS) of this process over a block of work, for benchmark reports."""
+"""Process memory: peak resident memory (RSS) over a block of work, for benchmark reports, and
+giving freed heap memory back to the operating system."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
@@ -53,3 +57,20 @@ class PeakRSS(contextlib.AbstractContextManager):
         hwm = _vm_hwm_bytes() if self.exact else None
         self.peak_bytes = hwm if hwm is not None else process_peak_bytes()
         self.exact = hwm is not None
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps freed blocks under 32 MB mapped, so
+    memory released chunk by chunk would otherwise still count as resident). No-op elsewhere."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once; None where there is no glibc."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

@@ -1,0 +1,448 @@
+"""The `padim` commands: each `cmd_<name>` takes the parsed arguments and returns an exit
+status. Heavy imports happen inside the command that needs them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from padim import options
+from padim.errors import PadimError
+from padim.files import write_text_atomic
+
+if TYPE_CHECKING:
+    from padim.data.datasets import Sample
+    from padim.model.estimator import Padim
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """--threads for torch, except where the command hands it to its runtime (maybe not torch)."""
+    if args.command in ("predict", "serve", "export"):
+        return
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _load(args: argparse.Namespace) -> Padim:
+    from padim.model.estimator import Padim
+
+    return Padim.load(
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        score_mode=getattr(args, "score_mode", None),
+    )
+
+
+def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Padim(...) keyword arguments from the fit options."""
+    return {
+        "backbone": args.backbone,
+        "size": args.size,
+        "crop": args.crop,
+        "channels": args.channels,
+        "seed": args.seed,
+        "weights": args.weights,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "holdout_fraction": args.holdout,
+        "threshold_quantile": args.threshold_quantile,
+        "storage": args.storage,
+        "score_mode": args.score_mode,
+        "shrinkage": args.shrinkage,
+        "progress": _progress(args),
+    }
+
+
+RAY_OPTIONS = (
+    options.ADDRESS,
+    options.NUM_CPUS,
+    options.SHARDS,
+    options.CPUS_PER_TASK,
+    options.CPUS_PER_MODEL,
+    options.WORKERS,
+    options.CPUS_PER_WORKER,
+    options.RESULT_FORMAT,
+)
+RAY_FLAGS = ("--maps", "--raw-maps", "--retry-errors")
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """Ray options without --engine ray are a mistake, not something to ignore silently (the
+    parser leaves them None, or False for flags, when they are not given)."""
+    if args.engine == "ray":
+        return
+    given = [o.flag for o in RAY_OPTIONS if getattr(args, o.dest, None) is not None]
+    given += [f for f in RAY_FLAGS if getattr(args, f.lstrip("-").replace("-", "_"), False)]
+    if given:
+        raise PadimError(f"{', '.join(given)} need --engine ray")
+
+
+def _ray(args: argparse.Namespace, opt: options.Option) -> Any:
+    """A Ray option's value: as given, else its default."""
+    value = getattr(args, opt.dest)
+    return opt.default if value is None else value
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from padim.model.estimator import Padim
+
+    _check_engine(args)
+    model = Padim(**_model_settings(args))
+    if args.engine == "ray":
+        from padim import ray_engine
+
+        with ray_engine.ray_session(args.address, args.num_cpus):
+            ray_engine.fit(
+                model,
+                args.data,
+                shards=args.shards,
+                cpus_per_task=_ray(args, options.CPUS_PER_TASK),
+            )
+    else:
+        model.fit(args.data)
+    if args.threshold is not None:
+        model.set_threshold(args.threshold)
+    model.save(args.out)
+    training = model.training_
+    assert training is not None and model.threshold_ is not None
+    if training.warning:
+        print(f"padim: warning: {training.warning}", file=sys.stderr)
+    print(
+        f"fitted {args.backbone} on {training.n_train} images in {training.fit_seconds:.1f} s"
+        f"{' on ray' if args.engine == 'ray' else ''}; threshold {model.threshold_:.3f} "
+        f"({model.threshold_source_}); wrote {args.out}"
+    )
+    return 0
+
+
+def cmd_fit_many(args: argparse.Namespace) -> int:
+    from padim.model import fit_many
+
+    _check_engine(args)
+    settings = _model_settings(args)
+
+    def report(row: dict) -> None:
+        if row["status"] == "fitted":
+            print(
+                f"{row['model']}: fitted on {row['n_train']} images in {row['seconds']:.1f} s, "
+                f"threshold {row['threshold']:.3f}",
+                flush=True,
+            )
+        elif row["status"] == "kept":
+            print(
+                f"{row['model']}: kept {args.out / row['file']} (--overwrite to re-fit)", flush=True
+            )
+        else:
+            print(f"{row['model']}: failed: {row['error']}", file=sys.stderr, flush=True)
+
+    if args.engine == "ray":
+        from padim import ray_engine
+
+        def remote(jobs, paths):
+            return ray_engine.fit_models(jobs, paths, settings, _ray(args, options.CPUS_PER_MODEL))
+
+        with ray_engine.ray_session(args.address, args.num_cpus):
+            rows = fit_many.run(args.manifest, args.out, settings, args.overwrite, remote, report)
+    else:
+        rows = fit_many.run(args.manifest, args.out, settings, args.overwrite, report=report)
+    bad = [r["model"] for r in rows if r["status"] == "failed"]
+    summary = args.out / "fit-many.csv"
+    if bad:
+        raise PadimError(
+            f"{len(bad)} of {len(rows)} models failed ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}): see {summary}"
+        )
+    print(f"{len(rows)} models in {args.out}; summary {summary}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from padim.deploy.predict import write_predictions
+    from padim.deploy.scorers import load_scorer
+
+    _check_engine(args)
+    if args.engine == "ray":
+        return _predict_ray(args)
+    scorer = load_scorer(args.model, args.device, args.threads, args.score_mode)
+    results = write_predictions(
+        scorer,
+        args.inputs,
+        args.out,
+        threshold=args.threshold,
+        images=not args.no_images,
+        batch_size=args.batch_size,
+        progress=_progress(args),
+    )
+    flagged = sum(r.is_anomalous for r in results)
+    print(f"scored {len(results)} images: {flagged} anomalous; wrote {args.out / 'results.csv'}")
+    return 0
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    from padim import ray_engine
+    from padim.data.pictures import PICTURES
+
+    if args.no_images or args.threads:
+        raise PadimError(
+            "--no-images and --threads are the local engine's: the Ray engine "
+            "writes pictures only with --maps and uses --cpus-per-worker threads"
+        )
+    opts = ray_engine.BulkOptions(
+        workers=args.workers,
+        cpus_per_worker=_ray(args, options.CPUS_PER_WORKER),
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        score_mode=args.score_mode,
+        fmt=_ray(args, options.RESULT_FORMAT),
+        maps=(PICTURES if args.maps else ()) + (("map",) if args.raw_maps else ()),
+        retry_errors=args.retry_errors,
+        progress=_progress(args),
+    )
+    with ray_engine.ray_session(args.address, args.num_cpus):
+        summary = ray_engine.predict(args.model, args.inputs, args.out, opts)
+    rate = summary.get("images_per_second")
+    print(
+        f"scored {summary['scored_now']} images ({summary['skipped_done']} already done) with "
+        f"{summary['workers']} worker{'s' if summary['workers'] != 1 else ''}"
+        f"{f' ({rate:.1f} img/s after start-up)' if rate else ''}: "
+        f"{summary['anomalous']} anomalous, {summary['errors']} errors of "
+        f"{summary['images']}; wrote {args.out / summary['results']}"
+    )
+    return 0
+
+
+def _labelled_samples(args: argparse.Namespace, masks: Path | None = None) -> list[Sample]:
+    from padim.data.datasets import folder_test_set, mvtec_test_set
+
+    if args.data is not None and (args.good or args.defective):
+        raise PadimError("give either DATA or --good/--defective folders, not both")
+    if args.data is not None:
+        return mvtec_test_set(args.data)
+    if not (args.good or args.defective):
+        raise PadimError("no labelled data: give an MVTec AD category folder or --good/--defective")
+    return folder_test_set(args.good, args.defective, masks)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from padim.evaluation.evaluate import evaluate
+    from padim.evaluation.metrics import format_metric
+
+    samples = _labelled_samples(args, args.masks)
+    model = _load(args)
+    model.progress = _progress(args)
+    perturbation = None
+    if args.perturb:
+        from padim.evaluation.perturb import make_perturbation
+
+        cfg = model.config
+        perturbation = make_perturbation(args.perturb, cfg.size, cfg.crop, args.seed)
+    run = evaluate(model, samples, perturbation)
+    m = run.metrics
+    print(
+        f"images {m['n_images']} ({m['n_good']} good, {m['n_anomalous']} anomalous), "
+        f"threshold {m['threshold']:.3f}"
+    )
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "image_f1",
+        "pixel_f1",
+        "image_f1_at_threshold",
+        "image_balanced_accuracy",
+        "image_accuracy_at_threshold",
+    ):
+        print(f"  {key:28s} {format_metric(m.get(key), 4)}")
+    for defect, value in (m.get("per_type_image_auroc") or {}).items():
+        print(f"  {f'image_auroc[{defect}]':28s} {format_metric(value, 4)}")
+    for note in m.get("notes", []):
+        print(f"  note: {note}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(m, indent=2) + "\n")
+    if args.figure:
+        from padim.evaluation.figures import report_figure
+
+        report_figure(run, args.figure)
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from padim.evaluation.benchmark import BenchmarkOptions, run_benchmark
+
+    opts = BenchmarkOptions(
+        root=args.root,
+        out=args.out,
+        categories=args.categories,
+        backbones=list(args.backbones),
+        size=args.size,
+        crop=args.crop,
+        channels=args.channels,
+        seed=args.seed,
+        weights=args.weights,
+        storage=args.storage,
+        score_mode=args.score_mode,
+        shrinkage=args.shrinkage,
+        batch_size=args.batch_size,
+        device=args.device,
+        perturb=args.perturb,
+        compare_published=args.compare_published,
+        keep_models=args.keep_models,
+        figures=not args.no_figures,
+        progress=_progress(args),
+        command="padim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else "",
+    )
+    results = run_benchmark(opts)
+    print(
+        f"benchmarked {len(results)} runs; wrote {args.out / 'tables.md'}, results.json, "
+        f"results.csv" + ("" if args.no_figures else " and figures/")
+    )
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    model = _load(args)
+    model.progress = _progress(args)
+    if args.threshold is not None:
+        if args.data is not None or args.good or args.defective:
+            raise PadimError("give either --threshold or labelled data, not both")
+        model.set_threshold(args.threshold)
+    else:
+        import numpy as np
+
+        samples = _labelled_samples(args)
+        scores, _ = model.score([s.path for s in samples])
+        model.calibrate(scores, np.array([s.label for s in samples]))
+    out = args.out or args.model
+    model.save(out)
+    print(f"threshold {model.threshold_:.4f} ({model.threshold_source_}); wrote {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from padim.service.server import run_server
+    from padim.service.settings import MB, ServeSettings
+
+    if args.max_upload_mb <= 0 or args.max_wait_ms < 0:
+        raise PadimError("--max-upload-mb must be positive and --max-wait-ms non-negative")
+    upload = int(args.max_upload_mb * MB)
+    settings = ServeSettings(
+        max_upload_bytes=upload,
+        max_request_bytes=max(upload * 5, upload + MB),
+        max_batch_images=args.max_batch_images,
+        max_pixels=args.max_pixels,
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        examples=tuple(args.examples),
+    )
+    run_server(
+        args.model,
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        device=args.device,
+        log_level=args.log_level,
+        threads=args.threads,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from padim.deploy.export import export_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    r = export_model(
+        args.model,
+        args.out,
+        args.format,
+        args.opset,
+        args.external_data or None,
+        args.fp16,
+        args.verify or (),
+        args.tolerance,
+        args.threads,
+    )
+    print(
+        f"exported {r.path} ({r.fmt}); on {r.n_checked} {r.checked_on} images: max relative "
+        f"score difference {r.max_rel_score_diff:.2e}, map {r.max_rel_map_diff:.2e}"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    suffix = args.model.suffix.lower()
+    if suffix in (".onnx", ".xml"):
+        from padim.deploy.scorers import load_scorer
+
+        print(json.dumps(load_scorer(args.model).describe(), indent=2))
+        return 0
+    from padim.model.modelfile import read_model_config
+
+    print(json.dumps(read_model_config(args.model), indent=2))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from padim.core.backbones import available_backbones, get_backbone
+
+    for name in available_backbones():
+        spec = get_backbone(name)
+        print(
+            f"{name:18s} channels {spec.total_channels:4d} (keep {spec.default_keep:3d})  "
+            f"{'offline' if spec.offline else 'download'}  {spec.weights_source}"
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from padim.evaluation.demo import run_demo
+
+    report = run_demo(
+        args.out,
+        texture=args.texture,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=_progress(args),
+    )
+    print(f"demo report: {report}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from padim.data.download import LICENSE_NOTE, download_mvtec
+
+    print(LICENSE_NOTE, file=sys.stderr)
+    paths = download_mvtec(args.root, args.category)
+    print(f"MVTec AD ready: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "fit": cmd_fit,
+    "fit-many": cmd_fit_many,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "benchmark": cmd_benchmark,
+    "calibrate": cmd_calibrate,
+    "serve": cmd_serve,
+    "export": cmd_export,
+    "info": cmd_info,
+    "backbones": cmd_backbones,
+    "demo": cmd_demo,
+    "download": cmd_download,
+}

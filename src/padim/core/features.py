@@ -1,0 +1,84 @@
+"""Patch embeddings: normalise, run the frozen backbone, keep a channel subset, align the grids."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from padim.core.backbones import Normalisation, StagedExtractor
+
+
+def select_channels(total: int, keep: int, seed: int) -> torch.Tensor:
+    """A fixed, seeded random subset of `keep` channel indices out of `total`, sorted."""
+    if keep >= total:
+        return torch.arange(total)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=gen)[:keep].sort().values
+
+
+class Embedder(nn.Module):
+    """Image batch in [0, 1] (B, 3, H, W) -> patch embeddings (B, d, H/4, W/4).
+
+    Deeper maps are upsampled (nearest) to the first map's grid and concatenated; only the kept
+    channels are gathered, before upsampling, so unused channels cost nothing.
+    """
+
+    extractor: StagedExtractor
+    mean: torch.Tensor
+    std: torch.Tensor
+    channel_idx: torch.Tensor
+
+    def __init__(
+        self,
+        extractor: StagedExtractor,
+        normalisation: Normalisation,
+        layer_channels: tuple[int, ...],
+        channel_idx: torch.Tensor,
+        cpu_batch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.cpu_batch = cpu_batch  # split CPU batches into chunks of this size (0: never)
+        self.register_buffer("mean", torch.tensor(normalisation.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(normalisation.std).view(1, 3, 1, 1))
+        self.register_buffer("channel_idx", channel_idx.to(torch.int64))
+        offsets = [0]
+        for c in layer_channels:
+            offsets.append(offsets[-1] + c)
+        self.n_layers = len(layer_channels)
+        for i in range(self.n_layers):
+            lo, hi = offsets[i], offsets[i + 1]
+            local = channel_idx[(channel_idx >= lo) & (channel_idx < hi)] - lo
+            self.register_buffer(f"layer_idx{i}", local.to(torch.int64))
+
+    @property
+    def dim(self) -> int:
+        return int(self.channel_idx.numel())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = self.cpu_batch
+        if (
+            n
+            and images.shape[0] > n
+            and images.device.type == "cpu"
+            and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export()
+        ):
+            return torch.cat([self._embed(chunk) for chunk in images.split(n)])
+        return self._embed(images)
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        maps = self.extractor(x)
+        grid = maps[0].shape[-2:]
+        parts = []
+        for i, fmap in enumerate(maps):
+            idx = getattr(self, f"layer_idx{i}")
+            if idx.numel() == 0:
+                continue
+            fmap = fmap.index_select(1, idx)
+            if fmap.shape[-2:] != grid:
+                fmap = F.interpolate(fmap, size=grid, mode="nearest")
+            parts.append(fmap)
+        return torch.cat(parts, dim=1)

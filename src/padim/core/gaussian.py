@@ -1,0 +1,461 @@
+"""Per-patch-position multivariate Gaussians: streamed sufficient statistics, fit, Mahalanobis.
+
+Training never holds more than one batch of embeddings: `GaussianStats` keeps, per position,
+the count and the float64 sums of (x - shift) and of the lower block rows of
+(x - shift)(x - shift)^T (see `BlockLayout`: 56 % of the memory and the arithmetic of full
+matrices, no gathers), where the shift is the first batch's mean (so the sums stay small and
+the covariance does not suffer from cancellation). The sums live in chunks of positions, so
+fitting can free each chunk as soon as its Gaussians are factorised. Statistics from separate
+runs merge exactly (`merge`), which is what a distributed fit needs.
+
+`GaussianModel` keeps the whitening matrix W = L^-1 (Sigma = L L^T) per position. W is lower
+triangular, so it is stored as block rows (rows r_i..r_i+1, columns 0..r_i+1): a little over
+half of a full matrix, and scoring one image reads half the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from padim import options
+from padim.core.scoring import chebyshev_by_position
+from padim.errors import PadimError
+from padim.memory import release_free_memory
+
+DEFAULT_REGULARISATION: float = options.REGULARISATION.default
+POSITION_CHUNK = 128  # positions per chunk of sums / factorisation
+
+
+def embeddings_by_position(emb: torch.Tensor) -> torch.Tensor:
+    """(B, d, h, w) -> (h*w, B, d), contiguous: one row block per patch position."""
+    b, d, h, w = emb.shape
+    return emb.reshape(b, d, h * w).permute(2, 0, 1).contiguous()
+
+
+@lru_cache(maxsize=8)
+def tril_flat_index(d: int) -> torch.Tensor:
+    """Flat indices of the lower triangle of a d x d matrix, row by row."""
+    rows, cols = torch.tril_indices(d, d)
+    return rows * d + cols
+
+
+def pack_tril(full: torch.Tensor) -> torch.Tensor:
+    """(c, d, d) -> (c, d(d+1)/2): the lower triangle, row by row."""
+    d = full.shape[-1]
+    return full.reshape(full.shape[0], d * d).index_select(1, tril_flat_index(d))
+
+
+def position_chunks(p: int, size: int = POSITION_CHUNK) -> list[slice]:
+    return [slice(s, min(s + size, p)) for s in range(0, p, size)]
+
+
+@dataclass
+class GaussianStats:
+    """Running sums per patch position, mergeable across batches, processes and machines."""
+
+    count: int
+    shift: torch.Tensor  # (P, d) float64
+    sum: torch.Tensor  # (P, d) float64, sum of (x - shift)
+    scatter: list[torch.Tensor]  # per position chunk (c, S) float64: block rows (BlockLayout)
+    # of the lower part of sum (x - shift)(x - shift)^T
+
+    @classmethod
+    def from_batch(cls, emb: torch.Tensor) -> GaussianStats:
+        """Start the sums from a first batch of embeddings (B, d, h, w)."""
+        x = embeddings_by_position(emb)
+        p, _, d = x.shape
+        f64, device = torch.float64, x.device
+        stats = cls(
+            count=0,
+            shift=x.to(f64).mean(dim=1),
+            sum=torch.zeros(p, d, dtype=f64, device=device),
+            scatter=[
+                torch.zeros(c.stop - c.start, BlockLayout.for_dim(d).size, dtype=f64, device=device)
+                for c in position_chunks(p)
+            ],
+        )
+        stats._add(x)
+        return stats
+
+    @classmethod
+    def from_batches(cls, embeddings: Iterable[torch.Tensor]) -> GaussianStats:
+        """The sums over a stream of embedding batches (B, d, h, w), one batch at a time."""
+        stats: GaussianStats | None = None
+        for emb in embeddings:
+            if stats is None:
+                stats = cls.from_batch(emb)
+            else:
+                stats.update(emb)
+        if stats is None:
+            raise PadimError("no training images in the statistics")
+        return stats
+
+    @property
+    def positions(self) -> int:
+        return self.shift.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.shift.shape[1]
+
+    def update(self, emb: torch.Tensor) -> None:
+        """Add a batch of embeddings (B, d, h, w) to the sums."""
+        if emb.shape[1] != self.dim or emb.shape[2] * emb.shape[3] != self.positions:
+            raise PadimError(
+                f"embedding shape {tuple(emb.shape)} does not match the statistics "
+                f"({self.positions} positions x {self.dim} channels)"
+            )
+        self._add(embeddings_by_position(emb))
+
+    def _add(self, x: torch.Tensor) -> None:
+        """x: (P, B, d) embeddings by position."""
+        for i, part in enumerate(position_chunks(self.positions)):
+            self._add_chunk(i, part, x[part])
+        self.count += x.shape[1]
+        release_free_memory()  # the batch's temporaries, before the next batch arrives
+
+    def _add_chunk(self, i: int, part: slice, x: torch.Tensor) -> None:
+        """Add (c, B, d) embeddings to chunk i's sums (the caller updates `count`)."""
+        xc = x.to(torch.float64) - self.shift[part, None, :]
+        self.sum[part] += xc.sum(dim=1)
+        xt = xc.transpose(1, 2)
+        layout = BlockLayout.for_dim(self.dim)
+        for (lo, hi, _), block in zip(layout.blocks, layout.views(self.scatter[i]), strict=True):
+            block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])  # (c, hi, m): transposed block row
+
+    def merge(self, other: GaussianStats) -> GaussianStats:
+        """Exact union of two sets of statistics (re-centred on this object's shift)."""
+        if other.shift.shape != self.shift.shape:
+            raise PadimError("cannot merge statistics of different shapes")
+        delta = other.shift - self.shift  # other's samples: x - s_self = (x - s_other) + delta
+        layout = BlockLayout.for_dim(self.dim)
+        scatter = []
+        for i, part in enumerate(position_chunks(self.positions)):
+            dl, os = delta[part], other.sum[part]
+            # (x + delta)(x + delta)^T summed: scatter + delta s^T + s delta^T + n delta delta^T
+            cross = (
+                dl[:, :, None] * os[:, None, :]
+                + os[:, :, None] * dl[:, None, :]
+                + other.count * dl[:, :, None] * dl[:, None, :]
+            )
+            scatter.append(self.scatter[i] + other.scatter[i] + layout.pack(cross))
+        return GaussianStats(
+            count=self.count + other.count,
+            shift=self.shift.clone(),
+            sum=self.sum + other.sum + other.count * delta,
+            scatter=scatter,
+        )
+
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.sum / self.count
+
+    def _chunk_covariance(
+        self, i: int, part: slice, count: int, lower_only: bool = False
+    ) -> torch.Tensor:
+        """Chunk i's covariance; with `lower_only` the entries above the diagonal blocks are
+        left as garbage (the Cholesky factorisation reads the lower triangle only)."""
+        if count < 1:
+            raise PadimError("no training images in the statistics")
+        s1 = self.sum[part]
+        layout = BlockLayout.for_dim(self.dim)
+        scatter = (layout.unpack_blocks if lower_only else layout.unpack_symmetric)(self.scatter[i])
+        scatter.baddbmm_(s1[:, :, None], s1[:, None, :], alpha=-1.0 / count)
+        return scatter.div_(max(count - 1, 1))  # one image: zero sample covariance
+
+    def covariance(self) -> torch.Tensor:
+        """Unbiased sample covariance (n - 1), float64, (P, d, d): for tests and small models."""
+        return torch.cat(
+            [
+                self._chunk_covariance(i, part, self.count)
+                for i, part in enumerate(position_chunks(self.positions))
+            ]
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "count": torch.tensor(self.count, dtype=torch.int64),
+            "shift": self.shift,
+            "sum": self.sum,
+            "scatter_blocks": torch.cat(self.scatter),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GaussianStats:
+        packed = state["scatter_blocks"]
+        chunks = [packed[part].clone() for part in position_chunks(packed.shape[0])]
+        return cls(int(state["count"]), state["shift"], state["sum"], chunks)
+
+
+# ----------------------------------------------------------------------------- whitening
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where the block rows of a lower-triangular d x d matrix live in a flat (P, S) buffer.
+
+    Block i holds W[r_i:r_i+1, 0:r_i+1] transposed ((r_i+1, m_i), ready for x @ block)."""
+
+    dim: int
+    bounds: tuple[int, ...]  # r_0 = 0 < r_1 < ... < r_k = dim
+
+    @classmethod
+    @lru_cache(maxsize=16)  # asked for on every batch and every scoring call
+    def for_dim(cls, d: int) -> BlockLayout:
+        k = max(1, min(8, math.ceil(d / 24)))
+        return cls(d, tuple(round(i * d / k) for i in range(k + 1)))
+
+    @property
+    def blocks(self) -> list[tuple[int, int, int]]:
+        """(first row, end row, offset) per block row."""
+        out, offset = [], 0
+        for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True):
+            out.append((lo, hi, offset))
+            offset += hi * (hi - lo)
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(hi * (hi - lo) for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True))
+
+    def pack(self, w: torch.Tensor) -> torch.Tensor:
+        """(c, d, d) -> (c, S): the block rows (entries above the diagonal blocks dropped)."""
+        c = w.shape[0]
+        return torch.cat(
+            [w[:, lo:hi, :hi].transpose(1, 2).reshape(c, -1) for lo, hi, _ in self.blocks], dim=1
+        )
+
+    def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        """(P, S) -> [(P, r_i+1, m_i)] views, no copies."""
+        p = buf.shape[0]
+        return [
+            buf[:, off : off + hi * (hi - lo)].view(p, hi, hi - lo) for lo, hi, off in self.blocks
+        ]
+
+    def unpack_blocks(self, buf: torch.Tensor) -> torch.Tensor:
+        """(P, S) -> (P, d, d) with the block rows filled and zeros above them (the lower
+        triangle plus the upper half of each diagonal block: all a Cholesky factorisation
+        reads)."""
+        out = buf.new_zeros(buf.shape[0], self.dim, self.dim)
+        for (lo, hi, _), view in zip(self.blocks, self.views(buf), strict=True):
+            out[:, lo:hi, :hi] = view.transpose(1, 2)
+        return out
+
+    def unpack(self, buf: torch.Tensor) -> torch.Tensor:
+        """(P, S) -> (P, d, d) lower-triangular."""
+        return torch.tril(self.unpack_blocks(buf))
+
+    def unpack_symmetric(self, buf: torch.Tensor) -> torch.Tensor:
+        """(P, S) block rows of a symmetric matrix's lower part -> the full (P, d, d) matrix."""
+        lower = self.unpack(buf)
+        return lower + torch.tril(lower, -1).transpose(1, 2)
+
+
+def cholesky(cov: torch.Tensor, regularisation: float) -> torch.Tensor:
+    """L with L L^T = cov + reg*I (c, d, d), or a clear error if that is not positive definite.
+    Reads only the lower triangle of `cov` (LAPACK potrf semantics) and adds reg in place."""
+    cov.diagonal(dim1=1, dim2=2).add_(regularisation)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info.max()) > 0:
+        raise PadimError(
+            "covariance is not positive definite (non-finite features or regularisation too "
+            "small); check the training images"
+        )
+    return chol
+
+
+def whitening_factor(cov: torch.Tensor, regularisation: float) -> torch.Tensor:
+    """W = L^-1, float64 (c, d, d): a Cholesky factorisation and a triangular solve (no LU
+    inverse: batched `linalg.inv` crashes on some CPUs)."""
+    chol = cholesky(cov, regularisation)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+
+
+SHRINKAGE = options.SHRINKAGES
+
+
+def shrinkage_intensity(cov: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position (c,): Ledoit-Wolf intensity rho and target scale mu (target mu*I) from the
+    sample covariance alone, in its Rao-Blackwellised form (Chen, Wiesel, Eldar and Hero,
+    2010): the original estimator needs fourth moments that the streamed sums do not keep.
+    Reads the lower triangle of `cov` (c, d, d)."""
+    d = cov.shape[-1]
+    diag = cov.diagonal(dim1=1, dim2=2)
+    trace = diag.sum(dim=1)
+    frob2 = 2 * torch.tril(cov, -1).square().sum(dim=(1, 2)) + diag.square().sum(dim=1)
+    num = (n - 2) / n * frob2 + trace.square()
+    den = (n + 2) * (frob2 - trace.square() / d)
+    rho = torch.where(den > 0, (num / den.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(den))
+    return rho, trace / d
+
+
+def shrink_(cov: torch.Tensor, n: int) -> torch.Tensor:
+    """(1 - rho) S + rho mu I, in place; returns rho."""
+    rho, mu = shrinkage_intensity(cov, n)
+    cov.mul_((1 - rho)[:, None, None])
+    cov.diagonal(dim1=1, dim2=2).add_((rho * mu)[:, None])
+    return rho
+
+
+def _squared_distances(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """x (c, n, d), mean (c, d), L (c, d, d) -> |L^-1 (x - mean)|^2 (c, n), by a triangular
+    solve (cheaper than inverting L when n < d)."""
+    z = torch.linalg.solve_triangular(chol, (x - mean[:, None, :]).transpose(1, 2), upper=False)
+    return z.square().sum(dim=1)
+
+
+def _std(cov: torch.Tensor) -> torch.Tensor:
+    """Per-channel standard deviations from covariances (c, d, d) -> (c, d), a copy."""
+    return cov.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt().clone()
+
+
+@dataclass
+class HeldOut:
+    """Patch terms (n, h, w) of held-out good images, scored by Gaussians fitted without them."""
+
+    mahalanobis: torch.Tensor
+    chebyshev: torch.Tensor
+
+
+@dataclass
+class GaussianModel:
+    """The fitted Gaussians: mean and whitening matrix W = L^-1 per position, in block rows.
+
+    The squared Mahalanobis distance is |W (x - mean)|^2: a few batched matmuls per batch.
+    """
+
+    mean: torch.Tensor  # (P, d) float32
+    whitening: torch.Tensor  # (P, S) float32, block rows of W (see BlockLayout)
+    std: torch.Tensor | None = None  # (P, d) float32 per-channel std (Chebyshev scoring)
+    shrinkage_rho: torch.Tensor | None = None  # (P,) Ledoit-Wolf intensities, when fitted so
+
+    @property
+    def layout(self) -> BlockLayout:
+        return BlockLayout.for_dim(int(self.mean.shape[1]))
+
+    @classmethod
+    def from_full(cls, mean: torch.Tensor, w: torch.Tensor) -> GaussianModel:
+        """From full (P, d, d) lower-triangular whitening matrices."""
+        return cls(mean.float(), BlockLayout.for_dim(w.shape[-1]).pack(w.float()).contiguous())
+
+    @classmethod
+    def from_tril(cls, mean: torch.Tensor, tril: torch.Tensor) -> GaussianModel:
+        """From packed lower triangles (P, d(d+1)/2), as stored in model files."""
+        d = mean.shape[1]
+        layout = BlockLayout.for_dim(d)
+        lower = tril_flat_index(d)
+        out = torch.empty(mean.shape[0], layout.size, dtype=torch.float32)
+        for part in position_chunks(mean.shape[0], 512):
+            full = tril.new_zeros(part.stop - part.start, d * d, dtype=torch.float32)
+            full[:, lower] = tril[part].float()
+            out[part] = layout.pack(full.view(-1, d, d))
+        return cls(mean.float(), out)
+
+    def tril(self) -> torch.Tensor:
+        """Packed lower triangles (P, d(d+1)/2) float32 of the whitening matrices."""
+        parts = [
+            pack_tril(self.layout.unpack(self.whitening[part]))
+            for part in position_chunks(self.whitening.shape[0], 512)
+        ]
+        return torch.cat(parts)
+
+    def full(self) -> torch.Tensor:
+        return self.layout.unpack(self.whitening)
+
+    @classmethod
+    def fit(
+        cls,
+        stats: GaussianStats,
+        regularisation: float = DEFAULT_REGULARISATION,
+        holdout: torch.Tensor | None = None,
+        consume: bool = False,
+        on_chunk: Callable[[int], None] | None = None,
+        shrinkage: str = "none",
+    ) -> tuple[GaussianModel, HeldOut | None]:
+        """Factorise covariance + reg*I chunk by chunk of positions.
+
+        `holdout` (n, d, h, w): embeddings of good images not in `stats`. They are scored by
+        the Gaussians fitted without them (their distances (n, h, w) are returned, for an
+        honest threshold), then added to the statistics before the final factorisation, all in
+        one pass. `consume` frees each chunk of sums once used (the stats are spent after), so
+        the whitening matrices grow into the memory the sums give back. `on_chunk(positions)`
+        reports progress. `shrinkage` "ledoit-wolf" shrinks each covariance towards mu*I
+        (`shrinkage_intensity`) before the regularisation is added."""
+        if shrinkage not in SHRINKAGE:
+            raise PadimError(f"unknown shrinkage {shrinkage!r}: use {', '.join(SHRINKAGE)}")
+        p, d = stats.positions, stats.dim
+        layout = BlockLayout.for_dim(d)
+        device = stats.shift.device
+        whitening = torch.empty(p, layout.size, dtype=torch.float32, device=device)
+        mean = torch.empty(p, d, dtype=torch.float64, device=device)
+        n_hold = 0 if holdout is None else holdout.shape[0]
+        held = None if holdout is None else holdout.flatten(2)  # (n, d, P): no copy
+        held_sq = torch.empty(p, n_hold, dtype=torch.float64, device=device)
+        held_cheb = torch.empty_like(held_sq)
+        std = torch.empty(p, d, dtype=torch.float32, device=device)
+        shrinking = shrinkage == "ledoit-wolf"
+        rhos = torch.zeros(p, dtype=torch.float64, device=device) if shrinking else None
+        count = stats.count
+        for i, part in enumerate(position_chunks(p)):
+            if held is not None:
+                held_part = held[:, :, part].permute(2, 0, 1).contiguous()  # (c, n, d)
+                cov = stats._chunk_covariance(i, part, count, lower_only=True)
+                chunk_std = _std(cov)
+                if shrinking:
+                    shrink_(cov, count)
+                chol = cholesky(cov, regularisation)
+                chunk_mean = stats.shift[part] + stats.sum[part] / count
+                x64 = held_part.to(torch.float64)
+                held_sq[part] = _squared_distances(x64, chunk_mean, chol)
+                held_cheb[part] = chebyshev_by_position(x64, chunk_mean, chunk_std)
+                stats._add_chunk(i, part, held_part)
+            total = count + n_hold
+            cov = stats._chunk_covariance(i, part, total, lower_only=True)
+            std[part] = _std(cov).to(torch.float32)
+            if rhos is not None:
+                rhos[part] = shrink_(cov, total)
+            w = whitening_factor(cov, regularisation)
+            whitening[part] = layout.pack(w).to(torch.float32)
+            mean[part] = stats.shift[part] + stats.sum[part] / total
+            if consume:
+                stats.scatter[i] = stats.scatter[i].new_empty(0)
+                if i % 2 == 1:
+                    release_free_memory()
+            if on_chunk is not None:
+                on_chunk(part.stop - part.start)
+        stats.count = count + n_hold
+        held_out = None
+        if holdout is not None:
+            h, w_ = holdout.shape[-2:]
+            held_out = HeldOut(
+                held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32),
+                held_cheb.T.reshape(n_hold, h, w_).to(torch.float32),
+            )
+        return cls(mean.to(torch.float32), whitening, std, rhos), held_out
+
+    def chebyshev(self, emb: torch.Tensor) -> torch.Tensor:
+        """Chebyshev term of every patch (see `scoring`): (B, d, h, w) -> (B, h, w)."""
+        if self.std is None:
+            raise PadimError(
+                "this model has no per-channel standard deviations (written by "
+                "an older padim): Chebyshev scoring needs a re-fit"
+            )
+        b, _, h, w = emb.shape
+        x = embeddings_by_position(emb.to(self.mean.dtype))
+        return chebyshev_by_position(x, self.mean, self.std).T.reshape(b, h, w)
+
+    def distances(self, emb: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of every patch: (B, d, h, w) -> (B, h, w)."""
+        b, _, h, w = emb.shape
+        x = embeddings_by_position(emb.to(self.mean.dtype)) - self.mean[:, None, :]
+        total = torch.zeros(x.shape[0], b, dtype=x.dtype, device=x.device)
+        for (_, hi, _), block in zip(
+            self.layout.blocks, self.layout.views(self.whitening), strict=True
+        ):
+            total += torch.bmm(x[:, :, :hi], block).square().sum(dim=-1)  # (P, B)
+        return total.clamp_min(0).sqrt().T.reshape(b, h, w)

@@ -1,0 +1,92 @@
+"""The torch model: embeddings -> patch scores (Mahalanobis and/or Chebyshev) -> anomaly map ->
+image score."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from padim.core.anomaly_map import AnomalyMapper
+from padim.core.features import Embedder
+from padim.core.gaussian import GaussianModel
+from padim.core.scoring import DEFAULT_SCORE_MODE, SCORE_MODES, combine
+from padim.errors import PadimError
+
+
+class PadimNet(nn.Module):
+    """Images in [0, 1] (B, 3, H, W) -> (scores (B,), anomaly maps (B, 1, H, W)).
+
+    One module holding every tensor inference needs, so it can be moved to a device, scripted
+    or exported as a single graph. `score_mode` picks the patch score (see `scoring`).
+    """
+
+    embedder: Embedder
+    gauss_mean: torch.Tensor
+    gauss_whitening: torch.Tensor
+    gauss_std: torch.Tensor | None
+    term_stats: torch.Tensor
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        gaussian: GaussianModel,
+        sigma: float = 4.0,
+        score_mode: str = DEFAULT_SCORE_MODE,
+        term_stats: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.register_buffer("gauss_mean", gaussian.mean)
+        self.register_buffer("gauss_whitening", gaussian.whitening)
+        self.register_buffer("gauss_std", gaussian.std)
+        self.register_buffer(
+            "term_stats",
+            torch.tensor([0.0, 1.0, 0.0, 1.0]) if term_stats is None else term_stats.float(),
+        )
+        self.mapper = AnomalyMapper(sigma)
+        self.score_mode = DEFAULT_SCORE_MODE
+        self.set_score_mode(score_mode)
+
+    def set_score_mode(self, mode: str) -> None:
+        if mode not in SCORE_MODES:
+            raise PadimError(f"unknown score mode {mode!r}: use {', '.join(SCORE_MODES)}")
+        if mode != "mahalanobis" and self.gauss_std is None:
+            raise PadimError(
+                f"score mode {mode} needs per-channel standard deviations, which "
+                "this model file (written by an older padim) lacks: re-fit it"
+            )
+        self.score_mode = mode
+
+    @property
+    def gaussian(self) -> GaussianModel:
+        return GaussianModel(self.gauss_mean, self.gauss_whitening, self.gauss_std)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_embeddings(self.embedder(images), images.shape[-2:])
+
+    def terms(
+        self, emb: torch.Tensor, mode: str | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The patch terms (B, h, w) a mode needs: Mahalanobis distances and Chebyshev terms."""
+        mode = mode or self.score_mode
+        g = self.gaussian
+        maha = g.distances(emb) if mode != "chebyshev" else None
+        cheb = g.chebyshev(emb) if mode != "mahalanobis" else None
+        return maha, cheb
+
+    def maps_from_terms(
+        self,
+        maha: torch.Tensor | None,
+        cheb: torch.Tensor | None,
+        size: tuple[int, int] | torch.Size,
+        mode: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        patch = combine(mode or self.score_mode, maha, cheb, self.term_stats)
+        maps = self.mapper(patch, size=(int(size[0]), int(size[1])))
+        return maps.flatten(1).amax(dim=1), maps
+
+    def from_embeddings(
+        self, emb: torch.Tensor, size: tuple[int, int] | torch.Size
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and maps from precomputed embeddings."""
+        return self.maps_from_terms(*self.terms(emb), size)

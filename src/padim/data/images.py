@@ -1,0 +1,137 @@
+"""Reading images safely as 8-bit RGB, from files, bytes (uploads), PIL images or arrays;
+torch-free, so every runtime (torch, ONNX, OpenVINO) and the service share it.
+
+Every failure is a `BadImage` (a `PadimError`) with a one-line message and a short code that
+the REST service returns to clients: empty, not_an_image, unreadable, too_small, too_many_pixels.
+The pixel count is checked from the header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from padim.errors import BadImage, PadimError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ImageInput = str | Path | Image.Image | np.ndarray
+"""What `Padim.fit` / `predict` accept per image: a path, a PIL image or an array."""
+MIN_SIDE = 2
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale 16-bit / 32-bit integer or float pixel data into 0..255."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    a = arr.astype(np.float64)
+    if np.issubdtype(arr.dtype, np.floating):
+        top = 1.0 if np.nanmax(a, initial=0.0) <= 1.0 else 255.0
+        a = np.nan_to_num(a) / top * 255.0
+    elif a.max(initial=0) > 255:
+        a = a / 257.0  # 16-bit range
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image (L, LA, P, RGBA, CMYK, I;16, I, F, 1) as 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    """HxW, HxWx1, HxWx3 or HxWx4 arrays of any numeric dtype as an RGB image."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise BadImage(
+            f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}", "not_an_image"
+        )
+    return to_rgb(Image.fromarray(_to_uint8(arr)))
+
+
+def open_image(source: BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image stream as RGB (EXIF rotation applied). `max_pixels` (default: Pillow's
+    limit) refuses images whose header declares more pixels, before decoding them."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                width, height = img.size
+                if limit is not None and width * height > limit:
+                    raise _bomb(name, width, height, limit)
+                if width < MIN_SIDE or height < MIN_SIDE:
+                    raise BadImage(f"image too small ({width}x{height}): {name}", "too_small")
+                img.load()
+                return to_rgb(ImageOps.exif_transpose(img) or img)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(
+            f"image declares too many pixels (decompression bomb?): {name}", "too_many_pixels"
+        ) from None
+    except UnidentifiedImageError:
+        raise BadImage(
+            f"not an image file (or an unsupported format): {name}", "not_an_image"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"cannot read image {name}: {exc}", "unreadable") from None
+
+
+def _bomb(name: str, width: int, height: int, limit: int) -> BadImage:
+    return BadImage(
+        f"image declares too many pixels ({width}x{height} > {limit:,}; decompression bomb?): "
+        f"{name}",
+        "too_many_pixels",
+    )
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image file as 8-bit RGB, with a clear error if it fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadImage(f"image not found: {path}", "not_found")
+    if path.stat().st_size == 0:
+        raise BadImage(f"empty file: {path}", "empty")
+    with path.open("rb") as f:
+        return open_image(f, str(path))
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = None) -> Image.Image:
+    """Decode uploaded bytes as 8-bit RGB, with a clear error if they are not a usable image."""
+    if not data:
+        raise BadImage(f"empty body: no image bytes in {name}", "empty")
+    return open_image(io.BytesIO(data), name, max_pixels)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PadimError(f"not a folder: {folder}")
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def as_image(item: ImageInput) -> Image.Image:
+    """A path, PIL image or array as an 8-bit RGB PIL image."""
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, np.ndarray):
+        return array_to_image(item)
+    return read_image(item)

@@ -1,0 +1,261 @@
+"""`padim export`: the whole inference path as one ONNX graph (or OpenVINO IR), verified.
+
+Graph: images (N, 3, S, S) in [0, 1] at the model's input geometry -> normalisation, backbone,
+embedding, Mahalanobis distances, bilinear upsampling, Gaussian smoothing -> `score` (N) and
+`anomaly_map` (N, 1, S, S); the batch size is dynamic. Resizing and cropping stay outside (the
+runtime does them with `preprocess.resize_crop`, as the torch path does). The threshold, geometry,
+normalisation and versions are stored as metadata (`padim` JSON). Models over the 2 GB protobuf
+limit are written with their weights in `FILE.data` beside the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from padim import __version__
+from padim.errors import PadimError
+from padim.files import default_file_mode
+from padim.model.modelfile import model_header
+
+ONNX_FORMAT = "padim-onnx"
+ONNX_FORMAT_VERSION = 1
+PROTOBUF_LIMIT = 2_000_000_000  # bytes; above this the weights go to external data
+DEFAULT_OPSET = 17
+
+
+def model_metadata(model: Any, model_id: str) -> dict[str, Any]:
+    """What a runtime needs besides the graph (stored in exports; describes torch models)."""
+    cfg = model.config
+    header = model_header(model)
+    return {
+        "format": ONNX_FORMAT,
+        "format_version": ONNX_FORMAT_VERSION,
+        "library_version": __version__,
+        "source_model_id": model_id,
+        "backbone": cfg.backbone,
+        "resize": cfg.size,
+        "crop": cfg.crop,
+        "input_size": header["input_size"],
+        "embedding_dim": header["embedding_dim"],
+        "normalisation": header["backbone"]["normalisation"],
+        "sigma": cfg.sigma,
+        "score_mode": cfg.score_mode,
+        "threshold": model.threshold_,
+        "info": model.info,
+    }
+
+
+def export_onnx(
+    model: Any,
+    out: str | Path,
+    model_id: str = "in-memory",
+    opset: int = DEFAULT_OPSET,
+    external_data: bool | None = None,
+) -> Path:
+    """Write `model` (a fitted `Padim`) as ONNX, atomically; `external_data` None: only when
+    the weights exceed the protobuf limit."""
+    import onnx
+    import torch
+
+    net = model.fitted_net().to("cpu").eval()
+    size = model.preprocess.output_size
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        raw = work / "raw.onnx"
+        example = torch.rand(2, 3, size, size)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on constant shapes: expected here
+            torch.onnx.export(
+                net,
+                (example,),
+                str(raw),
+                input_names=["images"],
+                output_names=["score", "anomaly_map"],
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={
+                    "images": {0: "batch"},
+                    "score": {0: "batch"},
+                    "anomaly_map": {0: "batch"},
+                },
+            )
+        graph = onnx.load(str(raw))
+        meta = model_metadata(model, model_id)
+        for key, value in {
+            "padim": json.dumps(meta),
+            "threshold": str(model.threshold_),
+            "input_size": str(size),
+            "library_version": __version__,
+            "normalisation": json.dumps(meta["normalisation"]),
+        }.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        graph.producer_name, graph.producer_version = "padim", __version__
+        weights = sum(t.ByteSize() for t in graph.graph.initializer)
+        split = external_data if external_data is not None else weights > PROTOBUF_LIMIT
+        final = work / out.name
+        data_name = out.name + ".data"
+        onnx.save_model(
+            graph,
+            str(final),
+            save_as_external_data=split,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+        onnx.checker.check_model(str(final))
+        mode = default_file_mode()  # the usual permissions (temporary files are private)
+        if split:
+            os.chmod(work / data_name, mode)
+            os.replace(work / data_name, out.parent / data_name)
+        os.chmod(final, mode)
+        os.replace(final, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def export_openvino(onnx_path: str | Path, out: str | Path, fp16: bool = False) -> Path:
+    """Convert an exported ONNX file to OpenVINO IR (`out` .xml + .bin); metadata kept."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise PadimError(
+            "--format openvino needs the openvino package (pip install openvino)"
+        ) from None
+    out = Path(out).with_suffix(".xml")
+    ov_model = ov.convert_model(str(onnx_path))
+    meta = read_onnx_metadata(onnx_path)
+    ov_model.set_rt_info(json.dumps(meta), ["padim"])
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        ov.save_model(ov_model, str(work / out.name), compress_to_fp16=fp16)
+        os.replace(work / out.with_suffix(".bin").name, out.with_suffix(".bin"))
+        os.replace(work / out.name, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The `padim` metadata of an exported file, with clear errors for foreign or corrupt ones."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise PadimError(f"not a readable ONNX file: {path} ({exc})") from None
+    props = {p.key: p.value for p in graph.metadata_props}
+    return parse_metadata(props, path)
+
+
+def parse_metadata(props: dict[str, str], path: str | Path) -> dict[str, Any]:
+    if "padim" not in props:
+        raise PadimError(f"ONNX file has no padim metadata (not written by padim export): {path}")
+    try:
+        meta = json.loads(props["padim"])
+    except json.JSONDecodeError:
+        raise PadimError(f"ONNX file's padim metadata is corrupt: {path}") from None
+    if not isinstance(meta, dict) or meta.get("format") != ONNX_FORMAT:
+        raise PadimError(f"ONNX file's metadata is not padim's: {path}")
+    if meta.get("format_version") != ONNX_FORMAT_VERSION:
+        raise PadimError(
+            f"ONNX export format {meta.get('format_version')} (padim "
+            f"{meta.get('library_version', '?')}) is not supported by this padim "
+            f"(reads {ONNX_FORMAT_VERSION}); export the model again"
+        )
+    return meta
+
+
+def parity(model: Any, scorer: Any, images: np.ndarray) -> dict[str, float]:
+    """Largest differences between the torch model and an exported runtime on `images`."""
+    import torch
+
+    t_scores, t_maps = model.score_tensors(torch.from_numpy(images))
+    o_scores, o_maps = scorer.score_batch(images)
+    return {
+        "max_rel_score_diff": float(np.max(np.abs(o_scores - t_scores) / np.abs(t_scores))),
+        "max_rel_map_diff": float(np.max(np.abs(o_maps - t_maps)) / np.max(np.abs(t_maps))),
+    }
+
+
+@dataclass
+class ExportReport:
+    """What `export_model` wrote and how well it agrees with the torch model."""
+
+    path: Path
+    fmt: str
+    n_checked: int
+    checked_on: str  # "given" or "random" images
+    max_rel_score_diff: float
+    max_rel_map_diff: float
+
+
+def export_model(
+    model_path: Path,
+    out: Path,
+    fmt: str = "onnx",
+    opset: int = DEFAULT_OPSET,
+    external_data: bool | None = None,
+    fp16: bool = False,
+    verify: Sequence[Path] = (),
+    tolerance: float = 1e-4,
+    threads: int | None = None,
+) -> ExportReport:
+    """Export a model file as ONNX or OpenVINO IR and check its parity with the torch model on
+    `verify` images (up to 16) or random inputs; fails if the relative score difference exceeds
+    `tolerance` (x100 for fp16 weights), leaving the export for inspection."""
+    from padim.data.images import read_image
+    from padim.data.sources import source_paths
+    from padim.deploy.scorers import file_id, load_scorer
+    from padim.model.estimator import Padim
+
+    want = ".onnx" if fmt == "onnx" else ".xml"
+    if out.suffix.lower() != want:
+        raise PadimError(f"--format {fmt} writes a {want} file: got --out {out}")
+    model = Padim.load(model_path, device="cpu")
+    if verify:
+        paths = source_paths(verify)[:16]
+        check = np.stack([model.preprocess.image(read_image(p)) for p in paths])
+    else:
+        size = model.preprocess.output_size
+        check = np.random.default_rng(0).random((4, 3, size, size), dtype=np.float32)
+    onnx_out = out if fmt == "onnx" else out.with_suffix(".onnx.tmp")
+    try:
+        export_onnx(
+            model, onnx_out, model_id=file_id(model_path), opset=opset, external_data=external_data
+        )
+        if fmt == "openvino":
+            export_openvino(onnx_out, out, fp16=fp16)
+    finally:
+        if fmt == "openvino":
+            onnx_out.unlink(missing_ok=True)
+            onnx_out.with_name(onnx_out.name + ".data").unlink(missing_ok=True)
+    diff = parity(model, load_scorer(out, threads=threads), check)
+    limit = tolerance * (100 if fp16 else 1)
+    if diff["max_rel_score_diff"] > limit:
+        raise PadimError(
+            f"exported model disagrees with the torch model: relative score "
+            f"difference {diff['max_rel_score_diff']:.2e} > {limit:g} "
+            f"(left in {out} for inspection)"
+        )
+    return ExportReport(
+        out,
+        fmt,
+        len(check),
+        "given" if verify else "random",
+        diff["max_rel_score_diff"],
+        diff["max_rel_map_diff"],
+    )

@@ -1,0 +1,107 @@
+"""Local `padim predict` (one process, any `Scorer` runtime, torch-free): results.csv /
+results.json and per-image pictures, staged atomically. (Bulk jobs that resume and run on Ray
+write Parquet parts instead: `padim.deploy.bulk`.)
+
+Everything is written into a temporary folder beside the output folder and moved into place
+only when every image has been scored, so a failure leaves no partial results behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from padim.data.images import read_image
+from padim.data.pictures import PICTURES, save_pictures
+from padim.data.sources import output_names, source_paths
+from padim.deploy.scorers import Scorer
+from padim.progress import progress_bar
+
+
+@dataclass
+class ResultRow:
+    path: str
+    score: float
+    is_anomalous: bool
+    threshold: float
+    overlay: str = ""
+    heatmap: str = ""
+    mask: str = ""
+
+
+def write_predictions(
+    scorer: Scorer,
+    inputs: list[Path],
+    out: Path,
+    threshold: float | None = None,
+    images: bool = True,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[ResultRow]:
+    """Score every input with any runtime (torch, ONNX, OpenVINO) and write the outputs."""
+    paths = source_paths(inputs)
+    names = dict(zip(paths, output_names(paths), strict=True))
+    thr = scorer.threshold if threshold is None else float(threshold)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    rows: list[ResultRow] = []
+    bar = progress_bar(len(paths), "predict", enabled=progress)
+    try:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            x = np.stack([scorer.preprocess(read_image(p)) for p in chunk])
+            scores, maps = scorer.score_batch(x)
+            for path, img, score, amap in zip(chunk, x, scores, maps, strict=True):
+                row = ResultRow(str(path), float(score), bool(score > thr), thr)
+                if images:
+                    files = save_pictures(stage, names[path], img, amap, thr)
+                    row.overlay, row.heatmap, row.mask = (files[k] for k in PICTURES)
+                rows.append(row)
+            bar.update(len(chunk))
+        (stage / "results.csv").write_text(_csv(rows), encoding="utf-8")
+        (stage / "results.json").write_text(
+            json.dumps(
+                {
+                    "threshold": thr,
+                    "model_id": scorer.model_id,
+                    "results": [r.__dict__ for r in rows],
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        for item in stage.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        bar.close()
+        shutil.rmtree(stage, ignore_errors=True)
+    return rows
+
+
+def _csv(rows: list[ResultRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "score", "label", "threshold", "overlay", "heatmap", "mask"])
+    for r in rows:
+        writer.writerow(
+            [
+                r.path,
+                f"{r.score:.6f}",
+                int(r.is_anomalous),
+                f"{r.threshold:.6f}",
+                r.overlay,
+                r.heatmap,
+                r.mask,
+            ]
+        )
+    return buf.getvalue()

@@ -1,0 +1,255 @@
+"""Scorers: what predicting and serving need from a fitted model, behind one small interface.
+
+The REST service, `padim predict` and the Ray engine only talk to a `Scorer`: preprocess one
+decoded image, score a batch, describe the model. `TorchScorer` wraps `Padim`; `OnnxScorer`
+(onnxruntime) and `OpenVinoScorer` run exported files without torch. `load_scorer` picks the
+runtime from the file type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from padim import __version__
+from padim.data.preprocess import resize_crop
+from padim.deploy.export import model_metadata, parse_metadata
+from padim.errors import PadimError
+
+
+class Scorer(Protocol):
+    model_id: str
+    threshold: float
+    input_size: int
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> (3, S, S) float32 in [0, 1] at the model's input geometry."""
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3, S, S) float32 -> scores (B,) and anomaly maps (B, S, S), float32."""
+
+    def describe(self) -> dict[str, Any]:
+        """Backbone, geometry, threshold, training-set size, versions: for /v1/model."""
+
+
+def file_id(path: str | Path) -> str:
+    """`<stem>-<first 12 hex of sha256>`: names one exact model file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return f"{Path(path).stem}-{digest.hexdigest()[:12]}"
+
+
+def describe(
+    meta: dict[str, Any], model_id: str, file: str | None, runtime: str, threshold: float
+) -> dict[str, Any]:
+    """What /v1/model and `padim info` show, from a model's metadata (`model_metadata`)."""
+    info = meta.get("info") or {}
+    return {
+        "model_id": model_id,
+        "file": file,
+        "runtime": runtime,
+        "backbone": meta.get("backbone"),
+        "resize": meta.get("resize"),
+        "crop": meta.get("crop"),
+        "input_size": meta.get("input_size"),
+        "embedding_dim": meta.get("embedding_dim"),
+        "threshold": threshold,
+        "threshold_source": info.get("threshold_source"),
+        "n_train": info.get("n_train"),
+        "n_holdout": info.get("n_holdout"),
+        "weights": info.get("weights"),
+        "sigma": meta.get("sigma"),
+        "score_mode": meta.get("score_mode", "mahalanobis"),
+        "library_version": __version__,
+    }
+
+
+class TorchScorer:
+    """A fitted `Padim` (torch) as a `Scorer`."""
+
+    def __init__(self, model: Any, model_id: str = "in-memory", path: str | None = None) -> None:
+        if model.threshold_ is None:
+            raise PadimError("the model has no threshold: calibrate it before serving")
+        self.model = model
+        self.model_id = model_id
+        self.path = path
+        self.threshold = float(model.threshold_)
+        self.input_size = model.preprocess.output_size
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, device: str = "auto", score_mode: str | None = None
+    ) -> TorchScorer:
+        from padim.model.estimator import Padim
+
+        model = Padim.load(path, device=device, score_mode=score_mode)
+        return cls(model, file_id(path), str(path))
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self.model.preprocess.image(image)
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        return self.model.score_tensors(torch.from_numpy(x))
+
+    def describe(self) -> dict[str, Any]:
+        return describe(
+            model_metadata(self.model, self.model_id),
+            self.model_id,
+            Path(self.path).name if self.path else None,
+            "torch",
+            self.threshold,
+        )
+
+
+class ExportedScorer:
+    """Shared part of the torch-free runtimes: metadata, preprocessing, description."""
+
+    runtime = "exported"
+
+    def __init__(self, path: str | Path, meta: dict[str, Any]) -> None:
+        self.path = str(path)
+        self.meta = meta
+        self.model_id = file_id(path)
+        self.threshold = float(meta["threshold"])
+        self.input_size = int(meta["input_size"])
+        self.size, self.crop = int(meta["resize"]), meta["crop"]
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return resize_crop(image, self.size, self.crop)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **describe(
+                self.meta, self.model_id, Path(self.path).name, self.runtime, self.threshold
+            ),
+            "source_model_id": self.meta.get("source_model_id"),
+            "exported_with_version": self.meta.get("library_version"),
+        }
+
+    def _check_io(self, inputs: list[tuple[str, list]], outputs: list[str]) -> None:
+        names = [name for name, _ in inputs]
+        shape = inputs[0][1] if inputs else []
+        ok = (
+            names == ["images"]
+            and sorted(outputs) == ["anomaly_map", "score"]
+            and len(shape) == 4
+            and list(shape[1:]) in ([3, self.input_size, self.input_size], [3, None, None])
+        )
+        if not ok:
+            raise PadimError(
+                f"exported model does not match its metadata (inputs {inputs}, "
+                f"outputs {outputs}, input size {self.input_size}): {self.path}"
+            )
+
+
+class OnnxScorer(ExportedScorer):
+    """An ONNX file written by `padim export`, run by onnxruntime (no torch)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PadimError("ONNX models need onnxruntime: pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc)
+            raise PadimError(f"cannot load ONNX model {path}: {reason}") from None
+        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        super().__init__(path, meta)
+        self._check_io(
+            [
+                (i.name, [d if isinstance(d, int) else None for d in i.shape])
+                for i in self.session.get_inputs()
+            ],
+            [o.name for o in self.session.get_outputs()],
+        )
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = self.session.run(
+            ["score", "anomaly_map"], {"images": np.ascontiguousarray(x, dtype=np.float32)}
+        )
+        return scores, maps[:, 0]
+
+
+class OpenVinoScorer(ExportedScorer):
+    """An OpenVINO IR (.xml + .bin) written by `padim export --format openvino`."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise PadimError("OpenVINO models need openvino: pip install openvino") from None
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+            raw = model.get_rt_info(["padim"]).astype(str)
+        except Exception as exc:
+            raise PadimError(
+                f"cannot load OpenVINO model {path}: {str(exc).strip()[:300]}"
+            ) from None
+        meta = parse_metadata({"padim": raw}, path)
+        super().__init__(path, meta)
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
+        self._check_io(
+            [
+                (
+                    i.get_any_name(),
+                    [d.get_length() if d.is_static else None for d in i.get_partial_shape()],
+                )
+                for i in self.compiled.inputs
+            ],
+            list(self._outputs),
+        )
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = self.compiled(np.ascontiguousarray(x, dtype=np.float32))
+        return result[self._outputs["score"]], result[self._outputs["anomaly_map"]][:, 0]
+
+
+def load_scorer(
+    path: str | Path,
+    device: str = "auto",
+    threads: int | None = None,
+    score_mode: str | None = None,
+) -> Scorer:
+    """The right runtime for a model file: .onnx -> onnxruntime, .xml -> OpenVINO (neither
+    imports torch), anything else -> a padim model file run by torch. `score_mode` replaces
+    the model's (torch only: an export has its mode built in)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".onnx", ".xml"):
+        if not Path(path).is_file():
+            raise PadimError(f"model file not found: {path}")
+        scorer = (OnnxScorer if suffix == ".onnx" else OpenVinoScorer)(path, threads)
+        built_in = scorer.meta.get("score_mode", "mahalanobis")
+        if score_mode is not None and score_mode != built_in:
+            raise PadimError(
+                f"{path} was exported with score mode {built_in}; export the "
+                f"model again with --score-mode {score_mode}"
+            )
+        return scorer
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return TorchScorer.from_file(path, device=device, score_mode=score_mode)

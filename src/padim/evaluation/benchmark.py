@@ -1,0 +1,339 @@
+"""`padim benchmark`: fit and evaluate every (backbone, category) pair of an MVTec AD root and
+write results.json / results.csv, tables.md in the published layout, and figures.
+
+Report files are rewritten (atomically) after every pair, so an interrupted run keeps what it
+finished. Tables and published numbers live in `padim.tables` and `padim.published`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from padim import __version__, options
+from padim.core.backbones import get_backbone
+from padim.data.datasets import is_mvtec_category, mvtec_test_set
+from padim.errors import PadimError
+from padim.evaluation.evaluate import EvaluationRun, evaluate
+from padim.evaluation.figures import roc_curves, roc_figure, run_figure
+from padim.evaluation.metrics import format_metric
+from padim.evaluation.perturb import RandomRotateCrop, make_perturbation, training_loader
+from padim.evaluation.published import CATEGORIES
+from padim.evaluation.tables import render_tables, run_label
+from padim.files import write_text_atomic
+from padim.memory import PeakRSS
+from padim.model.estimator import Padim
+
+CSV_FIELDS = (
+    "backbone",
+    "category",
+    "perturbation",
+    "score_mode",
+    "shrinkage",
+    "size",
+    "crop",
+    "channels",
+    "n_train",
+    "n_test",
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "image_f1",
+    "pixel_f1",
+    "image_f1_at_threshold",
+    "pixel_f1_at_threshold",
+    "image_balanced_accuracy",
+    "image_accuracy_at_threshold",
+    "threshold",
+    "fit_seconds",
+    "predict_ms_per_image",
+    "peak_rss_fit_mib",
+    "peak_rss_predict_mib",
+    "model_mib",
+)
+
+
+@dataclass
+class BenchmarkOptions:
+    """What to run and where to write; mirrors the CLI options."""
+
+    root: Path
+    out: Path
+    categories: list[str] | None = None  # None: every category found under root
+    backbones: list[str] = field(default_factory=lambda: list(options.BENCHMARK_BACKBONES.default))
+    size: int = options.SIZE.default
+    crop: int | None = options.CROP.default
+    channels: int | str | None = options.CHANNELS.default  # None: the backbone's; "all"
+    seed: int = options.SEED.default
+    weights: str | None = options.WEIGHTS.default
+    storage: str = options.STORAGE.default
+    score_mode: str = options.SCORE_MODE.default
+    shrinkage: str = options.SHRINKAGE.default
+    batch_size: int = options.BATCH_SIZE.default
+    device: str = options.DEVICE.default
+    perturb: list[str] = field(default_factory=list)
+    compare_published: bool = False
+    keep_models: bool = False
+    figures: bool = True
+    progress: bool = True
+    command: str = ""
+
+
+def find_categories(
+    root: Path, wanted: list[str] | None
+) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(name, folder) of each category to run, and notes for the ones skipped. `root` may be
+    an MVTec AD root (one folder per category) or a single category folder."""
+    if not root.is_dir():
+        raise PadimError(f"--root is not a folder: {root}")
+    if (root / "train" / "good").is_dir():  # a single category
+        present = {root.name: root}
+    else:
+        present = {
+            p.name: p
+            for p in sorted(root.iterdir())
+            if p.is_dir() and is_mvtec_category(p) and (p / "test").is_dir()
+        }
+    if wanted is None:
+        order = [c for c in CATEGORIES if c in present] + sorted(set(present) - set(CATEGORIES))
+        missing = [c for c in CATEGORIES if c not in present]
+        notes = (
+            [
+                f"{len(missing)} MVTec AD categories not under {root}: "
+                f"{', '.join(missing)} (shown as '-')"
+            ]
+            if missing
+            else []
+        )
+    else:
+        order = [name for name in wanted if name in present]
+        notes = [
+            f"category {name!r} not found under {root}: skipped"
+            for name in wanted
+            if name not in present
+        ]
+    if not order:
+        raise PadimError(f"no MVTec AD categories (folders with train/good and test/) under {root}")
+    return [(name, present[name]) for name in order], notes
+
+
+def _row(
+    opts: BenchmarkOptions,
+    backbone: str,
+    category: str,
+    model: Padim,
+    run: EvaluationRun,
+    fit_rss: int,
+    pred_rss: int,
+    model_bytes: int,
+) -> dict[str, Any]:
+    m = run.metrics
+    row: dict[str, Any] = {
+        "backbone": backbone,
+        "category": category,
+        "perturbation": m["perturbation"],
+        "score_mode": opts.score_mode,
+        "shrinkage": opts.shrinkage,
+        "size": opts.size,
+        "crop": opts.crop,
+        "channels": model.fitted_net().embedder.dim,
+        "n_train": model.info["n_train"],
+        "n_test": m["n_images"],
+        "n_good": m["n_good"],
+        "n_anomalous": m["n_anomalous"],
+    }
+    for key in CSV_FIELDS:
+        if key in m and key not in row:
+            row[key] = m[key]
+    row.update(
+        {
+            "fit_seconds": model.info["fit_seconds"],
+            "predict_ms_per_image": round(1000 * run.score_seconds / max(1, m["n_images"]), 2),
+            "peak_rss_fit_mib": round(fit_rss / 2**20, 1),
+            "peak_rss_predict_mib": round(pred_rss / 2**20, 1),
+            "model_mib": round(model_bytes / 2**20, 2),
+            "per_type_image_auroc": m.get("per_type_image_auroc"),
+            "notes": m.get("notes", []),
+        }
+    )
+    return row
+
+
+def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
+    """Fit and evaluate each (backbone, category) pair; write the reports after each pair."""
+    for name in opts.backbones:
+        get_backbone(name)  # unknown names fail before any work
+    perturbations = [make_perturbation(p, opts.size, opts.crop, opts.seed) for p in opts.perturb]
+    categories, notes = find_categories(opts.root, opts.categories)
+    for note in notes:
+        _log(opts, f"note: {note}")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[str, dict]]] = {}
+    total = len(categories) * len(opts.backbones)
+    step = 0
+    for backbone in opts.backbones:
+        for category, folder in categories:
+            step += 1
+            _log(opts, f"[{step}/{total}] {backbone} / {category}: fitting")
+            model, fit_rss, model_bytes = _fit(opts, backbone, category, folder)
+            samples = mvtec_test_set(folder)
+            with PeakRSS() as pred_mem:
+                run = evaluate(model, samples)
+            runs = [
+                (
+                    run,
+                    _row(
+                        opts,
+                        backbone,
+                        category,
+                        model,
+                        run,
+                        fit_rss,
+                        pred_mem.peak_bytes,
+                        model_bytes,
+                    ),
+                )
+            ]
+            for perturbation in perturbations:
+                _log(opts, f"[{step}/{total}] {backbone} / {category}: {perturbation.name}")
+                if perturbation.train:  # the paper's protocol: refit on perturbed images
+                    p_model, p_fit_rss, p_bytes = _fit(
+                        opts, backbone, category, folder, perturbation
+                    )
+                else:
+                    p_model, p_fit_rss, p_bytes = model, fit_rss, model_bytes
+                with PeakRSS() as p_mem:
+                    p_run = evaluate(p_model, samples, perturbation)
+                runs.append(
+                    (
+                        p_run,
+                        _row(
+                            opts,
+                            backbone,
+                            category,
+                            p_model,
+                            p_run,
+                            p_fit_rss,
+                            p_mem.peak_bytes,
+                            p_bytes,
+                        ),
+                    )
+                )
+            for run, row in runs:
+                results.append(row)
+                label = run_label(row)
+                curves.setdefault(category, []).append((label, roc_curves(run)))
+                if opts.figures:
+                    run_figure(run, row, opts.out / "figures" / f"{category}__{_slug(label)}.png")
+                _log(
+                    opts,
+                    f"  {label}: image AUROC {format_metric(row['image_auroc'])}, "
+                    f"pixel AUROC {format_metric(row['pixel_auroc'])}, "
+                    f"AUPRO {format_metric(row['aupro'])}; fit "
+                    f"{row['fit_seconds']:.1f} s, {row['predict_ms_per_image']:.0f} ms/image",
+                )
+            if opts.figures:
+                roc_figure(category, curves[category], opts.out / "figures" / f"{category}_roc.png")
+            write_reports(results, opts, notes)
+            del model
+    return results
+
+
+def _fit(
+    opts: BenchmarkOptions,
+    backbone: str,
+    category: str,
+    folder: Path,
+    perturbation: RandomRotateCrop | None = None,
+) -> tuple[Padim, int, int]:
+    """Fit one model (on perturbed training images for the paper's Rd-MVTec protocol);
+    return it with its peak fit RSS and its file size."""
+    model = Padim(
+        backbone=backbone,
+        size=opts.size,
+        crop=opts.crop,
+        channels=opts.channels,
+        seed=opts.seed,
+        weights=opts.weights,
+        batch_size=opts.batch_size,
+        device=opts.device,
+        storage=opts.storage,
+        score_mode=opts.score_mode,
+        shrinkage=opts.shrinkage,
+        progress=opts.progress,
+    )
+    loader = None if perturbation is None else training_loader(perturbation, model.preprocess)
+    with PeakRSS() as mem:
+        model.fit(folder, loader=loader)
+    if perturbation is not None and model.training_ is not None:
+        model.training_.training_perturbation = perturbation.name
+    name = f"{category}__{backbone}" + (f"__{perturbation.name}" if perturbation else "")
+    if opts.keep_models:
+        size = model.save(opts.out / "models" / f"{name}.safetensors").stat().st_size
+    else:
+        with tempfile.TemporaryDirectory(dir=opts.out) as tmp:
+            size = model.save(Path(tmp) / "model.safetensors").stat().st_size
+    return model, mem.peak_bytes, size
+
+
+def _slug(text: str) -> str:
+    return text.replace(", ", "__").replace(" ", "_")
+
+
+def _log(opts: BenchmarkOptions, message: str) -> None:
+    if opts.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "padim": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_reports(results: list[dict[str, Any]], opts: BenchmarkOptions, notes: list[str]) -> None:
+    """results.json, results.csv and tables.md in opts.out, each written atomically."""
+    meta = {
+        "command": opts.command,
+        "root": str(opts.root),
+        "size": opts.size,
+        "crop": opts.crop,
+        "seed": opts.seed,
+        "weights": opts.weights or "imagenet",
+        "perturb": opts.perturb,
+        "environment": environment(),
+        "notes": notes,
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_text_atomic(
+        opts.out / "results.json", json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
+    )
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in results)
+    write_text_atomic(opts.out / "results.csv", buf.getvalue())
+    write_text_atomic(
+        opts.out / "tables.md",
+        render_tables(results, meta, compare_published=opts.compare_published),
+    )

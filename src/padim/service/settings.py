@@ -1,0 +1,26 @@
+"""The limits and batching of one service; every field is a `padim serve` option
+(defaults in `padim.options`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from padim import options
+
+MB = 1 << 20
+
+
+@dataclass
+class ServeSettings:
+    """Limits and batching of one service; all of it is on the `padim serve` command line."""
+
+    max_upload_bytes: int = int(options.MAX_UPLOAD_MB.default * MB)  # one image
+    max_request_bytes: int = int(5 * options.MAX_UPLOAD_MB.default * MB)  # one batch request
+    max_batch_images: int = options.MAX_BATCH_IMAGES.default  # images in one batch request
+    max_pixels: int = options.MAX_PIXELS.default  # declared pixel count refused before decoding
+    batching: bool = True  # dynamic micro-batching across requests
+    max_batch: int = options.MAX_BATCH.default  # images per forward pass
+    max_wait_ms: float = options.MAX_WAIT_MS.default  # wait for images still being decoded
+    examples: Sequence[Path] = field(default_factory=tuple)  # files/folders; () = demo images

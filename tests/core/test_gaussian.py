@@ -1,0 +1,238 @@
+import numpy as np
+import pytest
+import torch
+
+from padim.core.gaussian import (
+    BlockLayout,
+    GaussianModel,
+    GaussianStats,
+    embeddings_by_position,
+    pack_tril,
+    shrink_,
+    shrinkage_intensity,
+)
+from padim.errors import PadimError
+
+
+def _emb(rng, n, d=5, h=3, w=2, offset=0.0):
+    base = rng.normal(size=(d, d))
+    x = rng.normal(size=(n, h, w, d)) @ base + offset
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def _numpy_cov(emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x = embeddings_by_position(emb).numpy()  # (P, N, d)
+    means = x.mean(axis=1)
+    covs = np.stack([np.cov(x[p], rowvar=False) for p in range(x.shape[0])])
+    return means, covs
+
+
+def test_streamed_statistics_match_numpy():
+    rng = np.random.default_rng(0)
+    emb = _emb(rng, 23)
+    stats = GaussianStats.from_batch(emb[:4])
+    for start in range(4, 23, 6):
+        stats.update(emb[start : start + 6])
+    means, covs = _numpy_cov(emb)
+    assert stats.count == 23
+    np.testing.assert_allclose(stats.mean().numpy(), means, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
+
+
+def test_shifted_sums_survive_a_large_offset():
+    # Naive sum-of-squares in float32 would lose the variance entirely at this offset.
+    rng = np.random.default_rng(1)
+    emb = _emb(rng, 30, offset=1e6).to(torch.float32)
+    stats = GaussianStats.from_batch(emb[:10])
+    stats.update(emb[10:])
+    _, covs = _numpy_cov(emb.to(torch.float64))
+    np.testing.assert_allclose(stats.covariance().numpy(), covs, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 19])
+def test_merge_is_exact_for_uneven_shards(cut):
+    rng = np.random.default_rng(2)
+    emb = _emb(rng, 20, offset=50.0)
+    whole = GaussianStats.from_batch(emb[:5])
+    whole.update(emb[5:])
+    a = GaussianStats.from_batch(emb[:cut])
+    b = GaussianStats.from_batch(emb[cut:])
+    merged = a.merge(b)
+    assert merged.count == 20
+    np.testing.assert_allclose(merged.mean().numpy(), whole.mean().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        merged.covariance().numpy(), whole.covariance().numpy(), rtol=1e-10, atol=1e-10
+    )
+
+
+def test_state_dict_round_trip():
+    rng = np.random.default_rng(3)
+    stats = GaussianStats.from_batch(_emb(rng, 6))
+    again = GaussianStats.from_state_dict(stats.state_dict())
+    assert again.count == 6
+    assert all(torch.equal(a, b) for a, b in zip(again.scatter, stats.scatter, strict=True))
+    assert torch.equal(again.covariance(), stats.covariance())
+
+
+def test_mahalanobis_matches_explicit_inverse():
+    rng = np.random.default_rng(4)
+    emb = _emb(rng, 40)
+    stats = GaussianStats.from_batch(emb)
+    model, _ = GaussianModel.fit(stats, regularisation=0.01)
+    query = _emb(rng, 3)
+    got = model.distances(query.to(torch.float32)).numpy()  # (3, h, w)
+    means, covs = _numpy_cov(emb)
+    x = embeddings_by_position(query).numpy()
+    for p in range(x.shape[0]):
+        prec = np.linalg.inv(covs[p] + 0.01 * np.eye(covs.shape[1]))
+        for i in range(3):
+            delta = x[p, i] - means[p]
+            want = np.sqrt(delta @ prec @ delta)
+            assert got[i].ravel()[p] == pytest.approx(want, rel=1e-4)
+
+
+def test_whitening_is_lower_triangular_and_inverts_the_covariance():
+    rng = np.random.default_rng(5)
+    stats = GaussianStats.from_batch(_emb(rng, 12, d=4))
+    model, _ = GaussianModel.fit(stats, regularisation=0.01)
+    w = model.full().double()
+    assert torch.allclose(w, torch.tril(w))
+    cov = stats.covariance() + 0.01 * torch.eye(4, dtype=torch.float64)
+    eye = w @ cov @ w.transpose(1, 2)
+    assert torch.allclose(eye, torch.eye(4, dtype=torch.float64).expand_as(eye), atol=1e-5)
+
+
+def test_one_image_means_zero_covariance_plus_regularisation():
+    rng = np.random.default_rng(6)
+    one = _emb(rng, 1)
+    model, _ = GaussianModel.fit(GaussianStats.from_batch(one), regularisation=0.04)
+    other = _emb(rng, 1)
+    expected = ((other - one).square().sum(dim=1).sqrt() / 0.2).float()  # |y-x|/sqrt(reg)
+    torch.testing.assert_close(model.distances(other), expected, rtol=1e-4, atol=1e-4)
+    assert torch.all(model.std == 0)
+
+
+def test_non_finite_features_give_a_clear_error():
+    emb = _emb(np.random.default_rng(7), 6)
+    emb[0, 0, 0, 0] = float("nan")
+    with pytest.raises(PadimError, match="positive definite"):
+        GaussianModel.fit(GaussianStats.from_batch(emb))
+
+
+def test_shape_mismatch_on_update():
+    rng = np.random.default_rng(8)
+    stats = GaussianStats.from_batch(_emb(rng, 3))
+    with pytest.raises(PadimError, match="does not match"):
+        stats.update(_emb(rng, 3, d=4))
+
+
+def test_many_positions_span_several_chunks():
+    """More positions than one chunk of sums: streamed and merged statistics stay exact."""
+    rng = np.random.default_rng(9)
+    emb = _emb(rng, 9, d=3, h=20, w=15)  # 300 positions: three chunks of 128
+    stats = GaussianStats.from_batch(emb[:4])
+    stats.update(emb[4:])
+    assert len(stats.scatter) == 3
+    _, covs = _numpy_cov(emb)
+    np.testing.assert_allclose(stats.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
+    merged = GaussianStats.from_batch(emb[:2]).merge(GaussianStats.from_batch(emb[2:]))
+    np.testing.assert_allclose(merged.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
+
+
+def test_packed_triangles_hold_the_lower_triangle_row_by_row():
+    a = torch.randn(4, 6, 6, dtype=torch.float64)
+    packed = pack_tril(a)
+    assert packed.shape == (4, 21)
+    rows, cols = torch.tril_indices(6, 6)
+    assert torch.equal(packed, a[:, rows, cols])
+
+
+@pytest.mark.parametrize("d", [1, 5, 24, 100, 176, 550])
+def test_block_rows_hold_exactly_the_lower_triangle(d):
+    layout = BlockLayout.for_dim(d)
+    assert layout.bounds[0] == 0 and layout.bounds[-1] == d
+    assert d * (d + 1) / 2 <= layout.size <= d * d
+    if d >= 100:  # five to eight block rows: 56-60 % of a full matrix
+        assert layout.size <= 0.6 * d * d
+    w = torch.tril(torch.randn(2, d, d))
+    buf = layout.pack(w)
+    assert buf.shape == (2, layout.size)
+    assert torch.equal(layout.unpack(buf), w)
+    model = GaussianModel(torch.zeros(2, d), buf)
+    assert torch.equal(model.full(), w)
+    assert torch.equal(GaussianModel.from_tril(model.mean, model.tril()).whitening, buf)
+
+
+def test_holdout_scored_by_the_model_without_it_then_added():
+    rng = np.random.default_rng(10)
+    emb = _emb(rng, 30, d=4)
+    fit_part, held = emb[:24], emb[24:]
+    model, held_out = GaussianModel.fit(
+        GaussianStats.from_batch(fit_part), 0.01, holdout=held.to(torch.float32)
+    )
+    without, _ = GaussianModel.fit(GaussianStats.from_batch(fit_part), 0.01)
+    everything, none = GaussianModel.fit(GaussianStats.from_batch(emb), 0.01)
+    assert none is None
+    np.testing.assert_allclose(
+        held_out.mahalanobis.numpy(), without.distances(held.float()).numpy(), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        held_out.chebyshev.numpy(), without.chebyshev(held.float()).numpy(), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(model.std.numpy(), everything.std.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(model.mean.numpy(), everything.mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        model.whitening.numpy(), everything.whitening.numpy(), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_consume_frees_the_sums():
+    stats = GaussianStats.from_batch(_emb(np.random.default_rng(11), 8, d=3, h=20, w=15))
+    GaussianModel.fit(stats, consume=True)
+    assert all(chunk.numel() == 0 for chunk in stats.scatter)
+
+
+def test_std_is_the_per_channel_sample_std():
+    emb = _emb(np.random.default_rng(12), 7)
+    model, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 0.01)
+    x = emb.numpy().transpose(2, 3, 0, 1).reshape(-1, 7, 5)  # (P, n, d)
+    np.testing.assert_allclose(model.std.numpy(), x.std(axis=1, ddof=1), rtol=1e-5)
+
+
+def test_ledoit_wolf_intensity_by_hand():
+    """Rao-Blackwellised Ledoit-Wolf on S = diag(4, 1), n = 10:
+    tr = 5, tr(S^2) = 17, rho = (8/10 * 17 + 25) / (12 * (17 - 25/2)) = 38.6 / 54."""
+    cov = torch.tensor([[[4.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    rho, mu = shrinkage_intensity(cov, 10)
+    assert float(rho) == pytest.approx(38.6 / 54)
+    assert float(mu) == pytest.approx(2.5)
+    shrunk = cov.clone()
+    shrink_(shrunk, 10)
+    r = 38.6 / 54
+    expected = torch.tensor([[4 * (1 - r) + 2.5 * r, 0.0], [0.0, (1 - r) + 2.5 * r]])
+    torch.testing.assert_close(shrunk[0], expected.double())
+    # a multiple of the identity needs no shrinkage beyond its own target: rho = 1, same matrix
+    eye = 3 * torch.eye(3, dtype=torch.float64)[None]
+    rho, mu = shrinkage_intensity(eye, 5)
+    assert float(mu) == 3.0 and float(rho) == 1.0
+
+
+def test_ledoit_wolf_fit_shrinks_towards_the_scaled_identity():
+    emb = _emb(np.random.default_rng(13), 6)  # few samples for d = 5
+    plain, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 0.0 + 1e-6)
+    shrunk, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 1e-6, shrinkage="ledoit-wolf")
+    assert shrunk.shrinkage_rho is not None and plain.shrinkage_rho is None
+    assert torch.all((shrunk.shrinkage_rho > 0) & (shrunk.shrinkage_rho <= 1))
+    cov = GaussianStats.from_batch(emb).covariance()
+    rho, mu = shrinkage_intensity(cov.clone(), 6)
+    target = (1 - rho)[:, None, None] * cov + (rho * mu)[:, None, None] * torch.eye(5)
+    target.diagonal(dim1=1, dim2=2).add_(1e-6)
+    w = shrunk.full().double()
+    torch.testing.assert_close(
+        w @ target @ w.transpose(1, 2),
+        torch.eye(5, dtype=torch.float64).expand(6, 5, 5),
+        rtol=1e-3,
+        atol=1e-3,
+    )
+    with pytest.raises(PadimError, match="unknown shrinkage"):
+        GaussianModel.fit(GaussianStats.from_batch(emb), shrinkage="oracle")

@@ -1,0 +1,168 @@
+"""The web page in a real browser: `padim serve` on 127.0.0.1, Debian's Chromium driven by
+Playwright. Skipped when Chromium or Playwright is missing, unless PADIM_REQUIRE_BROWSER=1
+(as .ci/run sets, after installing the chromium package)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("PADIM_CHROMIUM", "/usr/bin/chromium")
+# The closed network refuses Chromium's background connections; these keep it quiet.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def _need_browser():
+    reason = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "playwright is not installed (pip install playwright)"
+    if reason is None and not shutil.which(CHROMIUM):
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    if reason:
+        if os.environ.get("PADIM_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " (PADIM_REQUIRE_BROWSER=1)")
+        pytest.skip(reason)
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(bottle_model_file, bottle, tmp_path_factory):
+    """`padim serve` as users start it, in its own process; yields its base URL."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "padim",
+        "serve",
+        str(bottle_model_file),
+        "--port",
+        str(port),
+        "--examples",
+        str(bottle / "test"),
+        "--threads",
+        "2",
+        "--log-level",
+        "warning",
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"padim serve exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"padim serve did not start:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_page_scores_an_uploaded_bottle_image(server, bottle, artifacts: Path):
+    sync_playwright = _need_browser()
+    defect = bottle / "test" / "broken_large" / "000.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            failed: list[str] = []
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            external: list[str] = []
+            page.on(
+                "request",
+                lambda r: (
+                    None
+                    if r.url.startswith(server) or r.url.startswith("data:")
+                    else external.append(r.url)
+                ),
+            )
+            page.goto(server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            assert page.locator("[data-testid=example]").count() >= 3
+
+            page.set_input_files("[data-testid=file-input]", str(defect))
+            card = page.locator("[data-testid=result]").first
+            card.wait_for(timeout=60_000)
+            verdict = card.locator("[data-testid=verdict]")
+            assert verdict.inner_text() == "ANOMALOUS"
+            assert "score" in card.locator("[data-testid=score]").inner_text()
+            heat_pixels = page.evaluate("""() => {
+                const c = document.querySelector('[data-testid=result] canvas.overlay');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let lit = 0;
+                for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 30) lit++;
+                return [lit, c.width * c.height];
+            }""")
+            assert heat_pixels[1] == 128 * 128 and heat_pixels[0] > 0.5 * heat_pixels[1]
+            masked = int(card.get_attribute("data-mask-pixels"))
+            assert 0 < masked < 128 * 128
+
+            # the slider re-draws the mask and verdict in place, with no new request
+            page.evaluate("""() => {
+                const s = document.querySelector('[data-testid=threshold]');
+                s.value = s.max; s.dispatchEvent(new Event('input'));
+            }""")
+            assert int(card.get_attribute("data-mask-pixels")) < masked
+            page.click("#reset")
+            assert int(card.get_attribute("data-mask-pixels")) == masked
+
+            page.locator("[data-testid=example]", has_text="good/").first.click()
+            page.locator("[data-testid=result]").nth(1).wait_for(timeout=60_000)
+
+            # drag and drop: a file dropped on the drop zone is scored like a picked one
+            page.evaluate("""async () => {
+                const url = document.querySelector('[data-testid=example] img').src;
+                const blob = await (await fetch(url)).blob();
+                const dt = new DataTransfer();
+                dt.items.add(new File([blob], 'dropped.png', { type: blob.type }));
+                const zone = document.querySelector('[data-testid=drop]');
+                zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true }));
+            }""")
+            dropped = page.locator("[data-testid=result]").nth(2)
+            dropped.wait_for(timeout=60_000)
+            assert page.locator("[data-testid=result] .name").first.inner_text() == "dropped.png"
+            page.screenshot(path=str(artifacts / "web-page.png"), full_page=True)
+            assert page.locator("[data-testid=result]").count() == 3
+            assert not failed, failed
+            assert not external, f"the page reached outside the service: {external}"
+        finally:
+            browser.close()
