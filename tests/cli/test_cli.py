@@ -376,3 +376,28 @@ def test_score_mode_and_shrinkage_options(tmp_path, category, capsys):
     )
     rows = json.loads((tmp_path / "p" / "results.json").read_text())
     assert all(-1 <= r["score"] <= 1 for r in rows["results"])
+
+
+def test_predict_searches_folders_recursively(tmp_path, model_file, category, capsys):
+    """Local predict takes a test/ folder with one sub-folder per type, as the Ray engine does;
+    pictures get the sub-folder in their names so equal file names do not collide."""
+    out = tmp_path / "pred"
+    assert (
+        main(["predict", str(model_file), str(category / "test"), "--out", str(out), "--quiet"])
+        == 0
+    )
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    expected = sorted(p for p in (category / "test").rglob("*.png"))
+    assert [row["path"] for row in rows] == [str(p) for p in expected]
+    assert (out / "good__000_heatmap.png").is_file() and (out / "square__000_mask.png").is_file()
+
+
+def test_ray_options_need_the_ray_engine(tmp_path, category, capsys):
+    """Given explicitly, even at their default values, Ray options need --engine ray."""
+    for extra in (["--shards", "2"], ["--cpus-per-task", "1"], ["--address", "auto"]):
+        args = ["fit", str(category), "--out", str(tmp_path / "m.safetensors"), *FAST, *extra]
+        assert main(args) == 1
+        line = _error_line(capsys)
+        assert extra[0] in line and "--engine ray" in line
+    assert not (tmp_path / "m.safetensors").exists()

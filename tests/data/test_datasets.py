@@ -61,3 +61,28 @@ def test_folder_test_set_matches_masks_by_stem(category):
     )
     assert len(samples) == 10
     assert all(s.mask_path.stem == f"{s.path.stem}_mask" for s in samples if s.label)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "crop"),
+    [
+        ((100, 100), 64, 48),
+        ((256, 256), 256, 224),
+        ((37, 91), 64, None),
+        ((900, 1200), 256, 224),
+        ((64, 64), 128, None),
+    ],
+)
+def test_mask_geometry_is_torch_nearest(shape, size, crop):
+    """Masks follow torch's `interpolate(mode="nearest")` exactly (what torchvision did)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    mask = rng.random(shape) > 0.7
+    t = torch.from_numpy(mask.astype(np.uint8))[None, None]
+    expected = F.interpolate(t, size=(size, size), mode="nearest")[0, 0].numpy() > 0
+    if crop is not None:
+        top = round((size - crop) / 2.0)
+        expected = expected[top : top + crop, top : top + crop]
+    assert np.array_equal(Preprocess(size, crop).mask(mask), expected)
