@@ -173,6 +173,12 @@ class Padim:
         self.threshold_source_: str | None = None
         self.training_: TrainingSummary | None = None
 
+    @classmethod
+    def from_config(cls, config: PadimConfig, **kwargs: Any) -> Padim:
+        """A model with `config`'s settings; `kwargs` are the run-time ones (weights,
+        batch_size, device, progress)."""
+        return cls(**config.to_dict(), **kwargs)
+
     # ------------------------------------------------------------------ properties
 
     @property

@@ -155,23 +155,7 @@ def _from_header(cls: type[Padim], header: dict[str, Any], device: str, batch_si
     from padim.model.config import PadimConfig, TrainingSummary
 
     cfg = PadimConfig(**header["config"])
-    model = cls(
-        backbone=cfg.backbone,
-        size=cfg.size,
-        crop=cfg.crop,
-        channels=cfg.channels,
-        seed=cfg.seed,
-        weights="random",
-        batch_size=batch_size,
-        device=device,
-        regularisation=cfg.regularisation,
-        sigma=cfg.sigma,
-        holdout_fraction=cfg.holdout_fraction,
-        threshold_quantile=cfg.threshold_quantile,
-        storage=cfg.storage,
-        score_mode=cfg.score_mode,
-        shrinkage=cfg.shrinkage,
-    )
+    model = cls.from_config(cfg, weights="random", batch_size=batch_size, device=device)
     info = dict(header.get("info", {}))
     model.threshold_ = None if header["threshold"] is None else float(header["threshold"])
     model.threshold_source_ = info.get("threshold_source")
