@@ -1,14 +1,17 @@
 """Writing files so that a crash never leaves a half-written one: a temporary file beside the
-target, renamed onto it only when the write succeeded, with the usual permissions."""
+target, renamed onto it only when the write succeeded, with the usual permissions; and output
+paths checked before any work, so nothing but a regular file is ever replaced."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from padim.errors import PadimError
 
 
 def default_file_mode() -> int:
@@ -18,10 +21,42 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def check_output_file(path: str | Path, what: str = "--out") -> Path:
+    """`path` as a file to (re)write: refused if something other than a regular file is there
+    (a folder, a device such as /dev/full, a FIFO, a socket), which a rename would replace."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise PadimError(f"{what} {path} exists and is {kind}: refusing to replace it")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise PadimError(f"{what} {path}: {path.parent} is not a folder")
+    return path
+
+
+def check_output_folder(
+    path: str | Path, inputs: Iterable[str | Path] = (), what: str = "--out"
+) -> Path:
+    """`path` as an output folder: refused if it exists as something else, or if it lies inside
+    one of the input folders (a later run would read its own outputs as inputs)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PadimError(f"{what} {path} exists and is not a folder")
+    resolved = path.resolve()
+    for source in inputs:
+        folder = Path(source).resolve()
+        if Path(source).is_dir() and (resolved == folder or folder in resolved.parents):
+            raise PadimError(
+                f"{what} {path} is inside the input folder {source}: its pictures "
+                "would be read as inputs next time; choose a folder outside it"
+            )
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    Only a regular file is ever replaced (`check_output_file`)."""
+    path = check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,15 +249,29 @@ def test_truncated_and_foreign_model_files(tmp_path, model_file, category, capsy
     assert "not a padim model" in _error_line(capsys)
 
 
-def test_predict_leaves_nothing_when_an_input_is_bad(tmp_path, model_file, category, capsys):
+def test_predict_goes_on_past_a_bad_input(tmp_path, model_file, category, capsys):
+    """An unreadable image is an error row (as in the Ray engine); the others are scored."""
     inputs = tmp_path / "inputs"
     shutil.copytree(category / "test" / "good", inputs)
     (inputs / "zzz.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     out = tmp_path / "pred"
-    assert main(["predict", str(model_file), str(inputs), "--out", str(out), "--quiet"]) == 1
-    assert "zzz.png" in _error_line(capsys)
-    assert not out.exists()
+    assert main(["predict", str(model_file), str(inputs), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"padim: warning: 1 of 5 images could not be scored (error rows in {out / 'results.csv'})"
+    ]
+    with (out / "results.csv").open() as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert rows["zzz.png"]["score"] == "" and rows["zzz.png"]["label"] == ""
+    assert rows["zzz.png"]["error"].startswith("not_an_image: ")
+    assert all(r["error"] == "" and r["score"] for n, r in rows.items() if n != "zzz.png")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pred")] == []
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "a.png").write_bytes(b"not an image")
+    assert main(["predict", str(model_file), str(only_bad), "--out", str(tmp_path / "p3")]) == 1
+    assert "none of the 1 images could be scored" in _error_line(capsys)
+    assert (tmp_path / "p3" / "results.csv").is_file()  # the error rows are still a result
 
 
 def test_predict_from_a_manifest(tmp_path, model_file, category, capsys):

@@ -7,22 +7,45 @@ usage); outputs are written atomically, so a failed command leaves nothing half-
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from padim.cli.commands import COMMANDS, apply_threads
 from padim.cli.parser import build_parser
 from padim.errors import PadimError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "terminate_cleanly"]
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """SIGTERM ends the command like Ctrl-C does: through every `finally`, so temporary files
+    are removed and nothing half-written stays behind (exit status 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        apply_threads(args)
-        return int(COMMANDS[args.command](args) or 0)
+        with terminate_cleanly():
+            apply_threads(args)
+            return int(COMMANDS[args.command](args) or 0)
     except PadimError as exc:
         print(f"padim: error: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from padim import options
 from padim.errors import PadimError
-from padim.files import write_text_atomic
+from padim.files import check_output_file, check_output_folder, write_text_atomic
 
 if TYPE_CHECKING:
     from padim.data.datasets import Sample
@@ -98,6 +98,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from padim.model.estimator import Padim
 
     _check_engine(args)
+    check_output_file(args.out)
     model = Padim(**_model_settings(args))
     if args.engine == "ray":
         from padim import ray_engine
@@ -184,8 +185,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=_progress(args),
     )
-    flagged = sum(r.is_anomalous for r in results)
-    print(f"scored {len(results)} images: {flagged} anomalous; wrote {args.out / 'results.csv'}")
+    failed = sum(r.error != "" for r in results)
+    flagged = sum(bool(r.is_anomalous) for r in results)
+    where = args.out / "results.csv"
+    if failed == len(results):
+        raise PadimError(
+            f"none of the {failed} images could be scored (first: {results[0].error}); see {where}"
+        )
+    print(f"scored {len(results) - failed} images: {flagged} anomalous; wrote {where}")
+    if failed:
+        print(
+            f"padim: warning: {failed} of {len(results)} images could not be scored "
+            f"(error rows in {where})",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -198,6 +211,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
             "--no-images and --threads are the local engine's: the Ray engine "
             "writes pictures only with --maps and uses --cpus-per-worker threads"
         )
+    check_output_folder(args.out, args.inputs)
     opts = ray_engine.BulkOptions(
         workers=args.workers,
         cpus_per_worker=_ray(args, options.CPUS_PER_WORKER),
@@ -238,6 +252,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from padim.evaluation.evaluate import evaluate
     from padim.evaluation.metrics import format_metric
 
+    for path in (args.json, args.figure):
+        if path is not None:
+            check_output_file(path, "--json/--figure")
     samples = _labelled_samples(args, args.masks)
     model = _load(args)
     model.progress = _progress(args)
@@ -311,6 +328,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    check_output_file(args.out or args.model)
     model = _load(args)
     model.progress = _progress(args)
     if args.threshold is not None:

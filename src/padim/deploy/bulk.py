@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from padim import options
-from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures
 from padim.data.sources import pyarrow_modules
-from padim.deploy.scorers import Scorer
+from padim.deploy.scorers import Scorer, score_files
 from padim.errors import PadimError
 from padim.files import atomic_path, write_atomic, write_text_atomic
 
@@ -49,24 +48,17 @@ def score_part(
     """Score one batch, write its `outputs` into `maps_dir` (if given: PNG pictures, and "map",
     the raw anomaly map as float16 .npy) and then its part file; an image that cannot be read
     becomes a row with an `error` and no score, never a failed batch."""
-    found: list[dict[str, Any]] = [{"path": p, "threshold": threshold} for p in paths]
-    good, arrays = [], []
-    for i, path in enumerate(paths):
-        try:
-            arrays.append(scorer.preprocess(read_image(path)))
-            good.append(i)
-        except PadimError as exc:
-            found[i]["error"] = f"{getattr(exc, 'code', 'unreadable')}: {exc}"
-        except Exception as exc:  # any decoder failure on one file is that file's problem
-            found[i]["error"] = f"unreadable: {type(exc).__name__}: {exc}"
-    if good:
-        scores, maps = scorer.score_batch(np.stack(arrays))
-        for i, img, score, amap in zip(good, arrays, scores, maps, strict=True):
-            found[i].update(score=float(score), label=int(score > threshold))
+    found: list[dict[str, Any]] = []
+    for item, name in zip(score_files(scorer, paths), names, strict=True):
+        row: dict[str, Any] = {"path": item.path, "threshold": threshold, "error": item.error}
+        if item.score is not None and item.image is not None and item.anomaly_map is not None:
+            row.update(score=item.score, label=int(item.score > threshold))
             if maps_dir is not None:
-                found[i].update(_write_outputs(maps_dir, names[i], img, amap, threshold, outputs))
+                row.update(
+                    _write_outputs(maps_dir, name, item.image, item.anomaly_map, threshold, outputs)
+                )
+        found.append(row)
     rows = {c: [row.get(c) for row in found] for c in COLUMNS}
-    rows["error"] = [e.splitlines()[0][:500] if e else None for e in rows["error"]]
     write_part(parts_dir, rows)
     return rows
 

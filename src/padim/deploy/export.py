@@ -24,7 +24,7 @@ import numpy as np
 
 from padim import __version__
 from padim.errors import PadimError
-from padim.files import default_file_mode
+from padim.files import check_output_file, default_file_mode
 from padim.model.modelfile import model_header
 
 ONNX_FORMAT = "padim-onnx"
@@ -225,6 +225,7 @@ def export_model(
     want = ".onnx" if fmt == "onnx" else ".xml"
     if out.suffix.lower() != want:
         raise PadimError(f"--format {fmt} writes a {want} file: got --out {out}")
+    check_output_file(out)
     model = Padim.load(model_path, device="cpu")
     if verify:
         paths = source_paths(verify)[:16]

@@ -17,21 +17,22 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures
 from padim.data.sources import output_names, source_paths
-from padim.deploy.scorers import Scorer
+from padim.deploy.scorers import Scorer, score_files
+from padim.files import check_output_folder
 from padim.progress import progress_bar
 
 
 @dataclass
 class ResultRow:
+    """One input's line of results.csv / results.json (an unreadable image: `error`, no score)."""
+
     path: str
-    score: float
-    is_anomalous: bool
+    score: float | None
+    is_anomalous: bool | None
     threshold: float
+    error: str = ""
     overlay: str = ""
     heatmap: str = ""
     mask: str = ""
@@ -46,7 +47,9 @@ def write_predictions(
     batch_size: int = 16,
     progress: bool = False,
 ) -> list[ResultRow]:
-    """Score every input with any runtime (torch, ONNX, OpenVINO) and write the outputs."""
+    """Score every input with any runtime (torch, ONNX, OpenVINO) and write the outputs; an
+    image that cannot be read or scored becomes a row with an `error`, and the rest go on."""
+    check_output_folder(out, inputs)
     paths = source_paths(inputs)
     names = dict(zip(paths, output_names(paths), strict=True))
     thr = scorer.threshold if threshold is None else float(threshold)
@@ -57,12 +60,13 @@ def write_predictions(
     try:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            x = np.stack([scorer.preprocess(read_image(p)) for p in chunk])
-            scores, maps = scorer.score_batch(x)
-            for path, img, score, amap in zip(chunk, x, scores, maps, strict=True):
-                row = ResultRow(str(path), float(score), bool(score > thr), thr)
+            for path, scored in zip(chunk, score_files(scorer, chunk), strict=True):
+                if scored.score is None or scored.image is None or scored.anomaly_map is None:
+                    rows.append(ResultRow(str(path), None, None, thr, scored.error or "unknown"))
+                    continue
+                row = ResultRow(str(path), scored.score, scored.score > thr, thr)
                 if images:
-                    files = save_pictures(stage, names[path], img, amap, thr)
+                    files = save_pictures(stage, names[path], scored.image, scored.anomaly_map, thr)
                     row.overlay, row.heatmap, row.mask = (files[k] for k in PICTURES)
                 rows.append(row)
             bar.update(len(chunk))
@@ -91,14 +95,15 @@ def write_predictions(
 def _csv(rows: list[ResultRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "score", "label", "threshold", "overlay", "heatmap", "mask"])
+    writer.writerow(["path", "score", "label", "threshold", "error", "overlay", "heatmap", "mask"])
     for r in rows:
         writer.writerow(
             [
                 r.path,
-                f"{r.score:.6f}",
-                int(r.is_anomalous),
+                "" if r.score is None else f"{r.score:.6f}",
+                "" if r.is_anomalous is None else int(r.is_anomalous),
                 f"{r.threshold:.6f}",
+                r.error,
                 r.overlay,
                 r.heatmap,
                 r.mask,

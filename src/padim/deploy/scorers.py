@@ -9,6 +9,8 @@ runtime from the file type.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from padim import __version__
+from padim.data.images import read_image
 from padim.data.preprocess import resize_crop
 from padim.deploy.export import model_metadata, parse_metadata
 from padim.errors import PadimError
@@ -43,6 +46,47 @@ def file_id(path: str | Path) -> str:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return f"{Path(path).stem}-{digest.hexdigest()[:12]}"
+
+
+@dataclass
+class Scored:
+    """One image file's outcome: its model input, score and map, or why it has none."""
+
+    path: str
+    image: np.ndarray | None = None  # (3, S, S) model input in [0, 1]
+    score: float | None = None
+    anomaly_map: np.ndarray | None = None  # (S, S)
+    error: str | None = None  # "code: message", one line
+
+
+def score_files(scorer: Scorer, paths: Sequence[str | Path]) -> list[Scored]:
+    """Read, preprocess and score image files as one batch. A file that cannot be read becomes
+    an error (never a failed batch), and so does a non-finite score: a damaged model must never
+    give a verdict."""
+    out = [Scored(str(p)) for p in paths]
+    readable, arrays = [], []
+    for item in out:
+        try:
+            item.image = scorer.preprocess(read_image(item.path))
+            readable.append(item)
+            arrays.append(item.image)
+        except PadimError as exc:
+            item.error = f"{getattr(exc, 'code', 'unreadable')}: {exc}"
+        except Exception as exc:  # any decoder failure on one file is that file's problem
+            item.error = f"unreadable: {type(exc).__name__}: {exc}"
+    if readable:
+        scores, maps = scorer.score_batch(np.stack(arrays))
+        for item, score, amap in zip(readable, scores, maps, strict=True):
+            if np.isfinite(score) and np.isfinite(amap).all():
+                item.score, item.anomaly_map = float(score), amap
+            else:
+                item.error = (
+                    "non_finite: the model gave a non-finite score (is the model file damaged?)"
+                )
+    for item in out:
+        if item.error:
+            item.error = item.error.strip().splitlines()[0][:500]
+    return out
 
 
 def describe(

@@ -85,6 +85,13 @@ class Service:
             self.batcher.expecting -= 1
         decoded = time.perf_counter()
         result = await self.batcher.submit(x)
+        if not (np.isfinite(result.score) and np.isfinite(result.anomaly_map).all()):
+            raise ApiError(
+                500,
+                "non_finite_score",
+                "the model gave a non-finite score for "
+                f"{upload.name}: its model file is damaged; no verdict",
+            )
         scored = time.perf_counter()
         out = self._result(upload.name, result, threshold, width, height)
         if include:
