@@ -117,3 +117,144 @@ def test_the_service_answers_an_error_not_good_for_a_non_finite_score(model_file
     assert res.status_code == 500 and res.json()["error"]["code"] == "non_finite_score"
     assert "verdict" not in res.json() and "score" not in res.json()
     assert batch.json()["results"][0]["error"]["code"] == "non_finite_score"
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+class _Failing:
+    """A scorer whose model breaks with an internal message that must not reach clients."""
+
+    model_id, threshold, input_size = "failing", 1.0, SIZE
+
+    def preprocess(self, image):
+        from padim.data.preprocess import resize_crop
+
+        return resize_crop(image, SIZE, None)
+
+    def score_batch(self, x):
+        raise RuntimeError("secret internal detail /srv/models/x")
+
+    def describe(self):
+        return {"model_id": self.model_id}
+
+
+def test_server_errors_say_nothing_internal_and_thresholds_are_checked(fitted, category):
+    from fastapi.testclient import TestClient
+
+    from padim.service.app import create_app
+
+    image = sorted((category / "test" / "good").iterdir())[0].read_bytes()
+    with TestClient(create_app(_Failing()), raise_server_exceptions=False) as client:
+        res = client.post("/v1/predict", files={"file": ("a.png", image)})
+    assert res.status_code == 500 and "secret" not in res.text and "RuntimeError" not in res.text
+    with TestClient(create_app(TorchScorer(fitted))) as client:
+        for bad in ("-1", "nan", "inf", "-0.5"):
+            res = client.post(f"/v1/predict?threshold={bad}", files={"file": ("a.png", image)})
+            assert res.status_code == 422 and res.json()["error"]["code"] == "bad_threshold"
+        assert client.post("/v1/predict?threshold=0", files={"file": ("a", image)}).is_success
+
+
+def test_serve_refuses_a_model_that_cannot_score(model_file, tmp_path, capsys):
+    import padim
+
+    broken = padim.load(model_file, device="cpu")
+    with torch.no_grad():
+        broken.fitted_net().gauss_whitening[3, 0] = float("inf")
+    path = broken.save(tmp_path / "broken.safetensors")
+    assert main(["serve", str(path), "--port", "1"]) == 1
+    assert "non-finite" in _one_error(capsys)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raw(port: int, data: bytes, wait: float = 6.0) -> tuple[bytes, float]:
+    """Send raw bytes, read until the server closes or `wait` passes: (reply, seconds)."""
+    import socket
+
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except TimeoutError:
+            pass
+    return reply, time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_slow_clients_disconnects_and_invented_methods(model_file, tmp_path):
+    """A real server: header and body timeouts, a client leaving mid-upload (one log line, no
+    500), and 300 invented HTTP methods that must not become 300 metric series."""
+    import urllib.request
+
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "padim",
+            "serve",
+            str(model_file),
+            "--port",
+            str(port),
+            "--header-timeout",
+            "1",
+            "--body-timeout",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "/v1/health", timeout=1).read()
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.1)
+        reply, seconds = _raw(port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
+        assert reply == b"" and 0.8 < seconds < 4, (reply, seconds)
+        head = (
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        reply, seconds = _raw(port, head + b"x" * 10)
+        assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply, reply[:200]
+        assert seconds < 4
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(head + b"x" * 1000)
+        for i in range(300):
+            _raw(
+                port, f"FOO{i} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), wait=2
+            )
+        time.sleep(0.5)
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        series = [
+            line for line in metrics.splitlines() if line.startswith("padim_http_requests_total{")
+        ]
+        assert "FOO" not in metrics and len(series) < 20, series
+        assert not [line for line in series if 'status="500"' in line], series
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert text.count("went away during the upload") == 1, text[-3000:]

@@ -67,10 +67,28 @@ def release_free_memory() -> None:
         trim(0)
 
 
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) for a long-running multi-threaded
+    process; False where there is no glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arenas))
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, looked up once; None where there is no glibc."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+    libc = _libc()
+    return getattr(libc, "malloc_trim", None) if libc is not None else None

@@ -156,6 +156,15 @@ MAX_BATCH = Option("--max-batch", 16, "most images per forward pass (micro-batch
 MAX_WAIT_MS = Option(
     "--max-wait-ms", 5.0, "how long a forming batch waits for images still being decoded"
 )
+BODY_TIMEOUT_S = Option(
+    "--body-timeout", 30.0, "seconds a client may pause while sending a request body (408 after)"
+)
+HEADER_TIMEOUT_S = Option(
+    "--header-timeout", 10.0, "seconds a connection may take to send a request's headers"
+)
+MAX_DECODES = Option(
+    "--max-decodes", None, "images decoded at once (memory bound; default: the number of CPUs)"
+)
 LOG_LEVEL = Option(
     "--log-level", "info", "uvicorn log level", ("critical", "error", "warning", "info", "debug")
 )

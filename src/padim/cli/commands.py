@@ -353,6 +353,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0 or args.max_wait_ms < 0:
         raise PadimError("--max-upload-mb must be positive and --max-wait-ms non-negative")
+    if not (args.body_timeout > 0 and args.header_timeout > 0):
+        raise PadimError("--body-timeout and --header-timeout must be positive")
     upload = int(args.max_upload_mb * MB)
     settings = ServeSettings(
         max_upload_bytes=upload,
@@ -363,6 +365,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         examples=tuple(args.examples),
+        body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
+        max_decodes=args.max_decodes or 0,
+        log_level=args.log_level,
     )
     run_server(
         args.model,

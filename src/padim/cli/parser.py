@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, options.MAX_PIXELS, type=positive_int)
     add(p, options.MAX_BATCH, type=positive_int)
     add(p, options.MAX_WAIT_MS, type=float)
+    add(p, options.MAX_DECODES, type=positive_int)
+    add(p, options.BODY_TIMEOUT_S, type=float)
+    add(p, options.HEADER_TIMEOUT_S, type=float)
     p.add_argument(
         "--no-batching",
         action="store_true",

@@ -89,6 +89,26 @@ def score_files(scorer: Scorer, paths: Sequence[str | Path]) -> list[Scored]:
     return out
 
 
+def check_scorer(scorer: Scorer) -> None:
+    """Score one blank image and require a finite score and map of the right shape: a model
+    that cannot score is refused before it is served."""
+    size = scorer.input_size
+    try:
+        scores, maps = scorer.score_batch(np.zeros((1, 3, size, size), np.float32))
+    except Exception as exc:
+        raise PadimError(
+            f"the model cannot score an image: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        ) from None
+    if np.shape(scores) != (1,) or np.shape(maps) != (1, size, size):
+        raise PadimError(
+            f"the model gives scores {np.shape(scores)} and maps {np.shape(maps)} "
+            f"for one {size}x{size} image: the model file is damaged"
+        )
+    if not (np.isfinite(scores).all() and np.isfinite(maps).all()):
+        raise PadimError("the model gives non-finite scores: the model file is damaged")
+
+
 def describe(
     meta: dict[str, Any], model_id: str, file: str | None, runtime: str, threshold: float
 ) -> dict[str, Any]:

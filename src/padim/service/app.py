@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import os
+import threading
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -50,6 +53,10 @@ def png_base64(array: np.ndarray) -> str:
     return base64.b64encode(png_bytes(array, compress_level=1)).decode("ascii")
 
 
+LOG = logging.getLogger("padim.service")
+CLOSE_AFTER = (408, 413, 499)
+
+
 class Service:
     """The shared, read-only model plus the batcher, metrics and examples of one app."""
 
@@ -66,15 +73,20 @@ class Service:
         self.metrics.queue_depth.set_function(lambda: self.batcher.pending)
         self.examples = load_examples(settings.examples)
         self.started = time.time()
+        self.decode_slots = threading.BoundedSemaphore(
+            self.settings.max_decodes or os.cpu_count() or 1
+        )
 
     def prepare(self, upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
-        """Decode and preprocess (in a worker thread): model input and original size."""
+        """Decode and preprocess (in a worker thread): model input and original size. At most
+        `max_decodes` images are decoded at once, which bounds the service's decoding memory."""
         if len(upload.data) > self.settings.max_upload_bytes:
             raise too_large(
                 f"image {upload.name}", len(upload.data), self.settings.max_upload_bytes
             )
-        image = decode_image(upload.data, upload.name, self.settings.max_pixels)
-        return self.scorer.preprocess(image), image.size
+        with self.decode_slots:
+            image = decode_image(upload.data, upload.name, self.settings.max_pixels)
+            return self.scorer.preprocess(image), image.size
 
     async def predict(self, upload: Upload, include: set[str], threshold: float) -> dict:
         started = time.perf_counter()
@@ -211,7 +223,12 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         service.metrics.errors.labels(endpoint=_endpoint(request), code=exc.code).inc()
-        return _error(exc.status, exc.code, exc.message)
+        if exc.status == 499:  # nobody is listening for the answer: one log line is all
+            LOG.info("%s %s: %s", request.method, request.url.path, exc.message)
+        response = _error(exc.status, exc.code, exc.message)
+        if exc.status in CLOSE_AFTER:  # the rest of the body was not read: end the connection
+            response.headers["connection"] = "close"
+        return response
 
     @app.exception_handler(BadImage)
     async def bad_image(request: Request, exc: BadImage) -> JSONResponse:
@@ -233,8 +250,17 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        """The details go to the server's log, never to the client."""
         service.metrics.errors.labels(endpoint=_endpoint(request), code="internal").inc()
-        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+        LOG.error(
+            "%s %s failed: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return _error(500, "internal", "internal error (details are in the server's log)")
 
     @app.post("/v1/predict", summary="Score one image")
     async def predict(request: Request) -> dict:

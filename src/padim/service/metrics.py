@@ -85,6 +85,15 @@ class ServiceMetrics:
         self.inference.observe(seconds)
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+def method_label(method: str) -> str:
+    """The request method as a metric label: the standard methods, anything else "other" (label
+    values stay bounded whatever clients send)."""
+    return method if method in HTTP_METHODS else "other"
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware: counts and times every HTTP request by its route template."""
 
@@ -111,6 +120,6 @@ class MetricsMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(
-                method=scope["method"], endpoint=endpoint, status=str(status)
+                method=method_label(scope.get("method", "")), endpoint=endpoint, status=str(status)
             ).inc()
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)

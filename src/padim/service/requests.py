@@ -3,6 +3,7 @@ parameters; every client mistake is an `ApiError` with a status and a short code
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from padim.data.pictures import PICTURE_KINDS
 from padim.service.settings import MB, ServeSettings
@@ -32,14 +34,31 @@ class Upload:
     data: bytes
 
 
-async def read_body(request: Request, limit: int, what: str) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+async def read_body(request: Request, limit: int, what: str, timeout: float = 30.0) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes, with 408 when the
+    client pauses longer than `timeout` seconds, and with 499 (logged, not a server error) when
+    the client goes away mid-upload."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(what, int(declared), limit)
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"the client sent no data for {timeout:g} s while sending the body",
+            ) from None
+        except ClientDisconnect:
+            raise ApiError(
+                499, "client_disconnected", "the client went away during the upload"
+            ) from None
         total += len(chunk)
         if total > limit:
             raise too_large(what, total, limit)
@@ -75,7 +94,7 @@ async def read_uploads(request: Request, settings: ServeSettings, batch: bool) -
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
         limit = settings.max_request_bytes if batch else settings.max_upload_bytes + MB
-        body = await read_body(request, limit, "the request")
+        body = await read_body(request, limit, "the request", settings.body_timeout_s)
         max_files = settings.max_batch_images if batch else 1
         try:
             form = await _replay(request, body).form(max_files=max_files, max_fields=max_files + 8)
@@ -99,7 +118,14 @@ async def read_uploads(request: Request, settings: ServeSettings, batch: bool) -
         return uploads
     if media.startswith("image/") or media in RAW_TYPES:
         name = request.query_params.get("filename") or "body"
-        return [Upload(name, await read_body(request, settings.max_upload_bytes, "the image"))]
+        return [
+            Upload(
+                name,
+                await read_body(
+                    request, settings.max_upload_bytes, "the image", settings.body_timeout_s
+                ),
+            )
+        ]
     shown = media or "none"
     raise ApiError(
         415,
@@ -129,6 +155,8 @@ def parse_threshold(text: str | None, default: float) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        raise ApiError(422, "bad_threshold", f"threshold must be a finite number, got {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ApiError(
+            422, "bad_threshold", f"threshold must be a finite, non-negative number, got {text!r}"
+        )
     return value

@@ -24,3 +24,7 @@ class ServeSettings:
     max_batch: int = options.MAX_BATCH.default  # images per forward pass
     max_wait_ms: float = options.MAX_WAIT_MS.default  # wait for images still being decoded
     examples: Sequence[Path] = field(default_factory=tuple)  # files/folders; () = demo images
+    body_timeout_s: float = options.BODY_TIMEOUT_S.default  # longest pause inside a body
+    header_timeout_s: float = options.HEADER_TIMEOUT_S.default  # headers must arrive by then
+    max_decodes: int = 0  # images decoded at once (0: one per CPU)
+    log_level: str = options.LOG_LEVEL.default
