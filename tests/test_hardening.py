@@ -258,3 +258,73 @@ def test_slow_clients_disconnects_and_invented_methods(model_file, tmp_path):
     text = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in text, text[-3000:]
     assert text.count("went away during the upload") == 1, text[-3000:]
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def _crafted(model_file, tmp_path, name, change):
+    """A copy of the model file with `change(tensors, header)` applied (the header written as
+    text, so it can be what json.dumps would refuse to write)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from padim.model.modelfile import load_model_file
+
+    tensors, header = load_model_file(model_file)
+    text = change(tensors, header) or json.dumps(header)
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"padim": text})
+    return path
+
+
+def _deep_header(tensors, header):
+    import json
+
+    depth = 100_000  # json.loads would recurse past Python's limit
+    return json.dumps(header)[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
+
+
+def _set(tensor_name, index, value):
+    def change(tensors, header):
+        tensors[tensor_name] = tensors[tensor_name].clone()
+        tensors[tensor_name].view(-1)[index] = value
+
+    return change
+
+
+def _config(key, value):
+    def change(tensors, header):
+        header["config"][key] = value
+
+    return change
+
+
+CRAFTED = {
+    "nan_threshold": lambda t, h: h.update(threshold=float("nan")),
+    "inf_threshold": lambda t, h: h.update(threshold=float("inf")),
+    "nan_mean": _set("gaussian.mean", 7, float("nan")),
+    "inf_whitening": _set("gaussian.whitening_tril", 3, float("inf")),
+    "zero_normalisation_std": lambda t, h: h["backbone"]["normalisation"].update(std=[0, 1, 1]),
+    "crop_224_size_4000": lambda t, h: h["config"].update(size=4000, crop=224),
+    "non_integer_size": _config("size", 64.5),
+    "sigma_1e6": _config("sigma", 1e6),
+    "channel_out_of_range": _set("embedding.channel_idx", -1, 10_000),
+    "deep_header": _deep_header,
+    "nested_header": lambda t, h: h["info"].update(
+        deep=__import__("json").loads("[" * 20 + "]" * 20)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_model_files_fail_with_one_line(case, model_file, category, tmp_path, capsys):
+    path = _crafted(model_file, tmp_path, case, CRAFTED[case])
+    image = sorted((category / "test" / "good").iterdir())[0]
+    out = tmp_path / "out"
+    assert main(["predict", str(path), str(image), "--out", str(out), "--quiet"]) == 1
+    assert "model file" in _one_error(capsys)
+    assert not out.exists()
+    assert main(["serve", str(path), "--port", "1"]) == 1  # refused before it listens
+    _one_error(capsys)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,13 @@ class BackboneSpec:
     @property
     def total_channels(self) -> int:
         return sum(self.channels)
+
+    @staticmethod
+    def grid_side(side: int) -> int:
+        """Side of the stride-4 feature grid for an input side (two stride-2 steps with "same"
+        padding, as every registered backbone's stem does)."""
+        half = math.ceil(side / 2)
+        return math.ceil(half / 2)
 
     def build(self, weights: WeightsArg = None, seed: int = 0) -> StagedExtractor:
         """The frozen feature extractor with the requested weights."""

@@ -18,6 +18,7 @@ from padim.data.images import ImageInput, as_image
 from padim.errors import PadimError
 
 MIN_SIDE = 16
+MAX_SIDE = 16384  # a model input side beyond this is a mistake (or a hostile model file)
 T = TypeVar("T")
 
 
@@ -29,9 +30,13 @@ class Preprocess:
     crop: int | None = options.CROP.default
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or self.size < MIN_SIDE:
-            raise PadimError(f"--size must be at least {MIN_SIDE}, got {self.size}")
-        if self.crop is not None and not MIN_SIDE <= self.crop <= self.size:
+        if not _is_int(self.size) or not MIN_SIDE <= self.size <= MAX_SIDE:
+            raise PadimError(
+                f"--size must be a whole number from {MIN_SIDE} to {MAX_SIDE}, got {self.size!r}"
+            )
+        if self.crop is not None and (
+            not _is_int(self.crop) or not MIN_SIDE <= self.crop <= self.size
+        ):
             raise PadimError(
                 f"--crop must be between {MIN_SIDE} and --size ({self.size}), got {self.crop}"
             )
@@ -54,6 +59,10 @@ class Preprocess:
         cols = nearest_indices(mask.shape[1], self.size)
         out = mask[rows[:, None], cols[None, :]]
         return centre_crop(out, self.crop)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:

@@ -27,6 +27,22 @@ FORMAT_NAME = "padim-model"
 FORMAT_VERSION = 3  # 3: + per-channel std and score mode; 2: packed lower-triangular
 READABLE_VERSIONS = (1, 2, 3)  # whitening; 1: full matrices
 _META_KEY = "padim"
+MAX_HEADER_DEPTH = 16  # a real header is 4 levels deep
+MAX_SIGMA = 64.0  # pixels of anomaly-map smoothing; more is a damaged or hostile file
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (iterative: no recursion limit to trip)."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [
+            v
+            for item in level
+            if isinstance(item, dict | list)
+            for v in (item.values() if isinstance(item, dict) else item)
+        ]
+    return depth - 1
 
 
 def save_model_file(path: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> None:
@@ -77,8 +93,10 @@ def _parse_header(meta: dict[str, str], path: Path) -> dict[str, Any]:
         raise PadimError(f"not a padim model file (no padim header): {path}")
     try:
         config = json.loads(meta[_META_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise PadimError(f"model file header is corrupt: {path}") from None
+    if json_depth(config) > MAX_HEADER_DEPTH:
+        raise PadimError(f"model file header is nested too deeply: {path}")
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise PadimError(f"not a padim model file: {path}")
     version = config.get("format_version")
@@ -142,13 +160,79 @@ def read_model(cls: type[Padim], path: str | Path, device: str, batch_size: int)
     """Rebuild a fitted `cls` from a model file (formats 1-3)."""
     tensors, header = load_model_file(path)
     try:
-        model = _from_header(cls, header, device, batch_size)
+        try:
+            model = _from_header(cls, header, device, batch_size)
+            validate_model(model, header, tensors)
+        except PadimError as exc:
+            raise PadimError(f"model file {path} is damaged or inconsistent: {exc}") from None
         model.net_ = _build_net(model, tensors, header)
     except PadimError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         raise PadimError(f"model file is incompatible or damaged: {path} ({exc})") from None
     return model
+
+
+def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Everything a model file says must agree with its tensors and be usable: bounded numbers,
+    the geometry's grid, channel indices in range, finite values. A file that fails here would
+    otherwise score NaN (a silent "good") or crash mid-run."""
+    import torch
+
+    from padim.core.backbones import get_backbone
+
+    cfg = model.config
+    spec = get_backbone(cfg.backbone)
+    if not 0 <= cfg.sigma <= MAX_SIGMA:
+        raise PadimError(f"sigma {cfg.sigma} is outside [0, {MAX_SIGMA:g}]")
+    side = model.preprocess.output_size
+    grid = spec.grid_side(side)
+    dim = header.get("embedding_dim")
+    if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= spec.total_channels:
+        raise PadimError(f"embedding size {dim!r} does not fit backbone {cfg.backbone}")
+    if header.get("input_size") != side or header.get("grid") != [grid, grid]:
+        raise PadimError(
+            f"geometry ({header.get('input_size')!r}, grid {header.get('grid')!r}) "
+            f"does not match size {cfg.size} / crop {cfg.crop}"
+        )
+    for name, value in [("threshold", header.get("threshold")), *model.thresholds_.items()]:
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            raise PadimError(f"{name} {value!r} is not a finite number")
+    idx = tensors.get("embedding.channel_idx")
+    if (
+        idx is None
+        or idx.dtype not in (torch.int64, torch.int32)
+        or idx.shape != (dim,)
+        or int(idx.min()) < 0
+        or int(idx.max()) >= spec.total_channels
+        or (idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()))
+    ):
+        raise PadimError(
+            f"channel indices are not {dim} increasing indices below {spec.total_channels}"
+        )
+    mean = tensors.get("gaussian.mean")
+    if mean is None or mean.shape != (grid * grid, dim):
+        raise PadimError(
+            f"Gaussian means {tuple(mean.shape) if mean is not None else None} do "
+            f"not match {grid}x{grid} positions x {dim} channels"
+        )
+    std, stats = tensors.get("gaussian.std"), tensors.get("scoring.term_stats")
+    if std is not None and not bool((std >= 0).all()):
+        raise PadimError("a per-channel standard deviation is negative")
+    backbone = header.get("backbone")
+    norm = backbone.get("normalisation") if isinstance(backbone, dict) else None
+    values = [*norm.get("mean", []), *norm.get("std", [])] if isinstance(norm, dict) else []
+    if (
+        len(values) != 6
+        or not all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        or min(values[3:]) <= 0
+    ):
+        raise PadimError(f"input normalisation {norm!r} is not 3 finite means and 3 positive stds")
+    if stats is not None and (stats.shape != (4,) or not bool((stats[[1, 3]] > 0).all())):
+        raise PadimError("score-term statistics are damaged")
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise PadimError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
 
 
 def _from_header(cls: type[Padim], header: dict[str, Any], device: str, batch_size: int) -> Padim:
