@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,43 @@ class Server:
             self.proc.kill()
 
 
+class RssSampler:
+    """The server process's RSS (MiB), sampled twice a second while a run lasts."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/status")
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> float:
+        for line in self.path.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append(self.rss())
+
+    def __enter__(self) -> RssSampler:
+        self.samples.append(self.rss())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(self.rss())
+
+    def summary(self) -> dict:
+        return {
+            "rss_start_mib": round(self.samples[0]),
+            "rss_end_mib": round(self.samples[-1]),
+            "rss_max_mib": round(max(self.samples)),
+        }
+
+
 def batch_counters(url: str) -> tuple[float, float]:
     text = httpx.get(url + "/metrics", timeout=10).text
     total = re.search(r"^padim_batch_size_sum (\S+)", text, re.M)
@@ -151,7 +189,9 @@ def measure(args: argparse.Namespace, payloads: list[tuple[str, bytes]], batchin
         asyncio.run(run_clients(server.url, payloads, 2, args.warmup, 0))  # warm caches
         for k in args.clients:
             before = batch_counters(server.url)
-            row = asyncio.run(run_clients(server.url, payloads, k, args.duration, 1000 * k))
+            with RssSampler(server.proc.pid) as rss:
+                row = asyncio.run(run_clients(server.url, payloads, k, args.duration, 1000 * k))
+            row.update(rss.summary())
             after = batch_counters(server.url)
             batches = after[1] - before[1]
             row["mean_batch"] = round((after[0] - before[0]) / batches, 2) if batches else None
@@ -161,7 +201,8 @@ def measure(args: argparse.Namespace, payloads: list[tuple[str, bytes]], batchin
                 f"batching {row['batching']:3s} clients {k:3d}: {row['throughput_rps']:6.2f} "
                 f"img/s  p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  "
                 f"p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  "
-                f"mean batch {row['mean_batch']}",
+                f"mean batch {row['mean_batch']}  RSS {row['rss_start_mib']} -> "
+                f"{row['rss_end_mib']} MiB (max {row['rss_max_mib']})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -173,14 +214,15 @@ def measure(args: argparse.Namespace, payloads: list[tuple[str, bytes]], batchin
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| batching | clients | throughput (img/s) | p50 ms | p95 ms | p99 ms | errors "
-        "| mean batch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mean batch | server RSS start -> end (max) MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['batching']} | {r['clients']} | {r['throughput_rps']:.2f} | "
             f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['errors']} | {r['mean_batch']} |"
+            f"{r['errors']} | {r['mean_batch']} | {r['rss_start_mib']} -> {r['rss_end_mib']} "
+            f"({r['rss_max_mib']}) |"
         )
     return "\n".join(lines)
 

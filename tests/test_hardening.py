@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 from conftest import SIZE
+from PIL import Image
 
 from padim.cli import main
 from padim.deploy.predict import write_predictions
@@ -328,3 +329,41 @@ def test_crafted_model_files_fail_with_one_line(case, model_file, category, tmp_
     assert not out.exists()
     assert main(["serve", str(path), "--port", "1"]) == 1  # refused before it listens
     _one_error(capsys)
+
+
+# ----------------------------------------------------------------------------- decoding memory
+
+
+def test_small_decompression_bombs_cost_bounded_memory(fitted):
+    """A 93 KB 16-bit 7000x7000 PNG (under the 50 M pixel limit) took 1.4 GB to decode, and a
+    batch of three took the service from 1.4 to 5.6 GB. Now one decode holds about 0.4 GB and
+    at most --max-decodes run at once."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from padim.memory import PeakRSS, release_free_memory
+    from padim.service.app import create_app
+    from padim.service.settings import ServeSettings
+
+    buf = io.BytesIO()
+    Image.new("I;16", (7000, 7000)).save(buf, format="PNG")
+    bomb = buf.getvalue()
+    assert len(bomb) < 200_000
+    with TestClient(create_app(TorchScorer(fitted), ServeSettings(max_decodes=2))) as client:
+        small = io.BytesIO()
+        Image.new("RGB", (64, 64)).save(small, format="PNG")
+        assert client.post("/v1/predict", files={"file": ("w.png", small.getvalue())}).is_success
+        release_free_memory()
+        with PeakRSS() as one:
+            res = client.post("/v1/predict", files={"file": ("bomb.png", bomb)})
+        assert res.status_code == 200, res.text
+        with PeakRSS() as three:
+            files = [("files", (f"bomb{i}.png", bomb)) for i in range(3)]
+            res = client.post("/v1/predict/batch", files=files)
+        assert res.status_code == 200 and res.json()["errors"] == 0
+    if not (one.exact and three.exact):
+        pytest.skip("this kernel cannot reset the RSS high-water mark")
+    base = one.start_bytes
+    assert one.peak_bytes - base < 700 * 2**20, (one.peak_bytes - base) / 2**20
+    assert three.peak_bytes - base < 1300 * 2**20, (three.peak_bytes - base) / 2**20

@@ -15,11 +15,11 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _vm_hwm_bytes() -> int | None:
-    """The kernel's RSS high-water mark (Linux), or None where there is no /proc."""
+def _status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in bytes, or None where there is none."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -48,13 +48,15 @@ class PeakRSS(contextlib.AbstractContextManager):
     def __init__(self) -> None:
         self.exact = False
         self.peak_bytes = 0
+        self.start_bytes = 0  # RSS when the block began
 
     def __enter__(self) -> PeakRSS:
+        self.start_bytes = _status_bytes("VmRSS") or 0
         self.exact = _reset_hwm()
         return self
 
-    def __exit__(self, *exc) -> None:
-        hwm = _vm_hwm_bytes() if self.exact else None
+    def __exit__(self, *exc: object) -> None:
+        hwm = _status_bytes("VmHWM") if self.exact else None
         self.peak_bytes = hwm if hwm is not None else process_peak_bytes()
         self.exact = hwm is not None
 

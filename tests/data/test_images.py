@@ -105,3 +105,47 @@ def test_decode_image_pixel_limit_is_checked_before_decoding():
     with pytest.raises(BadImage, match="too many pixels") as info:
         decode_image(declared, "big.png", max_pixels=1_000_000)
     assert info.value.code == "too_many_pixels"
+
+
+def _to_uint8_float64(arr: np.ndarray) -> np.ndarray:
+    """The conversion as it was written before (whole array in float64), as the reference."""
+    a = arr.astype(np.float64)
+    if np.issubdtype(arr.dtype, np.floating):
+        top = 1.0 if np.nanmax(a, initial=0.0) <= 1.0 else 255.0
+        a = np.nan_to_num(a) / top * 255.0
+    elif a.max(initial=0) > 255:
+        a = a / 257.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["uint16", "uint16_small", "int32", "float_unit", "float_wide"])
+def test_wide_pixels_convert_exactly_without_float64_copies(kind, monkeypatch):
+    from padim.data import images
+
+    monkeypatch.setattr(images, "CHUNK_PIXELS", 1000)  # many blocks, odd block edges
+    rng = np.random.default_rng(3)
+    arr = {
+        "uint16": np.arange(65536, dtype=np.uint16).reshape(256, 256),
+        "uint16_small": rng.integers(0, 256, (97, 41)).astype(np.uint16),
+        "int32": rng.integers(-70000, 1 << 30, (53, 77)).astype(np.int32),
+        "float_unit": rng.random((61, 33)).astype(np.float32),
+        "float_wide": (rng.random((61, 33)) * 300).astype(np.float32),
+    }[kind]
+    if kind.startswith("float"):
+        arr[3, 4] = np.nan
+    assert np.array_equal(images._to_uint8(arr), _to_uint8_float64(arr))
+
+
+def test_wide_formats_get_fewer_pixels():
+    """--max-pixels counts 8-bit RGB pixels; a 32-bit image of the same size is refused."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("F", (64, 64)).save(buf, format="TIFF")
+    data = buf.getvalue()
+    with pytest.raises(BadImage, match="too many pixels") as err:
+        decode_image(data, "f.tif", max_pixels=64 * 64)
+    assert err.value.code == "too_many_pixels"
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    assert decode_image(buf.getvalue(), "rgb.png", max_pixels=64 * 64).size == (64, 64)

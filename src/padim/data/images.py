@@ -24,19 +24,64 @@ ImageInput = str | Path | Image.Image | np.ndarray
 MIN_SIDE = 2
 
 
+CHUNK_PIXELS = 1 << 20  # wide pixel data is converted this many pixels at a time
+
+# Bytes per pixel of a decoded image by Pillow mode (others: 8, to be safe).
+MODE_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "La": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "RGBA": 4,
+    "RGBa": 4,
+    "RGBX": 4,
+    "CMYK": 4,
+    "I": 4,
+    "F": 4,
+}
+RGB_COST = 12  # decoding to RGB: the decoded image (3), a working copy (3), the RGB array (6)
+
+
+def decode_cost(mode: str) -> int:
+    """Bytes per pixel that decoding an image of this mode to 8-bit RGB holds at its peak: the
+    decoded pixels and a working copy of them, then the RGB image and its array."""
+    return 2 * MODE_BYTES.get(mode, 8) + 6
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale 16-bit / 32-bit integer or float pixel data into 0..255."""
+    """Scale 16-bit / 32-bit integer or float pixel data into 0..255, a block of rows at a time
+    (float64 or int64 only for one block: memory stays near the array's own size)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
-    a = arr.astype(np.float64)
-    if np.issubdtype(arr.dtype, np.floating):
-        top = 1.0 if np.nanmax(a, initial=0.0) <= 1.0 else 255.0
-        a = np.nan_to_num(a) / top * 255.0
-    elif a.max(initial=0) > 255:
-        a = a / 257.0  # 16-bit range
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    out = np.empty(arr.shape, np.uint8)
+    rows = max(1, CHUNK_PIXELS // max(1, arr[:1].size))
+    floating = np.issubdtype(arr.dtype, np.floating)
+    if floating:
+        top = 1.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 255.0
+    else:
+        wide = arr.max(initial=0) > 255  # 16-bit range: round(v / 257), in integers
+    for start in range(0, arr.shape[0], rows):
+        block = arr[start : start + rows]
+        if floating:
+            a = np.rint(np.nan_to_num(block.astype(np.float64)) / top * 255.0)
+        else:
+            a = block.astype(np.int64)
+            if wide:
+                a = (a + 128) // 257
+        out[start : start + rows] = np.clip(a, 0, 255)
+    return out
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -65,15 +110,20 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
 
 def open_image(source: BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
     """Decode an image stream as RGB (EXIF rotation applied). `max_pixels` (default: Pillow's
-    limit) refuses images whose header declares more pixels, before decoding them."""
+    limit) refuses images whose header declares more pixels, before decoding them; it counts
+    8-bit RGB pixels, so wider formats (16-bit, float, CMYK) are allowed proportionally fewer:
+    decoding never holds more than max_pixels x 12 bytes."""
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 width, height = img.size
-                if limit is not None and width * height > limit:
-                    raise _bomb(name, width, height, limit)
+                if limit is not None and width * height * max(RGB_COST, decode_cost(img.mode)) > (
+                    limit * RGB_COST
+                ):
+                    shown = limit * RGB_COST // max(RGB_COST, decode_cost(img.mode))
+                    raise _bomb(name, width, height, shown)
                 if width < MIN_SIDE or height < MIN_SIDE:
                     raise BadImage(f"image too small ({width}x{height}): {name}", "too_small")
                 img.load()

@@ -9,6 +9,7 @@ runtime from the file type.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 
 from padim import __version__
 from padim.data.images import read_image
-from padim.data.preprocess import resize_crop
+from padim.data.preprocess import Preprocess, resize_crop
 from padim.deploy.export import model_metadata, parse_metadata
 from padim.errors import PadimError
 
@@ -182,9 +183,15 @@ class ExportedScorer:
         self.path = str(path)
         self.meta = meta
         self.model_id = file_id(path)
-        self.threshold = float(meta["threshold"])
-        self.input_size = int(meta["input_size"])
-        self.size, self.crop = int(meta["resize"]), meta["crop"]
+        try:
+            self.threshold = float(meta["threshold"])
+            self.input_size = int(meta["input_size"])
+            self.size, self.crop = int(meta["resize"]), meta["crop"]
+            Preprocess(self.size, self.crop)  # whole numbers in range
+        except (KeyError, TypeError, ValueError, PadimError) as exc:
+            raise PadimError(f"exported model's metadata is damaged: {path} ({exc})") from None
+        if not math.isfinite(self.threshold):
+            raise PadimError(f"exported model's threshold is not finite: {path}")
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return resize_crop(image, self.size, self.crop)
