@@ -367,3 +367,20 @@ def test_small_decompression_bombs_cost_bounded_memory(fitted):
     base = one.start_bytes
     assert one.peak_bytes - base < 700 * 2**20, (one.peak_bytes - base) / 2**20
     assert three.peak_bytes - base < 1300 * 2**20, (three.peak_bytes - base) / 2**20
+
+
+def test_repeated_or_unknown_query_parameters_are_refused(fitted, category):
+    from fastapi.testclient import TestClient
+
+    from padim.service.app import create_app
+
+    image = sorted((category / "test" / "good").iterdir())[0].read_bytes()
+    with TestClient(create_app(TorchScorer(fitted))) as client:
+        for q in (
+            "threshold=1&threshold=2",
+            "threshold=2&threshold=1",
+            "include=map&include=mask",
+            "treshold=3",
+        ):
+            res = client.post(f"/v1/predict?{q}", files={"file": ("a.png", image)})
+            assert res.status_code == 422 and res.json()["error"]["code"] == "bad_query", q

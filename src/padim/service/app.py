@@ -41,6 +41,7 @@ from padim.service.requests import (
     Upload,
     parse_include,
     parse_threshold,
+    query,
     read_uploads,
     too_large,
 )
@@ -266,8 +267,8 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
     async def predict(request: Request) -> dict:
         """One image as multipart (field `file`) or raw bytes. Query: `include` (comma list of
         heatmap, mask, overlay, input, map) and `threshold` (overrides the model's)."""
-        include = parse_include(request.query_params.get("include", ""))
-        threshold = parse_threshold(request.query_params.get("threshold"), scorer.threshold)
+        include = parse_include(query(request, "include") or "")
+        threshold = parse_threshold(query(request, "threshold"), scorer.threshold)
         uploads = await read_uploads(request, service.settings, batch=False)  # one at most
         return await service.predict(uploads[0], include, threshold)
 
@@ -275,8 +276,8 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
     async def predict_batch(request: Request) -> dict:
         """Several images as multipart files (any field names, e.g. `files`); results in the
         same order; an unreadable image gets an `error` entry instead of failing the batch."""
-        include = parse_include(request.query_params.get("include", ""))
-        threshold = parse_threshold(request.query_params.get("threshold"), scorer.threshold)
+        include = parse_include(query(request, "include") or "")
+        threshold = parse_threshold(query(request, "threshold"), scorer.threshold)
         if request.headers.get("content-type", "").split(";")[0].strip() != "multipart/form-data":
             raise ApiError(
                 415, "unsupported_media_type", "send the images as multipart/form-data files"

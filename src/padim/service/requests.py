@@ -117,7 +117,7 @@ async def read_uploads(request: Request, settings: ServeSettings, batch: bool) -
             )
         return uploads
     if media.startswith("image/") or media in RAW_TYPES:
-        name = request.query_params.get("filename") or "body"
+        name = query(request, "filename") or "body"
         return [
             Upload(
                 name,
@@ -134,6 +134,25 @@ async def read_uploads(request: Request, settings: ServeSettings, batch: bool) -
         "image in the field 'file', or the raw image bytes as image/* or "
         "application/octet-stream",
     )
+
+
+QUERY_PARAMETERS = ("include", "threshold", "filename")
+
+
+def query(request: Request, name: str) -> str | None:
+    """A query parameter given at most once (a repeated one is ambiguous: 422, whatever the
+    order), and no unknown ones."""
+    unknown = sorted(set(request.query_params) - set(QUERY_PARAMETERS))
+    if unknown:
+        raise ApiError(
+            422,
+            "bad_query",
+            f"unknown query parameter {unknown[0]!r}: use {', '.join(QUERY_PARAMETERS)}",
+        )
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise ApiError(422, "bad_query", f"query parameter {name!r} given {len(values)} times")
+    return values[0] if values else None
 
 
 def parse_include(text: str) -> set[str]:
