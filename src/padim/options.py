@@ -50,12 +50,17 @@ BACKBONE = Option(
     "resnet18/wide_resnet50_2 download theirs; 'padim backbones' lists them",
     BACKBONES,
 )
-SIZE = Option("--size", 256, "resize images to N x N")
+SIZE = Option(
+    "--size",
+    256,
+    "model input: N (N x N), WxH (width x height, e.g. 400x160: keeps a camera's aspect ratio) "
+    "or auto (the training images' aspect ratio at about 256x256 pixels)",
+)
 CROP = Option(
     "--crop",
-    224,
-    "centre crop N x N after resizing, or 'none' (224 is the paper's protocol; "
-    "anomalib's is --size 256 --crop none)",
+    "default",
+    "centre crop after resizing: N, WxH or 'none'; 'default' is 224 for square sizes of at "
+    "least 224 (the paper's 256 -> 224; anomalib's is --crop none), else none",
 )
 CHANNELS = Option(
     "--channels",

@@ -25,8 +25,29 @@ def positive_int(text: str) -> int:
     return value
 
 
-def crop(text: str) -> int | None:
-    return None if text.lower() == "none" else positive_int(text)
+def geometry(text: str) -> int | tuple[int, int]:
+    """N or WIDTHxHEIGHT, sides at least 1."""
+    from padim.data.preprocess import parse_size
+    from padim.errors import PadimError
+
+    try:
+        value = parse_size(text)
+    except PadimError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if min(value if isinstance(value, tuple) else (value,)) < 1:
+        raise argparse.ArgumentTypeError(f"sides must be at least 1, got {text!r}")
+    return value
+
+
+def size(text: str) -> int | tuple[int, int] | str:
+    return "auto" if text.lower() == "auto" else geometry(text)
+
+
+def crop(text: str) -> int | tuple[int, int] | str | None:
+    lowered = text.lower()
+    if lowered in ("none", "default"):
+        return None if lowered == "none" else "default"
+    return geometry(text)
 
 
 def channels(text: str) -> int | str:
@@ -80,7 +101,7 @@ def add_model_options(
 ) -> None:
     g = p.add_argument_group("model")
     add(g, options.BACKBONE, choices=None, metavar="NAME")
-    add(g, options.SIZE, type=positive_int)
+    add(g, options.SIZE, type=size)
     add(g, options.CROP, type=crop)
     add(g, options.CHANNELS, type=channels)
     add(g, options.SEED, type=int)

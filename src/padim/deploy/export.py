@@ -1,8 +1,8 @@
 """`padim export`: the whole inference path as one ONNX graph (or OpenVINO IR), verified.
 
-Graph: images (N, 3, S, S) in [0, 1] at the model's input geometry -> normalisation, backbone,
+Graph: images (N, 3, H, W) in [0, 1] at the model's input geometry -> normalisation, backbone,
 embedding, Mahalanobis distances, bilinear upsampling, Gaussian smoothing -> `score` (N) and
-`anomaly_map` (N, 1, S, S); the batch size is dynamic. Resizing and cropping stay outside (the
+`anomaly_map` (N, 1, H, W); the batch size is dynamic. Resizing and cropping stay outside (the
 runtime does them with `preprocess.resize_crop`, as the torch path does). The threshold, geometry,
 normalisation and versions are stored as metadata (`padim` JSON). Models over the 2 GB protobuf
 limit are written with their weights in `FILE.data` beside the graph.
@@ -68,13 +68,13 @@ def export_onnx(
     import torch
 
     net = model.fitted_net().to("cpu").eval()
-    size = model.preprocess.output_size
+    height, width = model.preprocess.output_hw
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         raw = work / "raw.onnx"
-        example = torch.rand(2, 3, size, size)
+        example = torch.rand(2, 3, height, width)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on constant shapes: expected here
             torch.onnx.export(
@@ -96,7 +96,7 @@ def export_onnx(
         for key, value in {
             "padim": json.dumps(meta),
             "threshold": str(model.threshold_),
-            "input_size": str(size),
+            "input_size": json.dumps(meta["input_size"]),
             "library_version": __version__,
             "normalisation": json.dumps(meta["normalisation"]),
         }.items():
@@ -231,8 +231,8 @@ def export_model(
         paths = source_paths(verify)[:16]
         check = np.stack([model.preprocess.image(read_image(p)) for p in paths])
     else:
-        size = model.preprocess.output_size
-        check = np.random.default_rng(0).random((4, 3, size, size), dtype=np.float32)
+        h, w = model.preprocess.output_hw
+        check = np.random.default_rng(0).random((4, 3, h, w), dtype=np.float32)
     onnx_out = out if fmt == "onnx" else out.with_suffix(".onnx.tmp")
     try:
         export_onnx(

@@ -20,7 +20,7 @@ from PIL import Image
 
 from padim import __version__
 from padim.data.images import read_image
-from padim.data.preprocess import Preprocess, resize_crop
+from padim.data.preprocess import Preprocess, as_wh, resize_crop, to_json
 from padim.deploy.export import model_metadata, parse_metadata
 from padim.errors import PadimError
 
@@ -28,7 +28,8 @@ from padim.errors import PadimError
 class Scorer(Protocol):
     model_id: str
     threshold: float
-    input_size: int
+    input_size: int | list[int]  # a side when square, else [width, height] (for people)
+    input_hw: tuple[int, int]  # (height, width) of the model input
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB image -> (3, S, S) float32 in [0, 1] at the model's input geometry."""
@@ -93,18 +94,18 @@ def score_files(scorer: Scorer, paths: Sequence[str | Path]) -> list[Scored]:
 def check_scorer(scorer: Scorer) -> None:
     """Score one blank image and require a finite score and map of the right shape: a model
     that cannot score is refused before it is served."""
-    size = scorer.input_size
+    h, w = scorer.input_hw
     try:
-        scores, maps = scorer.score_batch(np.zeros((1, 3, size, size), np.float32))
+        scores, maps = scorer.score_batch(np.zeros((1, 3, h, w), np.float32))
     except Exception as exc:
         raise PadimError(
             f"the model cannot score an image: {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
         ) from None
-    if np.shape(scores) != (1,) or np.shape(maps) != (1, size, size):
+    if np.shape(scores) != (1,) or np.shape(maps) != (1, h, w):
         raise PadimError(
             f"the model gives scores {np.shape(scores)} and maps {np.shape(maps)} "
-            f"for one {size}x{size} image: the model file is damaged"
+            f"for one {w}x{h} image: the model file is damaged"
         )
     if not (np.isfinite(scores).all() and np.isfinite(maps).all()):
         raise PadimError("the model gives non-finite scores: the model file is damaged")
@@ -145,7 +146,8 @@ class TorchScorer:
         self.model_id = model_id
         self.path = path
         self.threshold = float(model.threshold_)
-        self.input_size = model.preprocess.output_size
+        self.input_hw = model.preprocess.output_hw
+        self.input_size = to_json(model.preprocess.output_wh)
 
     @classmethod
     def from_file(
@@ -185,9 +187,10 @@ class ExportedScorer:
         self.model_id = file_id(path)
         try:
             self.threshold = float(meta["threshold"])
-            self.input_size = int(meta["input_size"])
-            self.size, self.crop = int(meta["resize"]), meta["crop"]
-            Preprocess(self.size, self.crop)  # whole numbers in range
+            w, h = as_wh(meta["input_size"])
+            self.input_hw, self.input_size = (h, w), to_json((w, h))
+            pre = Preprocess(meta["resize"], meta["crop"])  # whole numbers in range
+            self.size, self.crop = pre.size, pre.crop
         except (KeyError, TypeError, ValueError, PadimError) as exc:
             raise PadimError(f"exported model's metadata is damaged: {path} ({exc})") from None
         if not math.isfinite(self.threshold):
@@ -212,7 +215,7 @@ class ExportedScorer:
             names == ["images"]
             and sorted(outputs) == ["anomaly_map", "score"]
             and len(shape) == 4
-            and list(shape[1:]) in ([3, self.input_size, self.input_size], [3, None, None])
+            and list(shape[1:]) in ([3, *self.input_hw], [3, None, None])
         )
         if not ok:
             raise PadimError(

@@ -23,6 +23,7 @@ import torch
 from padim import __version__, options
 from padim.core.backbones import get_backbone
 from padim.data.datasets import is_mvtec_category, mvtec_test_set
+from padim.data.preprocess import as_wh, resolve_crop, to_json
 from padim.errors import PadimError
 from padim.evaluation.evaluate import EvaluationRun, evaluate
 from padim.evaluation.figures import roc_curves, roc_figure, run_figure
@@ -71,8 +72,8 @@ class BenchmarkOptions:
     out: Path
     categories: list[str] | None = None  # None: every category found under root
     backbones: list[str] = field(default_factory=lambda: list(options.BENCHMARK_BACKBONES.default))
-    size: int = options.SIZE.default
-    crop: int | None = options.CROP.default
+    size: int | tuple[int, int] | str = options.SIZE.default  # side, (width, height), "auto"
+    crop: int | tuple[int, int] | str | None = options.CROP.default
     channels: int | str | None = options.CHANNELS.default  # None: the backbone's; "all"
     seed: int = options.SEED.default
     weights: str | None = options.WEIGHTS.default
@@ -144,8 +145,8 @@ def _row(
         "perturbation": m["perturbation"],
         "score_mode": opts.score_mode,
         "shrinkage": opts.shrinkage,
-        "size": opts.size,
-        "crop": opts.crop,
+        "size": to_json(as_wh(model.preprocess.size)),
+        "crop": None if model.preprocess.crop is None else to_json(as_wh(model.preprocess.crop)),
         "channels": model.fitted_net().embedder.dim,
         "n_train": model.info["n_train"],
         "n_test": m["n_images"],
@@ -173,7 +174,8 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
     """Fit and evaluate each (backbone, category) pair; write the reports after each pair."""
     for name in opts.backbones:
         get_backbone(name)  # unknown names fail before any work
-    perturbations = [make_perturbation(p, opts.size, opts.crop, opts.seed) for p in opts.perturb]
+    crop = resolve_crop(opts.size, opts.crop)
+    perturbations = [make_perturbation(p, opts.size, crop, opts.seed) for p in opts.perturb]
     categories, notes = find_categories(opts.root, opts.categories)
     for note in notes:
         _log(opts, f"note: {note}")
@@ -316,8 +318,8 @@ def write_reports(results: list[dict[str, Any]], opts: BenchmarkOptions, notes: 
     meta = {
         "command": opts.command,
         "root": str(opts.root),
-        "size": opts.size,
-        "crop": opts.crop,
+        "size": opts.size if isinstance(opts.size, int | str) else to_json(opts.size),
+        "crop": resolve_crop(opts.size, opts.crop),
         "seed": opts.seed,
         "weights": opts.weights or "imagenet",
         "perturb": opts.perturb,

@@ -52,8 +52,7 @@ def ground_truth_masks(model: Padim, samples: list[Sample]) -> np.ndarray | None
     if not any(s.mask_path for s in samples):
         return None
     pre = model.preprocess
-    size = pre.output_size
-    out = np.zeros((len(samples), size, size), dtype=bool)
+    out = np.zeros((len(samples), *pre.output_hw), dtype=bool)
     for i, s in enumerate(samples):
         if s.label == 1:
             if s.mask_path is None:

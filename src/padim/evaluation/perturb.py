@@ -76,11 +76,13 @@ class RandomRotateCrop:
         return img, m[0] > 0
 
 
-def make_perturbation(name: str, size: int, crop: int | None, seed: int = 0) -> RandomRotateCrop:
+def make_perturbation(name: str, size: object, crop: object, seed: int = 0) -> RandomRotateCrop:
     """The named perturbation for a model's geometry (crop fraction = crop/size when the model
-    centre-crops, the paper's 224/256 otherwise)."""
+    centre-crops, the paper's 224/256 otherwise); the paper's protocol is for square inputs."""
     if name not in PERTURBATIONS:
         raise PadimError(f"unknown perturbation {name!r}; known: {', '.join(PERTURBATIONS)}")
+    if not isinstance(size, int) or not (crop is None or isinstance(crop, int)):
+        raise PadimError(f"--perturb {name} needs a square geometry (--size N, --crop N|none)")
     fraction = crop / size if crop is not None else PAPER_CROP_FRACTION
     return RandomRotateCrop(name=name, crop_fraction=fraction, seed=seed, train=name == "rd-mvtec")
 
@@ -93,7 +95,7 @@ def perturbed_sample(
     source = Preprocess(pre.size, None)
     image = torch.from_numpy(source.image(read_image(image_path)))
     mask = None if mask_path is None else torch.from_numpy(source.mask(read_mask(mask_path)))
-    return perturbation.apply(index, image, mask, pre.output_size)
+    return perturbation.apply(index, image, mask, pre.output_hw[0])
 
 
 def training_loader(perturbation: RandomRotateCrop, pre: Preprocess) -> Loader:
@@ -103,6 +105,6 @@ def training_loader(perturbation: RandomRotateCrop, pre: Preprocess) -> Loader:
 
     def load(index: int, item: ImageInput) -> torch.Tensor:
         image = torch.from_numpy(source.image(as_image(item)))
-        return train.apply(index, image, None, pre.output_size)[0]
+        return train.apply(index, image, None, pre.output_hw[0])[0]
 
     return load

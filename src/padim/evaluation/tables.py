@@ -32,10 +32,19 @@ def _line(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def protocol(size: int, crop: int | None) -> str:
+def _wh(value: Any) -> str:
+    if isinstance(value, int):
+        return f"{value}x{value}"
+    if isinstance(value, list | tuple):
+        return f"{value[0]}x{value[1]}"
+    return str(value)
+
+
+def protocol(size: Any, crop: Any) -> str:
+    """How the images were brought to the model's input (sizes are width x height)."""
     if crop is None:
-        return f"resize {size}x{size}, no crop"
-    return f"resize {size}x{size}, centre-crop {crop}x{crop}"
+        return f"resize {_wh(size)}, no crop"
+    return f"resize {_wh(size)}, centre-crop {_wh(crop)}"
 
 
 def _labels(results: list[dict[str, Any]]) -> list[str]:

@@ -20,8 +20,8 @@ class PadimConfig:
     """Everything that defines a fitted model's behaviour; stored in the model file."""
 
     backbone: str = options.BACKBONE.default
-    size: int = options.SIZE.default
-    crop: int | None = options.CROP.default
+    size: int | tuple[int, int] | str = options.SIZE.default  # side, (width, height) or "auto"
+    crop: int | tuple[int, int] | None = 224  # side, (width, height) or None
     channels: int | None = options.CHANNELS.default  # kept channels; None: the backbone's
     seed: int = options.SEED.default
     regularisation: float = options.REGULARISATION.default
@@ -38,7 +38,14 @@ class PadimConfig:
         from padim.data.preprocess import Preprocess
 
         spec = get_backbone(self.backbone)
-        Preprocess(self.size, self.crop)  # validates the geometry
+        if isinstance(self.size, str):
+            if self.size != "auto":
+                raise PadimError(f"--size must be N, WxH or auto, got {self.size!r}")
+            if self.crop is not None:
+                raise PadimError("--size auto chooses the whole input: it takes no --crop")
+        else:
+            pre = Preprocess(self.size, self.crop)  # validates the geometry (lists -> tuples)
+            self.size, self.crop = pre.size, pre.crop
         if self.channels is not None and not 1 <= self.channels <= spec.total_channels:
             raise PadimError(
                 f"--channels must be between 1 and {spec.total_channels} for "

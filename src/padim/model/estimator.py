@@ -25,7 +25,14 @@ from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
 from padim.data.datasets import training_images
 from padim.data.images import ImageInput
-from padim.data.preprocess import Preprocess, batches
+from padim.data.preprocess import (
+    AUTO_SAMPLE,
+    Preprocess,
+    auto_size,
+    batches,
+    image_shape,
+    resolve_crop,
+)
 from padim.data.sources import expand_inputs
 from padim.errors import PadimError
 from padim.model.calibration import f1_optimal_threshold, quantile_threshold, score_summary
@@ -126,8 +133,8 @@ class Padim:
     def __init__(
         self,
         backbone: str = options.BACKBONE.default,
-        size: int = options.SIZE.default,
-        crop: int | None = options.CROP.default,
+        size: int | tuple[int, int] | str = options.SIZE.default,
+        crop: int | tuple[int, int] | str | None = options.CROP.default,
         channels: int | str | None = options.CHANNELS.default,
         seed: int = options.SEED.default,
         weights: str | Path | None = options.WEIGHTS.default,
@@ -149,7 +156,7 @@ class Padim:
         self.config = PadimConfig(
             backbone=backbone,
             size=size,
-            crop=crop,
+            crop=resolve_crop(size, crop),
             channels=channels,
             seed=seed,
             regularisation=regularisation,
@@ -183,7 +190,14 @@ class Padim:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.config.size, self.config.crop)
+        """The input geometry (chosen from the training images by `fit` with size "auto")."""
+        size = self.config.size
+        if isinstance(size, str):
+            raise PadimError(
+                "the input size is chosen from the training images when fitting "
+                "(--size auto): fit the model first"
+            )
+        return Preprocess(size, self.config.crop)
 
     @property
     def is_fitted(self) -> bool:
@@ -272,6 +286,9 @@ class Padim:
         else:
             items = expand_inputs(images)
         n = len(items)
+        if self.config.size == "auto" and n:
+            sample = items[:: max(1, n // AUTO_SAMPLE)][:AUTO_SAMPLE]
+            self.config.size = auto_size([image_shape(item) for item in sample])
         if n < MIN_TRAIN_IMAGES:
             raise PadimError(
                 f"need at least {MIN_TRAIN_IMAGES} good training images to fit a "
@@ -357,7 +374,7 @@ class Padim:
     def _calibrate(self, net: PadimNet, held: HeldOut) -> dict[str, dict[str, float]]:
         """Set `thresholds_`: per score mode, a quantile of the good calibration images' scores;
         returns each mode's score summary."""
-        size = (self.preprocess.output_size,) * 2
+        size = self.preprocess.output_hw
         summaries = {}
         for mode in SCORE_MODES:
             scores, _ = net.maps_from_terms(held.mahalanobis, held.chebyshev, size, mode)

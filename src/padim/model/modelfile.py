@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from padim import __version__
+from padim.data.preprocess import to_json
 from padim.errors import PadimError
 from padim.files import write_atomic
 
@@ -121,7 +122,7 @@ def model_header(model: Padim) -> dict[str, Any]:
 
     net = model.fitted_net()
     spec = get_backbone(model.config.backbone)
-    grid = math.isqrt(net.gauss_mean.shape[0])  # inputs are square
+    pre = model.preprocess
     return {
         "library_version": __version__,
         "config": model.config.to_dict(),
@@ -132,8 +133,8 @@ def model_header(model: Padim) -> dict[str, Any]:
             "normalisation": dataclasses.asdict(spec.normalisation),
         },
         "embedding_dim": net.embedder.dim,
-        "grid": [grid, grid],
-        "input_size": model.preprocess.output_size,
+        "grid": [spec.grid_side(side) for side in pre.output_hw],
+        "input_size": to_json(pre.output_wh),  # a side when square (as always), else [w, h]
         "threshold": model.threshold_,
         "info": model.info,
     }
@@ -185,12 +186,13 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
     spec = get_backbone(cfg.backbone)
     if not 0 <= cfg.sigma <= MAX_SIGMA:
         raise PadimError(f"sigma {cfg.sigma} is outside [0, {MAX_SIGMA:g}]")
-    side = model.preprocess.output_size
-    grid = spec.grid_side(side)
+    pre = model.preprocess
+    out_h, out_w = pre.output_hw
+    grid = [spec.grid_side(out_h), spec.grid_side(out_w)]
     dim = header.get("embedding_dim")
     if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= spec.total_channels:
         raise PadimError(f"embedding size {dim!r} does not fit backbone {cfg.backbone}")
-    if header.get("input_size") != side or header.get("grid") != [grid, grid]:
+    if header.get("input_size") != to_json(pre.output_wh) or header.get("grid") != grid:
         raise PadimError(
             f"geometry ({header.get('input_size')!r}, grid {header.get('grid')!r}) "
             f"does not match size {cfg.size} / crop {cfg.crop}"
@@ -211,10 +213,10 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
             f"channel indices are not {dim} increasing indices below {spec.total_channels}"
         )
     mean = tensors.get("gaussian.mean")
-    if mean is None or mean.shape != (grid * grid, dim):
+    if mean is None or mean.shape != (grid[0] * grid[1], dim):
         raise PadimError(
             f"Gaussian means {tuple(mean.shape) if mean is not None else None} do "
-            f"not match {grid}x{grid} positions x {dim} channels"
+            f"not match {grid[0]}x{grid[1]} positions x {dim} channels"
         )
     std, stats = tensors.get("gaussian.std"), tensors.get("scoring.term_stats")
     if std is not None and not bool((std >= 0).all()):

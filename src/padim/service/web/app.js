@@ -2,6 +2,9 @@
 // re-draws masks and verdicts in the browser from the raw anomaly maps (no new requests).
 "use strict";
 
+// The model input: a side (square) or [width, height].
+const inputSize = (size) => (Array.isArray(size) ? `${size[0]}×${size[1]}` : `${size}×${size}`);
+
 const state = { model: null, threshold: 0, results: [] };
 const $ = (id) => document.getElementById(id);
 
@@ -17,7 +20,7 @@ async function loadModel() {
   const m = await res.json();
   state.model = m;
   $("model").textContent =
-    `${m.backbone} · ${m.input_size}×${m.input_size} · trained on ${m.n_train ?? "?"} images · ` +
+    `${m.backbone} · ${inputSize(m.input_size)} · trained on ${m.n_train ?? "?"} images · ` +
     `threshold ${m.threshold.toFixed(2)} · ${m.model_id}`;
   $("limit").textContent = (m.max_upload_bytes / 1048576).toFixed(0);
   const slider = $("threshold");
