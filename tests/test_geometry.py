@@ -103,3 +103,44 @@ def test_paper_perturbation_needs_a_square_model(wide, tmp_path, capsys):
     assert main(["fit", str(wide), "--out", str(model_path), "--size", f"{W}x{H}", "--quiet"]) == 0
     assert main(["evaluate", str(model_path), str(wide), "--perturb", "rd-mvtec-test"]) == 1
     assert "square" in capsys.readouterr().err
+
+
+def test_pictures_come_at_the_photo_own_resolution(wide, tmp_path):
+    """Heat map, mask and overlay overlay the original photo (480x200 here), whatever the model
+    input is (96x40, or a centre crop); the raw map and the input picture stay at the model's."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import padim
+    from padim.deploy.predict import write_predictions
+    from padim.deploy.scorers import TorchScorer
+    from padim.service.app import create_app
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((wide / "test" / "square").iterdir())[:2]:
+        Image.open(p).resize((480, 200), Image.Resampling.NEAREST).save(photos / p.name)
+    for size, crop in (((W, H), None), ((120, 50), (W, H))):
+        model = padim.Padim(size=size, crop=crop, device="cpu").fit(wide)
+        out = tmp_path / f"pred{size[0]}"
+        rows = write_predictions(TorchScorer(model), [photos], out)
+        for kind in ("heatmap", "mask", "overlay"):
+            assert Image.open(out / getattr(rows[0], kind)).size == (480, 200), (size, kind)
+        mask = np.asarray(Image.open(out / rows[0].mask)) > 0
+        ys, xs = np.nonzero(mask)
+        assert mask.any() and 40 <= ys.mean() <= 110 and 30 <= xs.mean() <= 150  # image 0's defect
+    image = (photos / sorted(p.name for p in photos.iterdir())[0]).read_bytes()
+    with TestClient(create_app(TorchScorer(model))) as client:
+        res = client.post(
+            "/v1/predict?include=heatmap,mask,overlay,input,map", files={"file": ("a.png", image)}
+        )
+    body = res.json()
+
+    def size_of(kind):
+        return Image.open(io.BytesIO(base64.b64decode(body["pictures"][kind]))).size
+
+    assert [size_of(k) for k in ("heatmap", "mask", "overlay")] == [(480, 200)] * 3
+    assert size_of("input") == (W, H) and body["anomaly_map"]["width"] == W

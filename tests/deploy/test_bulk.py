@@ -8,7 +8,7 @@ import pytest
 from conftest import save, texture
 
 from padim.data.images import read_image
-from padim.data.preprocess import resize_crop
+from padim.data.preprocess import Preprocess, resize_crop
 from padim.data.sources import manifest_paths, read_table, source_paths
 from padim.deploy.bulk import BulkJob, score_part
 from padim.errors import PadimError
@@ -23,6 +23,8 @@ class MeanScorer:
     model_id = "mean-0"
     threshold = 0.5
     input_size = 16
+    input_hw = (16, 16)
+    geometry = Preprocess(16, None)
 
     def preprocess(self, image):
         return resize_crop(image, 16, None)

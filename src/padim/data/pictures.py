@@ -96,15 +96,21 @@ def render_pictures(
     colour_threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """A scored image's pictures as arrays, by kind: overlay, heatmap, mask (amap > threshold)
-    and input. `image` is the (3, S, S) model input in [0, 1], `amap` its (S, S) anomaly map;
-    colours are scaled around `colour_threshold` (default: `threshold`)."""
+    and input. `image` is the (3, H, W) model input in [0, 1], or the photo itself as an
+    (H, W, 3) uint8 array (pictures at the photo's resolution: `Preprocess.map_to_image` brings
+    the map there); `amap` is the (H, W) anomaly map; colours are scaled around
+    `colour_threshold` (default: `threshold`)."""
     vmin, vmax = colour_scale(threshold if colour_threshold is None else colour_threshold)
     mask = amap > threshold
+
+    def picture() -> np.ndarray:
+        return image if image.dtype == np.uint8 else to_picture(image)
+
     make: dict[str, Callable[[], np.ndarray]] = {
-        "overlay": lambda: overlay(to_picture(image), amap, mask, vmin, vmax),
+        "overlay": lambda: overlay(picture(), amap, mask, vmin, vmax),
         "heatmap": lambda: heatmap_rgb(amap, vmin, vmax),
         "mask": lambda: mask,
-        "input": lambda: to_picture(image),
+        "input": picture,
     }
     return {kind: make[kind]() for kind in kinds}
 

@@ -167,6 +167,25 @@ class Preprocess:
         """Paths, PIL images or arrays -> (B, 3, H, W) float32 in [0, 1]."""
         return np.stack([self.image(as_image(item)) for item in items])
 
+    def map_to_image(self, amap: np.ndarray, image_wh: tuple[int, int]) -> np.ndarray:
+        """An (H, W) anomaly map at the model input -> the original image's (h, w): the crop put
+        back where it came from (the cropped-away border gets the map's minimum: no evidence),
+        then bilinear resizing, so maps and masks overlay the original photo."""
+        w, h = self.size_wh
+        if self.crop_wh is not None and self.crop_wh != (w, h):
+            cw, ch = self.crop_wh
+            top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+            canvas = np.full((h, w), amap.min(), np.float32)
+            canvas[top : top + ch, left : left + cw] = amap
+            amap = canvas
+        size = (int(image_wh[0]), int(image_wh[1]))
+        if (amap.shape[1], amap.shape[0]) == size:
+            return np.asarray(amap, np.float32)
+        resized = Image.fromarray(np.ascontiguousarray(amap, np.float32)).resize(
+            size, Image.Resampling.BILINEAR
+        )
+        return np.asarray(resized, np.float32)
+
     def mask(self, mask: np.ndarray) -> np.ndarray:
         """Boolean mask -> boolean (H, W) at the image's geometry (nearest neighbour)."""
         w, h = self.size_wh

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from padim import options
-from padim.data.pictures import PICTURES, save_pictures
+from padim.data.pictures import PICTURES
 from padim.data.sources import pyarrow_modules
-from padim.deploy.scorers import Scorer, score_files
+from padim.deploy.scorers import Scorer, save_scored_pictures, score_files
 from padim.errors import PadimError
 from padim.files import atomic_path, write_atomic, write_text_atomic
 
@@ -45,46 +45,36 @@ def score_part(
     parts_dir: Path,
     outputs: Sequence[str] = PICTURES,
 ) -> dict[str, list]:
-    """Score one batch, write its `outputs` into `maps_dir` (if given: PNG pictures, and "map",
-    the raw anomaly map as float16 .npy) and then its part file; an image that cannot be read
-    becomes a row with an `error` and no score, never a failed batch."""
+    """Score one batch, write its `outputs` into `maps_dir` (if given: PNG pictures at each
+    photo's resolution, and "map", the raw anomaly map at the model input as float16 .npy) and
+    then its part file; an image that cannot be read becomes a row with an `error` and no
+    score, never a failed batch."""
+    pictures = [kind for kind in outputs if kind != "map"] if maps_dir is not None else []
     found: list[dict[str, Any]] = []
-    for item, name in zip(score_files(scorer, paths), names, strict=True):
+    for item, name in zip(score_files(scorer, paths, bool(pictures)), names, strict=True):
         row: dict[str, Any] = {"path": item.path, "threshold": threshold, "error": item.error}
-        if item.score is not None and item.image is not None and item.anomaly_map is not None:
+        if item.score is not None and item.anomaly_map is not None:
             row.update(score=item.score, label=int(item.score > threshold))
-            if maps_dir is not None:
-                row.update(
-                    _write_outputs(maps_dir, name, item.image, item.anomaly_map, threshold, outputs)
-                )
+        if maps_dir is not None and item.score is not None and item.anomaly_map is not None:
+            files = save_scored_pictures(scorer, item, maps_dir, name, threshold, pictures)
+            row.update({kind: f"maps/{file}" for kind, file in files.items()})
+            if "map" in outputs:
+                save_npy(maps_dir / f"{name}_map.npy", item.anomaly_map)
+                row["map"] = f"maps/{name}_map.npy"
         found.append(row)
     rows = {c: [row.get(c) for row in found] for c in COLUMNS}
     write_part(parts_dir, rows)
     return rows
 
 
-def _write_outputs(
-    maps_dir: Path,
-    name: str,
-    img: np.ndarray,
-    amap: np.ndarray,
-    threshold: float,
-    outputs: Sequence[str],
-) -> dict[str, str]:
-    """One image's requested pictures / raw map; returns their paths relative to the job."""
-    pictures = save_pictures(
-        maps_dir, name, img, amap, threshold, [kind for kind in outputs if kind != "map"]
-    )
-    written = {kind: f"maps/{file}" for kind, file in pictures.items()}
-    if "map" in outputs:
-        write_atomic(maps_dir / f"{name}_map.npy", lambda tmp: _save_npy(tmp, amap))
-        written["map"] = f"maps/{name}_map.npy"
-    return written
+def save_npy(path: Path, amap: np.ndarray) -> None:
+    """A raw anomaly map as float16 .npy, atomically."""
 
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, amap.astype(np.float16))
 
-def _save_npy(path: Path, amap: np.ndarray) -> None:
-    with path.open("wb") as f:
-        np.save(f, amap.astype(np.float16))
+    write_atomic(path, write)
 
 
 def _table(rows: dict[str, list]):

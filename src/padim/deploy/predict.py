@@ -17,9 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from padim.data.pictures import PICTURES, save_pictures
+from padim.data.pictures import PICTURES
 from padim.data.sources import output_names, source_paths
-from padim.deploy.scorers import Scorer, score_files
+from padim.deploy.scorers import Scorer, save_scored_pictures, score_files
 from padim.files import check_output_folder
 from padim.progress import progress_bar
 
@@ -60,13 +60,13 @@ def write_predictions(
     try:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            for path, scored in zip(chunk, score_files(scorer, chunk), strict=True):
+            for path, scored in zip(chunk, score_files(scorer, chunk, images), strict=True):
                 if scored.score is None or scored.image is None or scored.anomaly_map is None:
                     rows.append(ResultRow(str(path), None, None, thr, scored.error or "unknown"))
                     continue
                 row = ResultRow(str(path), scored.score, scored.score > thr, thr)
-                if images:
-                    files = save_pictures(stage, names[path], scored.image, scored.anomaly_map, thr)
+                if images:  # at the photo's own resolution
+                    files = save_scored_pictures(scorer, scored, stage, names[path], thr)
                     row.overlay, row.heatmap, row.mask = (files[k] for k in PICTURES)
                 rows.append(row)
             bar.update(len(chunk))

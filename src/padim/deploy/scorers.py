@@ -20,7 +20,8 @@ from PIL import Image
 
 from padim import __version__
 from padim.data.images import read_image
-from padim.data.preprocess import Preprocess, as_wh, resize_crop, to_json
+from padim.data.pictures import PICTURES, save_pictures
+from padim.data.preprocess import Preprocess, as_wh, to_json
 from padim.deploy.export import model_metadata, parse_metadata
 from padim.errors import PadimError
 
@@ -30,6 +31,7 @@ class Scorer(Protocol):
     threshold: float
     input_size: int | list[int]  # a side when square, else [width, height] (for people)
     input_hw: tuple[int, int]  # (height, width) of the model input
+    geometry: Preprocess  # how images are brought to the model input (and maps back)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB image -> (3, S, S) float32 in [0, 1] at the model's input geometry."""
@@ -55,21 +57,26 @@ class Scored:
     """One image file's outcome: its model input, score and map, or why it has none."""
 
     path: str
-    image: np.ndarray | None = None  # (3, S, S) model input in [0, 1]
+    image: np.ndarray | None = None  # (3, H, W) model input in [0, 1]
+    original: Image.Image | None = None  # the decoded photo, when asked for
     score: float | None = None
     anomaly_map: np.ndarray | None = None  # (S, S)
     error: str | None = None  # "code: message", one line
 
 
-def score_files(scorer: Scorer, paths: Sequence[str | Path]) -> list[Scored]:
+def score_files(
+    scorer: Scorer, paths: Sequence[str | Path], keep_originals: bool = False
+) -> list[Scored]:
     """Read, preprocess and score image files as one batch. A file that cannot be read becomes
     an error (never a failed batch), and so does a non-finite score: a damaged model must never
-    give a verdict."""
+    give a verdict. `keep_originals` keeps the decoded photos (for pictures at their size)."""
     out = [Scored(str(p)) for p in paths]
     readable, arrays = [], []
     for item in out:
         try:
-            item.image = scorer.preprocess(read_image(item.path))
+            photo = read_image(item.path)
+            item.image = scorer.preprocess(photo)
+            item.original = photo if keep_originals else None
             readable.append(item)
             arrays.append(item.image)
         except PadimError as exc:
@@ -89,6 +96,21 @@ def score_files(scorer: Scorer, paths: Sequence[str | Path]) -> list[Scored]:
         if item.error:
             item.error = item.error.strip().splitlines()[0][:500]
     return out
+
+
+def save_scored_pictures(
+    scorer: Scorer,
+    item: Scored,
+    folder: Path,
+    name: str,
+    threshold: float,
+    kinds: Sequence[str] = PICTURES,
+) -> dict[str, str]:
+    """A scored image's pictures as PNG files at the photo's own resolution (the map brought
+    back through the model's geometry); returns the file names by kind."""
+    assert item.original is not None and item.anomaly_map is not None
+    amap = scorer.geometry.map_to_image(item.anomaly_map, item.original.size)
+    return save_pictures(folder, name, np.asarray(item.original), amap, threshold, kinds)
 
 
 def check_scorer(scorer: Scorer) -> None:
@@ -146,6 +168,7 @@ class TorchScorer:
         self.model_id = model_id
         self.path = path
         self.threshold = float(model.threshold_)
+        self.geometry = model.preprocess
         self.input_hw = model.preprocess.output_hw
         self.input_size = to_json(model.preprocess.output_wh)
 
@@ -189,15 +212,14 @@ class ExportedScorer:
             self.threshold = float(meta["threshold"])
             w, h = as_wh(meta["input_size"])
             self.input_hw, self.input_size = (h, w), to_json((w, h))
-            pre = Preprocess(meta["resize"], meta["crop"])  # whole numbers in range
-            self.size, self.crop = pre.size, pre.crop
+            self.geometry = Preprocess(meta["resize"], meta["crop"])  # whole numbers in range
         except (KeyError, TypeError, ValueError, PadimError) as exc:
             raise PadimError(f"exported model's metadata is damaged: {path} ({exc})") from None
         if not math.isfinite(self.threshold):
             raise PadimError(f"exported model's threshold is not finite: {path}")
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return resize_crop(image, self.size, self.crop)
+        return self.geometry.image(image)
 
     def describe(self) -> dict[str, Any]:
         return {

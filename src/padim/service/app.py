@@ -30,7 +30,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from padim import __version__
 from padim.data.images import decode_image
-from padim.data.pictures import PICTURE_KINDS, colour_scale, png_bytes, render_pictures
+from padim.data.pictures import (
+    PICTURE_KINDS,
+    colour_scale,
+    png_bytes,
+    render_pictures,
+    to_picture,
+)
 from padim.deploy.scorers import Scorer
 from padim.errors import BadImage
 from padim.service.batching import BatchResult, MicroBatcher
@@ -78,22 +84,28 @@ class Service:
             self.settings.max_decodes or os.cpu_count() or 1
         )
 
-    def prepare(self, upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
-        """Decode and preprocess (in a worker thread): model input and original size. At most
-        `max_decodes` images are decoded at once, which bounds the service's decoding memory."""
+    def prepare(
+        self, upload: Upload, keep_photo: bool = False
+    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """Decode and preprocess (in a worker thread): model input, original size and (for an
+        overlay) the photo. At most `max_decodes` images are decoded at once, which bounds the
+        service's decoding memory."""
         if len(upload.data) > self.settings.max_upload_bytes:
             raise too_large(
                 f"image {upload.name}", len(upload.data), self.settings.max_upload_bytes
             )
         with self.decode_slots:
             image = decode_image(upload.data, upload.name, self.settings.max_pixels)
-            return self.scorer.preprocess(image), image.size
+            photo = np.asarray(image) if keep_photo else None
+            return self.scorer.preprocess(image), image.size, photo
 
     async def predict(self, upload: Upload, include: set[str], threshold: float) -> dict:
         started = time.perf_counter()
         self.batcher.expecting += 1  # lets a forming batch wait for this image
         try:
-            x, (width, height) = await run_in_threadpool(self.prepare, upload)
+            x, (width, height), photo = await run_in_threadpool(
+                self.prepare, upload, "overlay" in include
+            )
         finally:
             self.batcher.expecting -= 1
         decoded = time.perf_counter()
@@ -109,7 +121,9 @@ class Service:
         out = self._result(upload.name, result, threshold, width, height)
         if include:
             out.update(
-                await run_in_threadpool(self.render, x, result.anomaly_map, threshold, include)
+                await run_in_threadpool(
+                    self.render, x, result.anomaly_map, threshold, include, (width, height), photo
+                )
             )
         done = time.perf_counter()
         out["timings_ms"] = {
@@ -135,12 +149,28 @@ class Service:
             "batch_size": r.batch_size,
         }
 
-    def render(self, x: np.ndarray, amap: np.ndarray, threshold: float, include: set[str]) -> dict:
-        """The pictures asked for, as base64 PNGs, and the raw map (float32 little-endian)."""
+    def render(
+        self,
+        x: np.ndarray,
+        amap: np.ndarray,
+        threshold: float,
+        include: set[str],
+        image_wh: tuple[int, int],
+        photo: np.ndarray | None = None,
+    ) -> dict:
+        """The pictures asked for, as base64 PNGs: heat map, mask and overlay at the uploaded
+        image's size, the model input as it is; and the raw map at the model input (float32
+        little-endian)."""
         out: dict[str, Any] = {}
-        kinds = [name for name in PICTURE_KINDS if name in include]
+        kinds = [name for name in PICTURE_KINDS if name in include and name != "input"]
+        arrays: dict[str, np.ndarray] = {}
         if kinds:  # colours scaled by the model's threshold: they mean the same across requests
-            arrays = render_pictures(x, amap, threshold, kinds, self.scorer.threshold)
+            native = self.scorer.geometry.map_to_image(amap, image_wh)
+            canvas = photo if photo is not None else np.zeros((1, 1, 3), np.uint8)
+            arrays = render_pictures(canvas, native, threshold, kinds, self.scorer.threshold)
+        if "input" in include:
+            arrays["input"] = to_picture(x)
+        if arrays:
             out["pictures"] = {name: png_base64(a) for name, a in arrays.items()}
             out["colour_scale"] = list(colour_scale(self.scorer.threshold))
         if "map" in include:
