@@ -144,3 +144,65 @@ def test_pictures_come_at_the_photo_own_resolution(wide, tmp_path):
 
     assert [size_of(k) for k in ("heatmap", "mask", "overlay")] == [(480, 200)] * 3
     assert size_of("input") == (W, H) and body["anomaly_map"]["width"] == W
+
+
+def test_region_of_interest(wide, tmp_path, capsys):
+    """Outside the region nothing is scored: a defect there raises no score, its map is flat at
+    the region's lowest value; the region survives save/load and export."""
+    import padim
+
+    roi = np.zeros((H, W), np.uint8)
+    roi[:, :48] = 255  # inspect the left half of the strip
+    roi_file = save(tmp_path / "roi.png", roi)
+    model_path = tmp_path / "roi.safetensors"
+    assert (
+        main(
+            [
+                "fit",
+                str(wide),
+                "--out",
+                str(model_path),
+                "--size",
+                f"{W}x{H}",
+                "--roi",
+                str(roi_file),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    model = padim.load(model_path, device="cpu")
+    assert model.training_.roi == {"source": "roi.png", "inside_fraction": 0.5}
+    scores, maps = model.score(wide / "test" / "square")  # defects at x 10, 25, 40, 55
+    plain = padim.Padim(size=(W, H), crop=None, device="cpu").fit(wide)  # the same Gaussians
+    plain_scores, plain_maps = plain.score(wide / "test" / "square")
+    np.testing.assert_allclose(maps[:, :, :48], plain_maps[:, :, :48], rtol=1e-4)
+    for m in maps:
+        assert np.all(m[:, 48:] == m[:, :48].min())  # outside: the region's lowest value
+    np.testing.assert_allclose(scores, plain_maps[:, :, :48].max(axis=(1, 2)), rtol=1e-4)
+    assert scores[0] > model.threshold_  # a defect inside is found
+    assert scores[3] < 0.7 * plain_scores[3]  # one outside (x 55-69) weighs much less
+    onnx = pytest.importorskip("onnxruntime") and tmp_path / "roi.onnx"
+    from padim.deploy.export import export_model
+
+    assert export_model(model_path, onnx).max_rel_score_diff < 1e-4
+    bad = save(tmp_path / "bad.png", np.zeros((100, 100), np.uint8) + 255)
+    assert (
+        main(
+            [
+                "fit",
+                str(wide),
+                "--out",
+                str(tmp_path / "x.safetensors"),
+                "--size",
+                "96x40",
+                "--roi",
+                str(bad),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
+    assert "region of interest is 100x100" in capsys.readouterr().err

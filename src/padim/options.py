@@ -68,6 +68,12 @@ CHANNELS = Option(
     "embedding channels kept by the seeded random selection, N or 'all' "
     "(default: the backbone's: 100 resnet18, 550 wide_resnet50_2, all for Lite)",
 )
+ROI = Option(
+    "--roi",
+    None,
+    "region of interest: a mask image (non-zero = inspect) with the training images' aspect "
+    "ratio, usually their native size; outside it nothing is scored or reported",
+)
 SEED = Option("--seed", 0, "seed of the channel selection and of the held-out split")
 WEIGHTS = Option(
     "--weights",

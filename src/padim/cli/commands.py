@@ -60,6 +60,7 @@ def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
         "storage": args.storage,
         "score_mode": args.score_mode,
         "shrinkage": args.shrinkage,
+        "roi": getattr(args, "roi", None),
         "progress": _progress(args),
     }
 

@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="MVTec AD category folder or a folder of good images")
     p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
     add_model_options(p)
+    add(p, options.ROI, type=Path, metavar="MASK")
     add_score_mode(p, fitting=True)
     add_runtime(p)
     g = add_engine(p, "the batches are sharded over Ray tasks and their sums merged exactly")

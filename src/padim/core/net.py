@@ -25,6 +25,7 @@ class PadimNet(nn.Module):
     gauss_whitening: torch.Tensor
     gauss_std: torch.Tensor | None
     term_stats: torch.Tensor
+    roi: torch.Tensor | None  # (1, 1, H, W) bool: where to inspect; None: everywhere
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class PadimNet(nn.Module):
         sigma: float = 4.0,
         score_mode: str = DEFAULT_SCORE_MODE,
         term_stats: torch.Tensor | None = None,
+        roi: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.embedder = embedder
@@ -42,6 +44,9 @@ class PadimNet(nn.Module):
         self.register_buffer(
             "term_stats",
             torch.tensor([0.0, 1.0, 0.0, 1.0]) if term_stats is None else term_stats.float(),
+        )
+        self.register_buffer(
+            "roi", None if roi is None else roi.bool().reshape(1, 1, *roi.shape[-2:])
         )
         self.mapper = AnomalyMapper(sigma)
         self.score_mode = DEFAULT_SCORE_MODE
@@ -83,6 +88,9 @@ class PadimNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         patch = combine(mode or self.score_mode, maha, cheb, self.term_stats)
         maps = self.mapper(patch, size=(int(size[0]), int(size[1])))
+        if self.roi is not None:  # outside the region: the lowest value inside it (no evidence)
+            inside = torch.where(self.roi, maps, torch.full_like(maps, float("inf")))
+            maps = torch.where(self.roi, maps, inside.amin(dim=(2, 3), keepdim=True))
         return maps.flatten(1).amax(dim=1), maps
 
     def from_embeddings(

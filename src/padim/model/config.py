@@ -86,6 +86,7 @@ class TrainingSummary:
     shrinkage_intensity: dict[str, float] | None = None  # Ledoit-Wolf rho over positions
     warning: str | None = None  # e.g. fitted on too few images to hold any out
     training_perturbation: str | None = None  # set by the Rd-MVTec benchmark protocol
+    roi: dict[str, Any] | None = None  # the region of interest: its source, the inspected share
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -23,7 +23,7 @@ from padim.core.features import Embedder, select_channels
 from padim.core.gaussian import GaussianModel, GaussianStats, HeldOut
 from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
-from padim.data.datasets import training_images
+from padim.data.datasets import read_mask, training_images
 from padim.data.images import ImageInput
 from padim.data.preprocess import (
     AUTO_SAMPLE,
@@ -147,6 +147,7 @@ class Padim:
         storage: str = options.STORAGE.default,
         score_mode: str = options.SCORE_MODE.default,
         shrinkage: str = options.SHRINKAGE.default,
+        roi: str | Path | np.ndarray | None = options.ROI.default,
         progress: bool = False,
     ) -> None:
         if channels == "all":
@@ -171,6 +172,7 @@ class Padim:
         if batch_size < 1:
             raise PadimError(f"--batch-size must be at least 1, got {batch_size}")
         self.weights = weights
+        self.roi = roi  # the region of interest as given (a mask file or array); see _roi_mask
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self.progress = progress
@@ -328,7 +330,10 @@ class Padim:
             )
             factor_bar.close()
             del stats, holdout
-            net = PadimNet(embedder, gaussian, self.config.sigma, self.config.score_mode).eval()
+            roi = self._roi_mask(plan)
+            net = PadimNet(
+                embedder, gaussian, self.config.sigma, self.config.score_mode, roi=roi
+            ).eval()
             self.net_ = net
             source = "held-out good training images"
             if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
@@ -357,8 +362,36 @@ class Padim:
                 if plan.n < MIN_IMAGES_FOR_HOLDOUT
                 else None
             ),
+            roi=None
+            if roi is None
+            else {
+                "source": "array" if isinstance(self.roi, np.ndarray) else Path(str(self.roi)).name,
+                "inside_fraction": round(float(roi.float().mean()), 6),
+            },
         )
         return self
+
+    def _roi_mask(self, plan: FitPlan) -> torch.Tensor | None:
+        """The region of interest at the model input (H, W) bool, from `roi` given at the
+        training images' geometry (same aspect ratio), or None."""
+        if self.roi is None:
+            return None
+        mask = self.roi if isinstance(self.roi, np.ndarray) else read_mask(self.roi)
+        mask = np.asarray(mask).astype(bool)
+        if mask.ndim != 2:
+            raise PadimError(
+                f"the region of interest must be a single-channel mask, got shape {mask.shape}"
+            )
+        w, h = image_shape(plan.fit_items[0][1])
+        if abs(mask.shape[1] / mask.shape[0] - w / h) > 0.02 * w / h:
+            raise PadimError(
+                f"the region of interest is {mask.shape[1]}x{mask.shape[0]} but the "
+                f"training images are {w}x{h}: give it at their geometry"
+            )
+        roi = self.preprocess.mask(mask)
+        if not roi.any():
+            raise PadimError("the region of interest is empty at the model's input geometry")
+        return torch.from_numpy(np.ascontiguousarray(roi)).to(self.device)
 
     def _in_sample_terms(
         self, net: PadimNet, items: Sequence[tuple[int, ImageInput]], loader: Loader | None

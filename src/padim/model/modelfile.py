@@ -154,6 +154,8 @@ def write_model(model: Padim, path: str | Path) -> None:
     if net.gauss_std is not None:
         tensors["gaussian.std"] = net.gauss_std
     tensors["scoring.term_stats"] = net.term_stats
+    if net.roi is not None:
+        tensors["roi.mask"] = net.roi[0, 0].to(torch.uint8)
     save_model_file(path, tensors, model_header(model))
 
 
@@ -232,6 +234,14 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
         raise PadimError(f"input normalisation {norm!r} is not 3 finite means and 3 positive stds")
     if stats is not None and (stats.shape != (4,) or not bool((stats[[1, 3]] > 0).all())):
         raise PadimError("score-term statistics are damaged")
+    roi = tensors.get("roi.mask")
+    if roi is not None and (
+        roi.shape != pre.output_hw or not bool(roi.any()) or int(roi.max()) > 1
+    ):
+        raise PadimError(
+            f"region of interest {tuple(roi.shape)} is not a 0/1 mask of {out_w}x{out_h} with "
+            "something inside"
+        )
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
     if bad:
         raise PadimError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
@@ -292,6 +302,7 @@ def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str,
             model.config.sigma,
             model.config.score_mode,
             tensors.get("scoring.term_stats"),
+            roi=tensors.get("roi.mask"),
         )
         .to(model.device)
         .eval()
