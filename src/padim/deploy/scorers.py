@@ -64,6 +64,12 @@ class Scored:
     error: str | None = None  # "code: message", one line
 
 
+def is_finite(scores: np.ndarray | float, maps: np.ndarray) -> bool:
+    """Whether scores and anomaly maps are all finite numbers: anything else comes from a damaged
+    model and must never become a verdict."""
+    return bool(np.isfinite(scores).all() and np.isfinite(maps).all())
+
+
 def score_files(
     scorer: Scorer, paths: Sequence[str | Path], keep_originals: bool = False
 ) -> list[Scored]:
@@ -86,7 +92,7 @@ def score_files(
     if readable:
         scores, maps = scorer.score_batch(np.stack(arrays))
         for item, score, amap in zip(readable, scores, maps, strict=True):
-            if np.isfinite(score) and np.isfinite(amap).all():
+            if is_finite(score, amap):
                 item.score, item.anomaly_map = float(score), amap
             else:
                 item.error = (
@@ -129,7 +135,7 @@ def check_scorer(scorer: Scorer) -> None:
             f"the model gives scores {np.shape(scores)} and maps {np.shape(maps)} "
             f"for one {w}x{h} image: the model file is damaged"
         )
-    if not (np.isfinite(scores).all() and np.isfinite(maps).all()):
+    if not is_finite(scores, maps):
         raise PadimError("the model gives non-finite scores: the model file is damaged")
 
 

@@ -37,7 +37,7 @@ from padim.data.pictures import (
     render_pictures,
     to_picture,
 )
-from padim.deploy.scorers import Scorer
+from padim.deploy.scorers import Scorer, is_finite
 from padim.errors import BadImage
 from padim.service.batching import BatchResult, MicroBatcher
 from padim.service.examples import load_examples
@@ -110,7 +110,7 @@ class Service:
             self.batcher.expecting -= 1
         decoded = time.perf_counter()
         result = await self.batcher.submit(x)
-        if not (np.isfinite(result.score) and np.isfinite(result.anomaly_map).all()):
+        if not is_finite(result.score, result.anomaly_map):
             raise ApiError(
                 500,
                 "non_finite_score",
