@@ -53,8 +53,9 @@ BACKBONE = Option(
 SIZE = Option(
     "--size",
     256,
-    "model input: N (N x N), WxH (width x height, e.g. 400x160: keeps a camera's aspect ratio) "
-    "or auto (the training images' aspect ratio at about 256x256 pixels)",
+    "model input: N (N x N), WxH (width x height, e.g. 400x160: keeps a camera's aspect ratio), "
+    "auto (the training images' aspect ratio at about 256x256 pixels) or native (their own "
+    "size, sides rounded to multiples of 16; with --tile); with --tile the default is native",
 )
 CROP = Option(
     "--crop",
@@ -73,6 +74,24 @@ ROI = Option(
     None,
     "region of interest: a mask image (non-zero = inspect) with the training images' aspect "
     "ratio, usually their native size; outside it nothing is scored or reported",
+)
+TILE_STATISTICS_CHOICES = ("location", "shared")
+TILE = Option(
+    "--tile",
+    None,
+    "cut the input into overlapping N x N (or WxH) tiles for the backbone, stitched back without "
+    "seams: high resolution at bounded memory per forward pass (sides multiples of 16)",
+)
+TILE_OVERLAP = Option(
+    "--tile-overlap", 64, "pixels shared by neighbouring tiles (multiple of 4, up to half a tile)"
+)
+TILE_STATISTICS = Option(
+    "--tile-statistics",
+    "location",
+    "location: one Gaussian per position of the whole input (memory grows with its area); "
+    "shared: one set per position within a tile, fitted on every tile (memory flat; for "
+    "homogeneous surfaces)",
+    TILE_STATISTICS_CHOICES,
 )
 SEED = Option("--seed", 0, "seed of the channel selection and of the held-out split")
 WEIGHTS = Option(

@@ -175,3 +175,20 @@ def test_suite_values_are_consistent():
     assert res["image_auroc"] == pytest.approx(image_auroc(labels, scores))
     assert 0 <= res["aupro"] <= 1 and res["pixel_f1"] >= res["pixel_f1_at_threshold"]
     assert res["per_type_image_auroc"]["x"] == pytest.approx(res["image_auroc"])
+
+
+def test_region_recall_counts_each_defect_once_whatever_its_size():
+    from padim.evaluation.metrics import region_recall
+
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 2:30, 2:30] = True  # a large defect, found
+    masks[0, 35:37, 35:37] = True  # a 4-pixel pit, missed
+    masks[1, 10:14, 10:14] = True  # a pit, a third covered: found at 0.3, not at 0.5
+    maps = np.zeros((2, 40, 40), np.float32)
+    maps[0, 2:30, 2:30] = 5.0
+    maps[1, 10:14, 10:14] = np.where(np.arange(16).reshape(4, 4) < 6, 5.0, 0.0)
+    assert region_recall(masks, maps, 1.0) == pytest.approx(2 / 3)
+    assert region_recall(masks, maps, 1.0, min_overlap=0.5) == pytest.approx(1 / 3)
+    assert region_recall(masks, maps, 10.0) == 0.0
+    pixel_share = (masks & (maps > 1.0)).sum() / masks.sum()
+    assert pixel_share > 0.95  # pixel-wise almost everything is found: the pits are not

@@ -67,6 +67,7 @@ def test_undefined_metric_is_a_dash_and_document_has_every_table():
         "Image",
         "Pixel",
         "AUPRO",
+        "Region",
     ]
     assert "balanced accuracy" in headings[2] and "F1" in headings[3] and "F1" in headings[4]
     pixel_f1 = text.split("## Pixel F1")[1].split("##")[0]

@@ -44,12 +44,22 @@ def _load(args: argparse.Namespace) -> Padim:
     )
 
 
+def input_size(args: argparse.Namespace) -> int | tuple[int, int] | str:
+    """--size as given; when not given: native with --tile, else the default."""
+    if args.size is not None:
+        return args.size
+    return "native" if args.tile is not None else options.SIZE.default
+
+
 def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Padim(...) keyword arguments from the fit options."""
     return {
         "backbone": args.backbone,
-        "size": args.size,
+        "size": input_size(args),
         "crop": args.crop,
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "tile_statistics": args.tile_statistics,
         "channels": args.channels,
         "seed": args.seed,
         "weights": args.weights,
@@ -125,7 +135,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"{' on ray' if args.engine == 'ray' else ''}; threshold {model.threshold_:.3f} "
         f"({model.threshold_source_}); wrote {args.out}"
     )
+    print(describe_geometry(model, args.out.stat().st_size))
     return 0
+
+
+def describe_geometry(model: Any, file_bytes: int) -> str:
+    """One line: input, tiles, Gaussian positions x channels, model file size, peak memory."""
+    from padim.memory import process_peak_bytes
+
+    g = model.geometry()
+    tiles = g.get("tiling")
+    tiling = ""
+    if tiles:
+        across, down = tiles["tiles"]
+        tiling = (
+            f", {across * down} tiles of {tiles['tile'][0]}x{tiles['tile'][1]} "
+            f"(overlap {tiles['overlap']}, {tiles['statistics']} statistics)"
+        )
+    return (
+        f"input {g['input'][0]}x{g['input'][1]}{tiling}; {g['positions']:,} positions x "
+        f"{g['embedding_dim']} channels; model file {file_bytes / 2**20:.1f} MiB; "
+        f"fit peak memory {process_peak_bytes() / 2**30:.2f} GiB"
+    )
 
 
 def cmd_fit_many(args: argparse.Namespace) -> int:
@@ -275,6 +306,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "image_auroc",
         "pixel_auroc",
         "aupro",
+        "region_recall",
         "image_f1",
         "pixel_f1",
         "image_f1_at_threshold",
@@ -303,8 +335,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         out=args.out,
         categories=args.categories,
         backbones=list(args.backbones),
-        size=args.size,
+        size=input_size(args),
         crop=args.crop,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        tile_statistics=args.tile_statistics,
         channels=args.channels,
         seed=args.seed,
         weights=args.weights,

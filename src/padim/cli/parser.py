@@ -40,7 +40,8 @@ def geometry(text: str) -> int | tuple[int, int]:
 
 
 def size(text: str) -> int | tuple[int, int] | str:
-    return "auto" if text.lower() == "auto" else geometry(text)
+    lowered = text.lower()
+    return lowered if lowered in ("auto", "native") else geometry(text)
 
 
 def crop(text: str) -> int | tuple[int, int] | str | None:
@@ -101,8 +102,11 @@ def add_model_options(
 ) -> None:
     g = p.add_argument_group("model")
     add(g, options.BACKBONE, choices=None, metavar="NAME")
-    add(g, options.SIZE, type=size)
+    add(g, options.SIZE, type=size, default=None)  # None: 256, or native with --tile
     add(g, options.CROP, type=crop)
+    add(g, options.TILE, type=geometry)
+    add(g, options.TILE_OVERLAP, type=int)
+    add(g, options.TILE_STATISTICS)
     add(g, options.CHANNELS, type=channels)
     add(g, options.SEED, type=int)
     add(g, options.WEIGHTS)

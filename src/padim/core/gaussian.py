@@ -23,6 +23,7 @@ from functools import lru_cache
 import torch
 
 from padim import options
+from padim.core.holdout import HoldoutStore
 from padim.core.scoring import chebyshev_by_position
 from padim.errors import PadimError
 from padim.memory import release_free_memory
@@ -372,14 +373,15 @@ class GaussianModel:
         cls,
         stats: GaussianStats,
         regularisation: float = DEFAULT_REGULARISATION,
-        holdout: torch.Tensor | None = None,
+        holdout: HoldoutStore | torch.Tensor | None = None,
         consume: bool = False,
         on_chunk: Callable[[int], None] | None = None,
         shrinkage: str = "none",
     ) -> tuple[GaussianModel, HeldOut | None]:
         """Factorise covariance + reg*I chunk by chunk of positions.
 
-        `holdout` (n, d, h, w): embeddings of good images not in `stats`. They are scored by
+        `holdout` (a `HoldoutStore`, or one (n, d, h, w) tensor): embeddings of good images
+        not in `stats`. They are scored by
         the Gaussians fitted without them (their distances (n, h, w) are returned, for an
         honest threshold), then added to the statistics before the final factorisation, all in
         one pass. `consume` frees each chunk of sums once used (the stats are spent after), so
@@ -393,8 +395,9 @@ class GaussianModel:
         device = stats.shift.device
         whitening = torch.empty(p, layout.size, dtype=torch.float32, device=device)
         mean = torch.empty(p, d, dtype=torch.float64, device=device)
-        n_hold = 0 if holdout is None else holdout.shape[0]
-        held = None if holdout is None else holdout.flatten(2)  # (n, d, P): no copy
+        if isinstance(holdout, torch.Tensor):
+            holdout = HoldoutStore.from_tensor(holdout)
+        n_hold = 0 if holdout is None else holdout.n
         held_sq = torch.empty(p, n_hold, dtype=torch.float64, device=device)
         held_cheb = torch.empty_like(held_sq)
         std = torch.empty(p, d, dtype=torch.float32, device=device)
@@ -402,8 +405,8 @@ class GaussianModel:
         rhos = torch.zeros(p, dtype=torch.float64, device=device) if shrinking else None
         count = stats.count
         for i, part in enumerate(position_chunks(p)):
-            if held is not None:
-                held_part = held[:, :, part].permute(2, 0, 1).contiguous()  # (c, n, d)
+            if holdout is not None and n_hold:
+                held_part = holdout.chunk(part).to(device)  # (c, n, d)
                 cov = stats._chunk_covariance(i, part, count, lower_only=True)
                 chunk_std = _std(cov)
                 if shrinking:
@@ -430,8 +433,8 @@ class GaussianModel:
                 on_chunk(part.stop - part.start)
         stats.count = count + n_hold
         held_out = None
-        if holdout is not None:
-            h, w_ = holdout.shape[-2:]
+        if holdout is not None and n_hold:
+            h, w_ = holdout.grid
             held_out = HeldOut(
                 held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32),
                 held_cheb.T.reshape(n_hold, h, w_).to(torch.float32),

@@ -10,6 +10,7 @@ from padim.core.anomaly_map import AnomalyMapper
 from padim.core.features import Embedder
 from padim.core.gaussian import GaussianModel
 from padim.core.scoring import DEFAULT_SCORE_MODE, SCORE_MODES, combine
+from padim.core.tiling import TiledEmbedder
 from padim.errors import PadimError
 
 
@@ -20,7 +21,7 @@ class PadimNet(nn.Module):
     or exported as a single graph. `score_mode` picks the patch score (see `scoring`).
     """
 
-    embedder: Embedder
+    embedder: Embedder | TiledEmbedder
     gauss_mean: torch.Tensor
     gauss_whitening: torch.Tensor
     gauss_std: torch.Tensor | None
@@ -29,7 +30,7 @@ class PadimNet(nn.Module):
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: Embedder | TiledEmbedder,
         gaussian: GaussianModel,
         sigma: float = 4.0,
         score_mode: str = DEFAULT_SCORE_MODE,
@@ -72,12 +73,20 @@ class PadimNet(nn.Module):
     def terms(
         self, emb: torch.Tensor, mode: str | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The patch terms (B, h, w) a mode needs: Mahalanobis distances and Chebyshev terms."""
+        """The patch terms (B, h, w) a mode needs, Mahalanobis distances and Chebyshev terms,
+        on the input's whole grid (tiles with shared statistics are stitched)."""
         mode = mode or self.score_mode
         g = self.gaussian
         maha = g.distances(emb) if mode != "chebyshev" else None
         cheb = g.chebyshev(emb) if mode != "mahalanobis" else None
-        return maha, cheb
+        return self.stitch(maha), self.stitch(cheb)
+
+    def stitch(self, terms: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-tile terms (B*n, h, w) -> the input's grid (B, H/4, W/4), when the Gaussians are
+        shared by the tiles (otherwise the embeddings were stitched already)."""
+        if terms is None or not isinstance(self.embedder, TiledEmbedder):
+            return terms
+        return self.embedder.tiler.stitch(terms) if self.embedder.shared else terms
 
     def maps_from_terms(
         self,

@@ -6,7 +6,8 @@ masks follow the images exactly (nearest neighbour, torch's index rule).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -93,6 +94,21 @@ def auto_size(
     return side(width), side(height)
 
 
+def native_size(
+    shapes: Sequence[tuple[int, int]], multiple: int = AUTO_MULTIPLE
+) -> tuple[int, int]:
+    """(width, height): the images' median size, each side rounded to a multiple of `multiple`
+    (the backbone's deepest stride; 1130x460 -> 1136x464)."""
+    if not shapes:
+        raise PadimError("--size native needs training images to measure")
+    width, height = (float(np.median([s[i] for s in shapes])) for i in (0, 1))
+
+    def side(x: float) -> int:
+        return int(min(MAX_SIDE, max(2 * multiple, round(x / multiple) * multiple)))
+
+    return side(width), side(height)
+
+
 def image_shape(item: ImageInput) -> tuple[int, int]:
     """(width, height) of an image without decoding its pixels (header only for files)."""
     if isinstance(item, Image.Image):
@@ -166,6 +182,20 @@ class Preprocess:
     def stack(self, items: Sequence[ImageInput]) -> np.ndarray:
         """Paths, PIL images or arrays -> (B, 3, H, W) float32 in [0, 1]."""
         return np.stack([self.image(as_image(item)) for item in items])
+
+    def stream(self, chunks: Iterable[Sequence[ImageInput]]) -> Iterator[np.ndarray]:
+        """`stack` of each chunk, the next one decoded in a background thread while the caller
+        works on the current one (Pillow releases the GIL while decoding and resizing), so
+        reading large images overlaps the backbone's forward pass."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="padim-decode") as pool:
+            pending: Future[np.ndarray] | None = None
+            for chunk in chunks:
+                ahead = pool.submit(self.stack, chunk)
+                if pending is not None:
+                    yield pending.result()
+                pending = ahead
+            if pending is not None:
+                yield pending.result()
 
     def map_to_image(self, amap: np.ndarray, image_wh: tuple[int, int]) -> np.ndarray:
         """An (H, W) anomaly map at the model input -> the original image's (h, w): the crop put

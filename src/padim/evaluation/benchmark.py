@@ -49,6 +49,7 @@ CSV_FIELDS = (
     "image_auroc",
     "pixel_auroc",
     "aupro",
+    "region_recall",
     "image_f1",
     "pixel_f1",
     "image_f1_at_threshold",
@@ -74,6 +75,9 @@ class BenchmarkOptions:
     backbones: list[str] = field(default_factory=lambda: list(options.BENCHMARK_BACKBONES.default))
     size: int | tuple[int, int] | str = options.SIZE.default  # side, (width, height), "auto"
     crop: int | tuple[int, int] | str | None = options.CROP.default
+    tile: int | tuple[int, int] | None = options.TILE.default
+    tile_overlap: int = options.TILE_OVERLAP.default
+    tile_statistics: str = options.TILE_STATISTICS.default
     channels: int | str | None = options.CHANNELS.default  # None: the backbone's; "all"
     seed: int = options.SEED.default
     weights: str | None = options.WEIGHTS.default
@@ -265,6 +269,9 @@ def _fit(
         backbone=backbone,
         size=opts.size,
         crop=opts.crop,
+        tile=opts.tile,
+        tile_overlap=opts.tile_overlap,
+        tile_statistics=opts.tile_statistics,
         channels=opts.channels,
         seed=opts.seed,
         weights=opts.weights,

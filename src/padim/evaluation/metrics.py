@@ -1,4 +1,5 @@
-"""Detection and localisation metrics: AUROC, F1, balanced accuracy, AUPRO (MVTec AD protocol)."""
+"""Detection and localisation metrics: AUROC, F1, balanced accuracy, AUPRO (MVTec AD protocol),
+per-region recall."""
 
 from __future__ import annotations
 
@@ -56,20 +57,13 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     FPR is the fraction of all normal pixels above it. The curve is integrated with the
     trapezoidal rule up to the limit (interpolated there); the result is in [0, 1].
     """
-    from scipy import ndimage
-
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
     if masks.shape != maps.shape:
         raise PadimError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
     if masks.ndim == 2:
         masks, maps = masks[None], maps[None]
-    regions = np.zeros(masks.shape, dtype=np.int64)
-    n_regions = 0
-    for i, mask in enumerate(masks):
-        lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
-        regions[i] = np.where(lab > 0, lab + n_regions, 0)
-        n_regions += n
+    regions, n_regions = label_regions(masks)
     n_normal = int((~masks).sum())
     if n_regions == 0:
         raise PadimError("AUPRO needs anomalous regions in the ground truth; there are none")
@@ -95,6 +89,41 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
         pro = np.r_[pro[:cut], p_lim]
     area = float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2))
     return min(area / fpr_limit, 1.0)
+
+
+REGION_MIN_OVERLAP = 0.3  # a defect region counts as found when the mask covers this share
+
+
+def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected regions (8-connectivity) of every mask, numbered 1..n across the stack."""
+    from scipy import ndimage
+
+    regions = np.zeros(masks.shape, dtype=np.int64)
+    n_regions = 0
+    for i, mask in enumerate(masks):
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        regions[i] = np.where(lab > 0, lab + n_regions, 0)
+        n_regions += n
+    return regions, n_regions
+
+
+def region_recall(
+    masks: np.ndarray, maps: np.ndarray, threshold: float, min_overlap: float = REGION_MIN_OVERLAP
+) -> float:
+    """Share of the ground-truth defect regions (8-connected, every region counts once, small or
+    large) of which the predicted mask (map > threshold) covers at least `min_overlap`. Pixel
+    AUROC is dominated by large defects; this counts a 50-pixel pit like a scratch."""
+    masks = np.asarray(masks).astype(bool)
+    if masks.ndim == 2:
+        masks, maps = masks[None], np.asarray(maps)[None]
+    regions, n = label_regions(masks)
+    if n == 0:
+        raise PadimError("region recall needs anomalous regions in the ground truth; none")
+    flat = regions.ravel()
+    hit = np.asarray(maps).ravel() > threshold
+    sizes = np.bincount(flat, minlength=n + 1)[1:]
+    covered = np.bincount(flat[hit], minlength=n + 1)[1:]
+    return float(np.mean(covered >= min_overlap * sizes))
 
 
 def per_type_image_auroc(types: list[str], labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -140,7 +169,7 @@ def metric_suite(
         if not (labels == 0).any():
             out["notes"].append("per_type_image_auroc: no normal test images")
     if masks is None or maps is None:
-        for name in ("pixel_auroc", "pixel_f1", "pixel_f1_at_threshold", "aupro"):
+        for name in ("pixel_auroc", "pixel_f1", "pixel_f1_at_threshold", "aupro", "region_recall"):
             out[name] = None
         out["notes"].append("pixel metrics: no ground-truth masks")
         return out
@@ -148,6 +177,7 @@ def metric_suite(
     attempt("pixel_f1", lambda: best_f1(masks.ravel(), maps.ravel()))
     out["pixel_f1_at_threshold"] = f1_at(masks, np.asarray(maps) > threshold)
     attempt("aupro", lambda: aupro(masks, maps))
+    attempt("region_recall", lambda: region_recall(masks, maps, threshold))
     return out
 
 

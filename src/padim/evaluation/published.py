@@ -37,6 +37,7 @@ TABLE_METRICS = {
     "image_f1": "Image F1 (F1-optimal threshold)",
     "pixel_f1": "Pixel F1 (F1-optimal threshold)",
     "aupro": "AUPRO (FPR <= 0.3)",
+    "region_recall": "Region recall (defect regions at least 30 % covered at the threshold)",
 }
 
 

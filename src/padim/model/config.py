@@ -20,7 +20,7 @@ class PadimConfig:
     """Everything that defines a fitted model's behaviour; stored in the model file."""
 
     backbone: str = options.BACKBONE.default
-    size: int | tuple[int, int] | str = options.SIZE.default  # side, (width, height) or "auto"
+    size: int | tuple[int, int] | str = options.SIZE.default  # side, (w, h), "auto", "native"
     crop: int | tuple[int, int] | None = 224  # side, (width, height) or None
     channels: int | None = options.CHANNELS.default  # kept channels; None: the backbone's
     seed: int = options.SEED.default
@@ -31,6 +31,9 @@ class PadimConfig:
     storage: str = options.STORAGE.default  # dtype of the whitening matrices in the file
     score_mode: str = options.SCORE_MODE.default  # patch score: see padim.core.scoring
     shrinkage: str = options.SHRINKAGE.default  # "ledoit-wolf": shrink each covariance
+    tile: int | tuple[int, int] | None = options.TILE.default  # side or (w, h); None: no tiling
+    tile_overlap: int = options.TILE_OVERLAP.default  # pixels
+    tile_statistics: str = options.TILE_STATISTICS.default  # "location" or "shared"
 
     def validate(self) -> None:
         """Fail with one clear line on any value a model cannot be built with."""
@@ -39,13 +42,14 @@ class PadimConfig:
 
         spec = get_backbone(self.backbone)
         if isinstance(self.size, str):
-            if self.size != "auto":
-                raise PadimError(f"--size must be N, WxH or auto, got {self.size!r}")
+            if self.size not in ("auto", "native"):
+                raise PadimError(f"--size must be N, WxH, auto or native, got {self.size!r}")
             if self.crop is not None:
-                raise PadimError("--size auto chooses the whole input: it takes no --crop")
+                raise PadimError(f"--size {self.size} chooses the whole input: it takes no --crop")
         else:
             pre = Preprocess(self.size, self.crop)  # validates the geometry (lists -> tuples)
             self.size, self.crop = pre.size, pre.crop
+        self._validate_tiling()
         if self.channels is not None and not 1 <= self.channels <= spec.total_channels:
             raise PadimError(
                 f"--channels must be between 1 and {spec.total_channels} for "
@@ -69,6 +73,26 @@ class PadimConfig:
         ):
             if value not in choices:
                 raise PadimError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+    def _validate_tiling(self) -> None:
+        from padim.core.tiling import TileGrid
+        from padim.data.preprocess import Preprocess, as_wh
+
+        if self.tile_statistics not in options.TILE_STATISTICS_CHOICES:
+            raise PadimError(
+                f"--tile-statistics must be one of {', '.join(options.TILE_STATISTICS_CHOICES)}, "
+                f"got {self.tile_statistics!r}"
+            )
+        if self.tile is None:
+            return
+        if isinstance(self.tile, list):
+            self.tile = as_wh(self.tile)
+        try:
+            tile_wh = as_wh(self.tile)
+        except PadimError:
+            raise PadimError(f"--tile must be N or WxH, got {self.tile!r}") from None
+        if not isinstance(self.size, str):  # else checked once the size is known
+            TileGrid.build(Preprocess(self.size, self.crop).output_hw, tile_wh, self.tile_overlap)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

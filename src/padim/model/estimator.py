@@ -20,17 +20,21 @@ from tqdm.auto import tqdm
 from padim import options
 from padim.core.backbones import get_backbone
 from padim.core.features import Embedder, select_channels
-from padim.core.gaussian import GaussianModel, GaussianStats, HeldOut
+from padim.core.gaussian import BlockLayout, GaussianModel, GaussianStats, HeldOut
+from padim.core.holdout import HoldoutStore
 from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
+from padim.core.tiling import TiledEmbedder, TileGrid, Tiler
 from padim.data.datasets import read_mask, training_images
 from padim.data.images import ImageInput
 from padim.data.preprocess import (
     AUTO_SAMPLE,
     Preprocess,
+    as_wh,
     auto_size,
     batches,
     image_shape,
+    native_size,
     resolve_crop,
 )
 from padim.data.sources import expand_inputs
@@ -43,6 +47,8 @@ from padim.model.config import (
     TrainingSummary,
 )
 from padim.progress import progress_bar
+
+EMBED_BATCH_BYTES = 768 * 2**20
 
 Loader = Callable[[int, ImageInput], torch.Tensor]
 """`loader(index, item)` -> (3, S, S) tensor at the model's input geometry: replaces the usual
@@ -94,8 +100,13 @@ class Padim:
     ----------
     backbone : str
         Registered feature extractor (`padim backbones` lists them).
-    size, crop : int, int or None
-        Resize to `size` x `size`, then centre-crop to `crop` x `crop` (None: no crop).
+    size, crop : int, (width, height), "auto", "native"; crop also None
+        Resize to `size`, then centre-crop to `crop` (None: no crop). "auto": the training
+        images' aspect ratio at about 256x256 pixels; "native": their own size.
+    tile, tile_overlap, tile_statistics : int or (width, height) or None, int, str
+        Run the backbone on overlapping tiles of the input, stitched back without seams;
+        "location" statistics: a Gaussian per position of the input, "shared": per position
+        within a tile (memory independent of the input size). See `padim.core.tiling`.
     channels : int, "all" or None
         Embedding channels kept by the seeded random selection (None: the backbone's default).
     seed : int
@@ -148,6 +159,9 @@ class Padim:
         score_mode: str = options.SCORE_MODE.default,
         shrinkage: str = options.SHRINKAGE.default,
         roi: str | Path | np.ndarray | None = options.ROI.default,
+        tile: int | tuple[int, int] | None = options.TILE.default,
+        tile_overlap: int = options.TILE_OVERLAP.default,
+        tile_statistics: str = options.TILE_STATISTICS.default,
         progress: bool = False,
     ) -> None:
         if channels == "all":
@@ -167,6 +181,9 @@ class Padim:
             storage=storage,
             score_mode=score_mode,
             shrinkage=shrinkage,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            tile_statistics=tile_statistics,
         )
         self.config.validate()
         if batch_size < 1:
@@ -197,7 +214,7 @@ class Padim:
         if isinstance(size, str):
             raise PadimError(
                 "the input size is chosen from the training images when fitting "
-                "(--size auto): fit the model first"
+                f"(--size {size}): fit the model first"
             )
         return Preprocess(size, self.config.crop)
 
@@ -227,15 +244,68 @@ class Padim:
 
     # ------------------------------------------------------------------ fitting
 
-    def build_embedder(self) -> Embedder:
-        """The frozen backbone + channel selection this model's config describes."""
+    def build_embedder(self) -> Embedder | TiledEmbedder:
+        """The frozen backbone + channel selection (+ tiling) this model's config describes."""
         spec = get_backbone(self.config.backbone)
         extractor = spec.build(self.weights, seed=self.config.seed)
         keep = self.config.channels or spec.default_keep
         idx = select_channels(spec.total_channels, keep, self.config.seed)
-        return Embedder(extractor, spec.normalisation, spec.channels, idx, spec.cpu_batch).to(
-            self.device
+        embedder = Embedder(extractor, spec.normalisation, spec.channels, idx, spec.cpu_batch)
+        return self.with_tiles(embedder).to(self.device)
+
+    @property
+    def tile_grid(self) -> TileGrid | None:
+        """How the input is cut into tiles (None: it is not)."""
+        if self.config.tile is None:
+            return None
+        return TileGrid.build(
+            self.preprocess.output_hw, as_wh(self.config.tile), self.config.tile_overlap
         )
+
+    def with_tiles(self, embedder: Embedder) -> Embedder | TiledEmbedder:
+        """`embedder` run tile by tile when the config tiles the input."""
+        grid = self.tile_grid
+        if grid is None:
+            return embedder
+        return TiledEmbedder(embedder, Tiler(grid), self.config.tile_statistics)
+
+    def geometry(self) -> dict[str, Any]:
+        """What the chosen geometry costs: input, tiles, Gaussian positions, embedding size and
+        the bytes of the Gaussians in the model file and while fitting (float64 sums)."""
+        spec = get_backbone(self.config.backbone)
+        dim = self.config.channels or spec.default_keep
+        grid = self.tile_grid
+        if grid is None:
+            gh, gw = (spec.grid_side(side) for side in self.preprocess.output_hw)
+        else:
+            gh, gw = grid.tile_grid_hw if self.config.tile_statistics == "shared" else grid.grid_hw
+        positions = gh * gw
+        stored = 2 if self.config.storage == "float16" else 4
+        tril = dim * (dim + 1) // 2
+        out: dict[str, Any] = {
+            "input": list(self.preprocess.output_wh),
+            "positions": positions,
+            "embedding_dim": dim,
+            "gaussian_file_bytes": positions * (tril * stored + 2 * dim * 4),
+            "fit_statistics_bytes": positions * (BlockLayout.for_dim(dim).size * 8 + dim * 16),
+        }
+        if grid is not None:
+            out["tiling"] = {**grid.describe(), "statistics": self.config.tile_statistics}
+        return out
+
+    def effective_batch(self) -> int:
+        """Images per forward pass: `batch_size`, fewer when one image's embeddings are large
+        (native resolution, many tiles), so a batch's embeddings stay near EMBED_BATCH_BYTES."""
+        spec = get_backbone(self.config.backbone)
+        dim = self.config.channels or spec.default_keep
+        h, w = self.preprocess.output_hw
+        cells = spec.grid_side(h) * spec.grid_side(w)
+        grid = self.tile_grid
+        if grid is not None and self.config.tile_statistics == "shared":
+            th, tw = grid.tile_grid_hw
+            cells = grid.count * th * tw
+        per_image = cells * dim * 4 * 3  # the embeddings, by position, a float64 chunk aside
+        return max(1, min(self.batch_size, EMBED_BATCH_BYTES // per_image))
 
     def fit(self, images: ImageInput | Iterable[ImageInput], loader: Loader | None = None) -> Padim:
         """Fit the per-position Gaussians on good images and calibrate the threshold.
@@ -257,20 +327,19 @@ class Padim:
         plan = self.plan_fit(images)
         embedder = self.build_embedder()
         bar = self.progress_bar(plan.n, "fit")
-        with torch.inference_mode():
+        with torch.inference_mode(), HoldoutStore() as holdout:
             stats = GaussianStats.from_batches(
                 self._embeddings(embedder, plan.fit_items, loader, bar)
             )
-            # held out: scored by a model that never saw them, then added
-            held = list(self._embeddings(embedder, plan.hold_items, loader, bar))
-        bar.close()
-        holdout = torch.cat(held) if held else None
-        del held
-        return self.finish_fit(plan, embedder, stats, holdout, loader)
+            # held out: kept on disk, scored by a model that never saw them, then added
+            for emb in self._embeddings(embedder, plan.hold_items, loader, bar):
+                holdout.add(emb)
+            bar.close()
+            return self.finish_fit(plan, embedder, stats, holdout, loader)
 
     def _embeddings(
         self,
-        embedder: Embedder,
+        embedder: Embedder | TiledEmbedder,
         items: Sequence[tuple[int, ImageInput]],
         loader: Loader | None,
         bar: tqdm,
@@ -288,9 +357,11 @@ class Padim:
         else:
             items = expand_inputs(images)
         n = len(items)
-        if self.config.size == "auto" and n:
+        if self.config.size in ("auto", "native") and n:
             sample = items[:: max(1, n // AUTO_SAMPLE)][:AUTO_SAMPLE]
-            self.config.size = auto_size([image_shape(item) for item in sample])
+            shapes = [image_shape(item) for item in sample]
+            self.config.size = (auto_size if self.config.size == "auto" else native_size)(shapes)
+            self.config.validate()  # the tiles, now that the input size is known
         if n < MIN_TRAIN_IMAGES:
             raise PadimError(
                 f"need at least {MIN_TRAIN_IMAGES} good training images to fit a "
@@ -311,9 +382,9 @@ class Padim:
     def finish_fit(
         self,
         plan: FitPlan,
-        embedder: Embedder,
+        embedder: Embedder | TiledEmbedder,
         stats: GaussianStats,
-        holdout: torch.Tensor | None,
+        holdout: HoldoutStore | torch.Tensor | None,
         loader: Loader | None = None,
     ) -> Padim:
         """Factorise the summed statistics, score the held-out embeddings and calibrate a
@@ -336,6 +407,10 @@ class Padim:
             ).eval()
             self.net_ = net
             source = "held-out good training images"
+            if held_out is not None:  # per tile with shared statistics: onto the input's grid
+                maha, cheb = net.stitch(held_out.mahalanobis), net.stitch(held_out.chebyshev)
+                assert maha is not None and cheb is not None
+                held_out = HeldOut(maha, cheb)
             if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
                 held_out = self._in_sample_terms(net, plan.fit_items, loader)
                 source = "in-sample good training images (too few to hold out)"
@@ -437,12 +512,13 @@ class Padim:
         self, items: Sequence[tuple[int, ImageInput]], loader: Loader | None = None
     ) -> Iterator[torch.Tensor]:
         """Batches of (index, item) pairs as image tensors on the model's device."""
-        for chunk in batches(items, self.batch_size):
-            if loader is None:
-                x = torch.from_numpy(self.preprocess.stack([item for _, item in chunk]))
-            else:
-                x = torch.stack([loader(i, item) for i, item in chunk])
-            yield x.to(self.device)
+        chunks = batches(items, self.effective_batch())
+        if loader is None:  # read and resize the next batch while this one is embedded
+            for x in self.preprocess.stream([item for _, item in c] for c in chunks):
+                yield torch.from_numpy(x).to(self.device)
+            return
+        for chunk in chunks:
+            yield torch.stack([loader(i, item) for i, item in chunk]).to(self.device)
 
     # ------------------------------------------------------------------ inference
 
@@ -455,8 +531,8 @@ class Padim:
         bar = self.progress_bar(len(items), "predict")
         pre = self.preprocess
         with torch.inference_mode():
-            for chunk in batches(items, self.batch_size):
-                x = pre.stack(chunk)
+            chunks = list(batches(items, self.effective_batch()))
+            for chunk, x in zip(chunks, pre.stream(chunks), strict=True):
                 s, m = net(torch.from_numpy(x).to(self.device))
                 bar.update(len(chunk))
                 yield chunk, x, s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()

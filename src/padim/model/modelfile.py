@@ -135,6 +135,8 @@ def model_header(model: Padim) -> dict[str, Any]:
         "embedding_dim": net.embedder.dim,
         "grid": [spec.grid_side(side) for side in pre.output_hw],
         "input_size": to_json(pre.output_wh),  # a side when square (as always), else [w, h]
+        "positions": int(net.gauss_mean.shape[0]),  # Gaussians: the grid's, or a tile's
+        **({"tiling": model.geometry()["tiling"]} if model.config.tile is not None else {}),
         "threshold": model.threshold_,
         "info": model.info,
     }
@@ -215,10 +217,11 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
             f"channel indices are not {dim} increasing indices below {spec.total_channels}"
         )
     mean = tensors.get("gaussian.mean")
-    if mean is None or mean.shape != (grid[0] * grid[1], dim):
+    positions = model.geometry()["positions"]  # the grid's, or a tile's (shared statistics)
+    if mean is None or mean.shape != (positions, dim):
         raise PadimError(
             f"Gaussian means {tuple(mean.shape) if mean is not None else None} do "
-            f"not match {grid[0]}x{grid[1]} positions x {dim} channels"
+            f"not match {positions} positions x {dim} channels"
         )
     std, stats = tensors.get("gaussian.std"), tensors.get("scoring.term_stats")
     if std is not None and not bool((std >= 0).all()):
@@ -277,7 +280,7 @@ def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str,
     stored = header["backbone"]["normalisation"]
     norm = Normalisation(tuple(stored["mean"]), tuple(stored["std"]))
     idx = tensors["embedding.channel_idx"]
-    embedder = Embedder(extractor, norm, spec.channels, idx, spec.cpu_batch)
+    embedder = model.with_tiles(Embedder(extractor, norm, spec.channels, idx, spec.cpu_batch))
     mean = tensors["gaussian.mean"]
     dim = int(header["embedding_dim"])
     if idx.numel() != dim or mean.shape[1] != dim:

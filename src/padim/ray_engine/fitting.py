@@ -83,7 +83,7 @@ def sharded_statistics(
     """The fitted images' merged statistics and the held-out images' embeddings, computed by
     Ray tasks over whole batches (the local fit's batches, so each embedding is the same)."""
     ray = require_ray()
-    pre, size = model.preprocess, model.batch_size
+    pre, size = model.preprocess, model.effective_batch()
     fit_batches = [[item for _, item in chunk] for chunk in batches(plan.fit_items, size)]
     hold_batches = [[item for _, item in chunk] for chunk in batches(plan.hold_items, size)]
     n_shards = shards or max(1, cluster_cpus() // cpus_per_task)
