@@ -120,3 +120,17 @@ def test_held_out_embeddings_wait_on_disk_and_are_removed(strips, monkeypatch, t
     assert seen and seen[-1] == [f"batch{i:05d}.f32" for i in range(len(seen))]
     assert list(spill.iterdir()) == []
     assert model.training_.n_holdout == 2
+
+
+def test_a_geometry_too_large_for_memory_is_refused_before_any_work(strips, tmp_path):
+    import padim
+    from padim.errors import PadimError
+
+    model = padim.Padim(size=(W, H), crop=None, device="cpu")
+    model.check_memory(available=2**40)  # plenty: no complaint
+    with pytest.raises(PadimError, match="--tile-statistics shared, fewer --channels"):
+        model.check_memory(available=2**20)
+    shared = padim.Padim(size=(W, H), crop=None, tile=64, tile_statistics="shared")
+    assert (
+        shared.geometry()["fit_statistics_bytes"] * 3 == model.geometry()["fit_statistics_bytes"]
+    )  # a tile's positions (16x16) against the whole input's (16x48)

@@ -26,6 +26,18 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
+def available_bytes() -> int | None:
+    """Memory the system can give this process now (MemAvailable of /proc/meminfo), or None
+    where that is not known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _reset_hwm() -> bool:
     """Reset the RSS high-water mark to the current RSS (Linux >= 4.0); False if impossible."""
     try:

@@ -83,7 +83,10 @@ TILE = Option(
     "seams: high resolution at bounded memory per forward pass (sides multiples of 16)",
 )
 TILE_OVERLAP = Option(
-    "--tile-overlap", 64, "pixels shared by neighbouring tiles (multiple of 4, up to half a tile)"
+    "--tile-overlap",
+    None,
+    "pixels shared by neighbouring tiles, a multiple of 4 up to half a tile (default: a quarter "
+    "of the tile, 64 for 256)",
 )
 TILE_STATISTICS = Option(
     "--tile-statistics",

@@ -152,3 +152,36 @@ def test_bad_input_is_one_line(args, message, mvtec_root, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("padim: error: ") and message in err[0]
     assert not out.exists()
+
+
+def test_geometry_specs_parse_and_refuse_typos():
+    from padim.errors import PadimError
+    from padim.evaluation.benchmark import parse_geometry
+
+    assert parse_geometry("256") == {"size": 256, "crop": None}
+    assert parse_geometry("auto") == {"size": "auto", "crop": None}
+    assert parse_geometry("256,crop=224")["crop"] == 224
+    assert parse_geometry("native,tile=256,overlap=32,statistics=shared") == {
+        "size": "native",
+        "crop": None,
+        "tile": 256,
+        "tile_overlap": 32,
+        "tile_statistics": "shared",
+    }
+    with pytest.raises(PadimError, match="expected SIZE"):
+        parse_geometry("native,tiles=256")
+
+
+def test_benchmark_compares_geometries_in_one_report(mvtec_root, tmp_path):
+    out = tmp_path / "geo"
+    args = ["benchmark", "--root", str(mvtec_root / "bottle"), "--out", str(out), "--no-figures"]
+    geometries = ["--geometry", "64", "--geometry", "48x32", "--geometry", "64,tile=32,overlap=8"]
+    assert main([*args, *geometries, *FAST]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["geometry"] for r in results] == ["64", "48x32", "64,tile=32,overlap=8"]
+    assert [r["input"] for r in results] == ["64x64", "48x32", "64x64"]
+    assert results[2]["tiles"] == "3x3" and results[2]["positions"] == 256
+    assert all(r["region_recall"] is not None for r in results)
+    tables = (out / "tables.md").read_text()
+    assert "## Geometry: accuracy, time and memory" in tables
+    assert "| efficientnet_lite0 @ 64,tile=32,overlap=8 | bottle | 64x64 | 3x3 | 256 |" in tables

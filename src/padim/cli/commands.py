@@ -349,6 +349,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         perturb=args.perturb,
+        geometries=args.geometries,
         compare_published=args.compare_published,
         keep_models=args.keep_models,
         figures=not args.no_figures,

@@ -304,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add the published PaDiM rows and the differences to tables.md",
     )
+    p.add_argument(
+        "--geometry",
+        dest="geometries",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="run this input geometry (repeatable; replaces --size/--crop/--tile): "
+        "SIZE[,crop=C][,tile=T][,overlap=O][,statistics=location|shared], e.g. 256, auto, "
+        "native,tile=256; tables.md gains a geometry table (accuracy, time, memory)",
+    )
     p.add_argument("--keep-models", action="store_true", help="keep model files in DIR/models")
     p.add_argument(
         "--no-figures",

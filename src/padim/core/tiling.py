@@ -53,8 +53,11 @@ class TileGrid:
     overlap: int
 
     @classmethod
-    def build(cls, image_hw: tuple[int, int], tile_wh: tuple[int, int], overlap: int) -> TileGrid:
-        """Validate and clamp (a tile side beyond the input's becomes the input's side)."""
+    def build(
+        cls, image_hw: tuple[int, int], tile_wh: tuple[int, int], overlap: int | None = None
+    ) -> TileGrid:
+        """Validate and clamp (a tile side beyond the input's becomes the input's side);
+        `overlap` None: a quarter of the tile's shorter side."""
         h, w = image_hw
         if h % GRID_STRIDE or w % GRID_STRIDE:
             raise PadimError(
@@ -68,6 +71,8 @@ class TileGrid:
                 f"--tile sides must be multiples of {TILE_MULTIPLE} and at least "
                 f"{2 * TILE_MULTIPLE}, got {tw}x{th}"
             )
+        if overlap is None:
+            overlap = min(tw, th) // 4 // GRID_STRIDE * GRID_STRIDE
         tw, th = min(tw, w), min(th, h)
         if overlap < 0 or overlap % GRID_STRIDE or overlap >= min(tw, th) // 2 + 1:
             raise PadimError(

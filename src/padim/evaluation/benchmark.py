@@ -8,6 +8,7 @@ finished. Tables and published numbers live in `padim.tables` and `padim.publish
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import platform
@@ -37,6 +38,10 @@ from padim.model.estimator import Padim
 
 CSV_FIELDS = (
     "backbone",
+    "geometry",
+    "input",
+    "tiles",
+    "positions",
     "category",
     "perturbation",
     "score_mode",
@@ -76,7 +81,7 @@ class BenchmarkOptions:
     size: int | tuple[int, int] | str = options.SIZE.default  # side, (width, height), "auto"
     crop: int | tuple[int, int] | str | None = options.CROP.default
     tile: int | tuple[int, int] | None = options.TILE.default
-    tile_overlap: int = options.TILE_OVERLAP.default
+    tile_overlap: int | None = options.TILE_OVERLAP.default
     tile_statistics: str = options.TILE_STATISTICS.default
     channels: int | str | None = options.CHANNELS.default  # None: the backbone's; "all"
     seed: int = options.SEED.default
@@ -87,11 +92,54 @@ class BenchmarkOptions:
     batch_size: int = options.BATCH_SIZE.default
     device: str = options.DEVICE.default
     perturb: list[str] = field(default_factory=list)
+    geometries: list[str] = field(default_factory=list)  # GEOMETRY specs; [] : size/crop/tile
     compare_published: bool = False
     keep_models: bool = False
     figures: bool = True
     progress: bool = True
     command: str = ""
+
+
+def parse_geometry(spec: str) -> dict[str, Any]:
+    """ "SIZE[,crop=C][,tile=T][,overlap=O][,statistics=S]" -> Padim keyword arguments, e.g.
+    "256", "auto", "800x320", "native,tile=256,statistics=shared" (crop defaults to none)."""
+    from padim.data.preprocess import parse_size
+
+    def geometry(text: str) -> Any:
+        return text if text in ("auto", "native", "none") else parse_size(text)
+
+    head, *rest = [p.strip() for p in spec.split(",")]
+    out: dict[str, Any] = {"size": geometry(head.lower()), "crop": None}
+    keys = {
+        "crop": "crop",
+        "tile": "tile",
+        "overlap": "tile_overlap",
+        "statistics": "tile_statistics",
+    }
+    for part in rest:
+        key, sep, value = part.partition("=")
+        if not sep or key not in keys:
+            raise PadimError(
+                f"--geometry {spec!r}: expected SIZE[,crop=C][,tile=T][,overlap=O]"
+                "[,statistics=location|shared]"
+            )
+        if key == "crop":
+            out["crop"] = None if value == "none" else geometry(value)
+        elif key == "tile":
+            out["tile"] = parse_size(value)
+        elif key == "overlap":
+            out["tile_overlap"] = int(value) if value.isdigit() else value
+        else:
+            out["tile_statistics"] = value
+    return out
+
+
+def geometry_runs(opts: BenchmarkOptions) -> list[tuple[BenchmarkOptions, str | None]]:
+    """(options, label) per geometry to run: the --geometry specs, else the one geometry of
+    --size/--crop/--tile (unlabelled, as before)."""
+    if not opts.geometries:
+        return [(opts, None)]
+    return [(dataclasses.replace(opts, **parse_geometry(g)), g) for g in opts.geometries]
 
 
 def find_categories(
@@ -141,10 +189,16 @@ def _row(
     fit_rss: int,
     pred_rss: int,
     model_bytes: int,
+    label: str | None = None,
 ) -> dict[str, Any]:
     m = run.metrics
+    geometry = model.geometry()
     row: dict[str, Any] = {
         "backbone": backbone,
+        "geometry": label,
+        "input": "x".join(map(str, geometry["input"])),
+        "tiles": "x".join(map(str, geometry["tiling"]["tiles"])) if "tiling" in geometry else "",
+        "positions": geometry["positions"],
         "category": category,
         "perturbation": m["perturbation"],
         "score_mode": opts.score_mode,
@@ -186,13 +240,15 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
     opts.out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[str, dict]]] = {}
-    total = len(categories) * len(opts.backbones)
+    plan = [(b, g, label) for b in opts.backbones for g, label in geometry_runs(opts)]
+    total = len(categories) * len(plan)
     step = 0
-    for backbone in opts.backbones:
+    for backbone, g_opts, label in plan:
         for category, folder in categories:
             step += 1
-            _log(opts, f"[{step}/{total}] {backbone} / {category}: fitting")
-            model, fit_rss, model_bytes = _fit(opts, backbone, category, folder)
+            where = f"{backbone}{f' @ {label}' if label else ''} / {category}"
+            _log(opts, f"[{step}/{total}] {where}: fitting")
+            model, fit_rss, model_bytes = _fit(g_opts, backbone, category, folder)
             samples = mvtec_test_set(folder)
             with PeakRSS() as pred_mem:
                 run = evaluate(model, samples)
@@ -200,7 +256,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
                 (
                     run,
                     _row(
-                        opts,
+                        g_opts,
                         backbone,
                         category,
                         model,
@@ -208,14 +264,15 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
                         fit_rss,
                         pred_mem.peak_bytes,
                         model_bytes,
+                        label,
                     ),
                 )
             ]
             for perturbation in perturbations:
-                _log(opts, f"[{step}/{total}] {backbone} / {category}: {perturbation.name}")
+                _log(opts, f"[{step}/{total}] {where}: {perturbation.name}")
                 if perturbation.train:  # the paper's protocol: refit on perturbed images
                     p_model, p_fit_rss, p_bytes = _fit(
-                        opts, backbone, category, folder, perturbation
+                        g_opts, backbone, category, folder, perturbation
                     )
                 else:
                     p_model, p_fit_rss, p_bytes = model, fit_rss, model_bytes
@@ -225,7 +282,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
                     (
                         p_run,
                         _row(
-                            opts,
+                            g_opts,
                             backbone,
                             category,
                             p_model,
@@ -233,6 +290,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
                             p_fit_rss,
                             p_mem.peak_bytes,
                             p_bytes,
+                            label,
                         ),
                     )
                 )

@@ -56,7 +56,7 @@ def _labels(results: list[dict[str, Any]]) -> list[str]:
 
 def run_label(r: dict[str, Any]) -> str:
     """backbone[, score mode][, shrinkage][, perturbation]: defaults are not named."""
-    parts = [r["backbone"]]
+    parts = [r["backbone"] + (f" @ {r['geometry']}" if r.get("geometry") else "")]
     if r.get("score_mode", "mahalanobis") != "mahalanobis":
         parts.append(r["score_mode"])
     if r.get("shrinkage", "none") != "none":
@@ -163,7 +163,42 @@ def render_tables(
         ]
     for note in meta.get("notes", []):
         out += ["", f"Note: {note}"]
+    if any(r.get("geometry") for r in results):
+        out += ["", "## Geometry: accuracy, time and memory", ""]
+        out += geometry_table(results)
     for metric, title in TABLE_METRICS.items():
         out += ["", f"## {title}", ""]
         out += metric_table(results, metric, columns, compare_published)
     return "\n".join(out) + "\n"
+
+
+GEOMETRY_COLUMNS = (
+    ("input", "input (w x h)"),
+    ("tiles", "tiles"),
+    ("positions", "positions"),
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AUPRO"),
+    ("region_recall", "region recall"),
+    ("pixel_f1", "pixel F1"),
+    ("fit_seconds", "fit s"),
+    ("predict_ms_per_image", "predict ms/image"),
+    ("peak_rss_fit_mib", "fit peak MiB"),
+    ("model_mib", "model MiB"),
+)
+
+
+def geometry_table(results: list[dict[str, Any]]) -> list[str]:
+    """One row per run: the geometry's accuracy beside what it costs (benchmark --geometry)."""
+    head = ["run", "category", *(title for _, title in GEOMETRY_COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * len(GEOMETRY_COLUMNS)]
+    for r in results:
+        cells = [run_label(r), r["category"]]
+        for key, _ in GEOMETRY_COLUMNS:
+            value = r.get(key)
+            if isinstance(value, float) and key in TABLE_METRICS:
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(MISSING if value in (None, "") else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

@@ -32,7 +32,7 @@ class PadimConfig:
     score_mode: str = options.SCORE_MODE.default  # patch score: see padim.core.scoring
     shrinkage: str = options.SHRINKAGE.default  # "ledoit-wolf": shrink each covariance
     tile: int | tuple[int, int] | None = options.TILE.default  # side or (w, h); None: no tiling
-    tile_overlap: int = options.TILE_OVERLAP.default  # pixels
+    tile_overlap: int | None = options.TILE_OVERLAP.default  # pixels
     tile_statistics: str = options.TILE_STATISTICS.default  # "location" or "shared"
 
     def validate(self) -> None:

@@ -39,6 +39,7 @@ from padim.data.preprocess import (
 )
 from padim.data.sources import expand_inputs
 from padim.errors import PadimError
+from padim.memory import available_bytes
 from padim.model.calibration import f1_optimal_threshold, quantile_threshold, score_summary
 from padim.model.config import (
     MIN_IMAGES_FOR_HOLDOUT,
@@ -160,7 +161,7 @@ class Padim:
         shrinkage: str = options.SHRINKAGE.default,
         roi: str | Path | np.ndarray | None = options.ROI.default,
         tile: int | tuple[int, int] | None = options.TILE.default,
-        tile_overlap: int = options.TILE_OVERLAP.default,
+        tile_overlap: int | None = options.TILE_OVERLAP.default,
         tile_statistics: str = options.TILE_STATISTICS.default,
         progress: bool = False,
     ) -> None:
@@ -293,6 +294,19 @@ class Padim:
             out["tiling"] = {**grid.describe(), "statistics": self.config.tile_statistics}
         return out
 
+    def check_memory(self, available: int | None = None) -> None:
+        """Refuse, before any work, a geometry whose statistics cannot fit in memory (the sums
+        are float64, about 1.2x the model's Gaussians while they are factorised)."""
+        available = available_bytes() if available is None else available
+        g = self.geometry()
+        need = int(g["fit_statistics_bytes"] * 1.25)
+        if available is not None and need > available:
+            raise PadimError(
+                f"this geometry needs about {need / 2**30:.1f} GiB to fit ({g['positions']:,} "
+                f"positions x {g['embedding_dim']} channels) and {available / 2**30:.1f} GiB is "
+                "available: use --tile-statistics shared, fewer --channels or a smaller --size"
+            )
+
     def effective_batch(self) -> int:
         """Images per forward pass: `batch_size`, fewer when one image's embeddings are large
         (native resolution, many tiles), so a batch's embeddings stay near EMBED_BATCH_BYTES."""
@@ -325,6 +339,7 @@ class Padim:
             then added to the Gaussians.
         """
         plan = self.plan_fit(images)
+        self.check_memory()
         embedder = self.build_embedder()
         bar = self.progress_bar(plan.n, "fit")
         with torch.inference_mode(), HoldoutStore() as holdout:

@@ -68,6 +68,7 @@ def fit(model: Padim, images, shards: int | None = None, cpus_per_task: int = 1)
     batches sharded over tasks (default: one per cluster CPU) and their sums merged exactly.
     Needs a running Ray session (`ray_session`); image paths must be readable by the workers."""
     plan = model.plan_fit(images)
+    model.check_memory()  # the driver merges and factorises the sums
     embedder = model.build_embedder().cpu().eval()
     stats, holdout = sharded_statistics(model, plan, embedder, shards, cpus_per_task)
     return model.finish_fit(plan, embedder.to(model.device), stats, holdout)
