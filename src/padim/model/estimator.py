@@ -499,9 +499,16 @@ class Padim:
         returns each mode's score summary."""
         size = self.preprocess.output_hw
         summaries = {}
+        n = held.mahalanobis.shape[0]
+        step = self.effective_batch()  # full-size maps of a few images at a time
         for mode in SCORE_MODES:
-            scores, _ = net.maps_from_terms(held.mahalanobis, held.chebyshev, size, mode)
-            values = scores.double().cpu().numpy()
+            parts = [
+                net.maps_from_terms(
+                    held.mahalanobis[i : i + step], held.chebyshev[i : i + step], size, mode
+                )[0]
+                for i in range(0, n, step)
+            ]
+            values = torch.cat(parts).double().cpu().numpy()
             self.thresholds_[mode] = quantile_threshold(values, self.config.threshold_quantile)
             summaries[mode] = score_summary(values)
         return summaries
