@@ -174,13 +174,16 @@ def test_geometry_specs_parse_and_refuse_typos():
 
 def test_benchmark_compares_geometries_in_one_report(mvtec_root, tmp_path):
     out = tmp_path / "geo"
-    args = ["benchmark", "--root", str(mvtec_root / "bottle"), "--out", str(out), "--no-figures"]
+    args = ["benchmark", "--root", str(mvtec_root), "--out", str(out), "--no-figures"]
     geometries = ["--geometry", "64", "--geometry", "48x32", "--geometry", "64,tile=32,overlap=8"]
-    assert main([*args, *geometries, *FAST]) == 0
+    assert main([*args, "--categories", "bottle", "screw", *geometries, *FAST]) == 0
     results = json.loads((out / "results.json").read_text())["results"]
-    assert [r["geometry"] for r in results] == ["64", "48x32", "64,tile=32,overlap=8"]
-    assert [r["input"] for r in results] == ["64x64", "48x32", "64x64"]
-    assert results[2]["tiles"] == "3x3" and results[2]["positions"] == 256
+    specs = ["64", "48x32", "64,tile=32,overlap=8"]
+    assert [(r["geometry"], r["category"]) for r in results] == [
+        (g, c) for g in specs for c in ("bottle", "screw")
+    ]
+    assert [r["input"] for r in results[::2]] == ["64x64", "48x32", "64x64"]
+    assert results[4]["tiles"] == "3x3" and results[4]["positions"] == 256
     assert all(r["region_recall"] is not None for r in results)
     tables = (out / "tables.md").read_text()
     assert "## Geometry: accuracy, time and memory" in tables

@@ -240,13 +240,13 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
     opts.out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[str, dict]]] = {}
-    plan = [(b, g, label) for b in opts.backbones for g, label in geometry_runs(opts)]
+    plan = [(b, g, name) for b in opts.backbones for g, name in geometry_runs(opts)]
     total = len(categories) * len(plan)
     step = 0
-    for backbone, g_opts, label in plan:
+    for backbone, g_opts, geometry in plan:
         for category, folder in categories:
             step += 1
-            where = f"{backbone}{f' @ {label}' if label else ''} / {category}"
+            where = f"{backbone}{f' @ {geometry}' if geometry else ''} / {category}"
             _log(opts, f"[{step}/{total}] {where}: fitting")
             model, fit_rss, model_bytes = _fit(g_opts, backbone, category, folder)
             samples = mvtec_test_set(folder)
@@ -264,7 +264,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
                         fit_rss,
                         pred_mem.peak_bytes,
                         model_bytes,
-                        label,
+                        geometry,
                     ),
                 )
             ]
@@ -290,7 +290,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
                             p_fit_rss,
                             p_mem.peak_bytes,
                             p_bytes,
-                            label,
+                            geometry,
                         ),
                     )
                 )
