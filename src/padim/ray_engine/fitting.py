@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from padim.core.gaussian import GaussianStats
+from padim.core.holdout import HoldoutStore
 from padim.data.preprocess import Preprocess, batches
 from padim.errors import PadimError
 from padim.files import write_bytes_atomic
@@ -71,7 +72,8 @@ def fit(model: Padim, images, shards: int | None = None, cpus_per_task: int = 1)
     model.check_memory()  # the driver merges and factorises the sums
     embedder = model.build_embedder().cpu().eval()
     stats, holdout = sharded_statistics(model, plan, embedder, shards, cpus_per_task)
-    return model.finish_fit(plan, embedder.to(model.device), stats, holdout)
+    with holdout:
+        return model.finish_fit(plan, embedder.to(model.device), stats, holdout)
 
 
 def sharded_statistics(
@@ -80,9 +82,10 @@ def sharded_statistics(
     embedder: torch.nn.Module,
     shards: int | None = None,
     cpus_per_task: int = 1,
-) -> tuple[GaussianStats, torch.Tensor | None]:
-    """The fitted images' merged statistics and the held-out images' embeddings, computed by
-    Ray tasks over whole batches (the local fit's batches, so each embedding is the same)."""
+) -> tuple[GaussianStats, HoldoutStore]:
+    """The fitted images' merged statistics and the held-out images' embeddings (on disk, in
+    input order; the caller closes the store), computed by Ray tasks over whole batches (the
+    local fit's batches, so each embedding is the same)."""
     ray = require_ray()
     pre, size = model.preprocess, model.effective_batch()
     fit_batches = [[item for _, item in chunk] for chunk in batches(plan.fit_items, size)]
@@ -101,6 +104,7 @@ def sharded_statistics(
         for ref, g in zip(stat_refs + hold_refs, stat_groups + hold_groups, strict=True)
     }
     merged = _tree_merge(stat_refs, merge_task)
+    holdout = HoldoutStore()
     bar = model.progress_bar(plan.n, f"fit on ray ({len(stat_groups)} shards)")
     try:
         pending = list(sizes)
@@ -109,8 +113,10 @@ def sharded_statistics(
             ray.get(ready)  # a failed shard fails the fit now
             bar.update(sizes[ready[0]])
         stats = GaussianStats.from_state_dict(ray.get(merged))
-        holdout = torch.cat(ray.get(hold_refs)) if hold_refs else None
+        for ref in hold_refs:  # in order, one shard at a time, onto disk like a local fit
+            holdout.add(ray.get(ref))
     except ray.exceptions.RayError as exc:
+        holdout.close()
         raise unwrap_error(exc, "a Ray fit task failed") from None
     finally:
         bar.close()
