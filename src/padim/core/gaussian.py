@@ -397,6 +397,8 @@ class GaussianModel:
         mean = torch.empty(p, d, dtype=torch.float64, device=device)
         if isinstance(holdout, torch.Tensor):
             holdout = HoldoutStore.from_tensor(holdout)
+        if holdout is not None and holdout.n == 0:
+            holdout = None
         n_hold = 0 if holdout is None else holdout.n
         held_sq = torch.empty(p, n_hold, dtype=torch.float64, device=device)
         held_cheb = torch.empty_like(held_sq)
@@ -405,7 +407,7 @@ class GaussianModel:
         rhos = torch.zeros(p, dtype=torch.float64, device=device) if shrinking else None
         count = stats.count
         for i, part in enumerate(position_chunks(p)):
-            if holdout is not None and n_hold:
+            if holdout is not None:
                 held_part = holdout.chunk(part).to(device)  # (c, n, d)
                 cov = stats._chunk_covariance(i, part, count, lower_only=True)
                 chunk_std = _std(cov)
@@ -433,7 +435,7 @@ class GaussianModel:
                 on_chunk(part.stop - part.start)
         stats.count = count + n_hold
         held_out = None
-        if holdout is not None and n_hold:
+        if holdout is not None:
             h, w_ = holdout.grid
             held_out = HeldOut(
                 held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32),

@@ -129,6 +129,20 @@ def axis_weights(offsets: tuple[int, ...], tile: int, length: int) -> list[torch
     return out
 
 
+def normalised_weights(offsets: tuple[int, ...], tile: int, length: int) -> list[torch.Tensor]:
+    """`axis_weights` divided by their sum over the tiles covering each cell: along one axis
+    they add up to 1 everywhere, so the products of two axes' weights do too."""
+    weights = axis_weights(offsets, tile, length)
+    total = torch.zeros(length // GRID_STRIDE)
+    spans = [
+        slice(off // GRID_STRIDE, off // GRID_STRIDE + len(w))
+        for off, w in zip(offsets, weights, strict=True)
+    ]
+    for span, weight in zip(spans, weights, strict=True):
+        total[span] += weight
+    return [weight / total[span] for span, weight in zip(spans, weights, strict=True)]
+
+
 class Tiler(nn.Module):
     """Cut (B, 3, H, W) inputs into (B*n, 3, th, tw) tiles and stitch (B*n, ..., h, w) grids
     of per-tile values back into (B, ..., H/4, W/4), cross-fading over the overlaps (weights:
@@ -139,19 +153,11 @@ class Tiler(nn.Module):
         self.grid = grid
         self.ys, self.xs = grid.y_offsets, grid.x_offsets
         (h, w), (th, tw) = grid.image_hw, grid.tile_hw
-        wy, wx = axis_weights(self.ys, th, h), axis_weights(self.xs, tw, w)
-        norm_y, norm_x = torch.zeros(h // GRID_STRIDE), torch.zeros(w // GRID_STRIDE)
-        for off, weight in zip(self.ys, wy, strict=True):
-            norm_y[off // GRID_STRIDE : off // GRID_STRIDE + len(weight)] += weight
-        for off, weight in zip(self.xs, wx, strict=True):
-            norm_x[off // GRID_STRIDE : off // GRID_STRIDE + len(weight)] += weight
-        for iy, (off_y, weight_y) in enumerate(zip(self.ys, wy, strict=True)):
-            for ix, (off_x, weight_x) in enumerate(zip(self.xs, wx, strict=True)):
-                ny = norm_y[off_y // GRID_STRIDE : off_y // GRID_STRIDE + len(weight_y)]
-                nx = norm_x[off_x // GRID_STRIDE : off_x // GRID_STRIDE + len(weight_x)]
-                self.register_buffer(
-                    f"weight{iy}_{ix}", (weight_y / ny)[:, None] * (weight_x / nx)[None, :]
-                )
+        wy = normalised_weights(self.ys, th, h)
+        wx = normalised_weights(self.xs, tw, w)
+        for iy, weight_y in enumerate(wy):
+            for ix, weight_x in enumerate(wx):
+                self.register_buffer(f"weight{iy}_{ix}", weight_y[:, None] * weight_x[None, :])
 
     @property
     def count(self) -> int:

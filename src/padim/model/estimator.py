@@ -310,15 +310,13 @@ class Padim:
     def effective_batch(self) -> int:
         """Images per forward pass: `batch_size`, fewer when one image's embeddings are large
         (native resolution, many tiles), so a batch's embeddings stay near EMBED_BATCH_BYTES."""
-        spec = get_backbone(self.config.backbone)
-        dim = self.config.channels or spec.default_keep
-        h, w = self.preprocess.output_hw
-        cells = spec.grid_side(h) * spec.grid_side(w)
-        grid = self.tile_grid
-        if grid is not None and self.config.tile_statistics == "shared":
-            th, tw = grid.tile_grid_hw
-            cells = grid.count * th * tw
-        per_image = cells * dim * 4 * 3  # the embeddings, by position, a float64 chunk aside
+        g = self.geometry()
+        tiling = g.get("tiling")
+        samples = 1  # embedding grids per image of the Gaussians' size: a tile's when shared
+        if tiling is not None and tiling["statistics"] == "shared":
+            samples = tiling["tiles"][0] * tiling["tiles"][1]
+        cells = g["positions"] * samples
+        per_image = cells * g["embedding_dim"] * 4 * 3  # embeddings, by position, float64 chunk
         return max(1, min(self.batch_size, EMBED_BATCH_BYTES // per_image))
 
     def fit(self, images: ImageInput | Iterable[ImageInput], loader: Loader | None = None) -> Padim:
