@@ -134,3 +134,11 @@ def test_a_geometry_too_large_for_memory_is_refused_before_any_work(strips, tmp_
     assert (
         shared.geometry()["fit_statistics_bytes"] * 3 == model.geometry()["fit_statistics_bytes"]
     )  # a tile's positions (16x16) against the whole input's (16x48)
+
+
+def test_a_non_integer_overlap_is_one_clear_error():
+    import padim
+    from padim.errors import PadimError
+
+    with pytest.raises(PadimError, match="--tile-overlap must be a whole number"):
+        padim.Padim(size=(W, H), crop=None, tile=64, tile_overlap="16")

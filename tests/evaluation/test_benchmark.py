@@ -170,6 +170,8 @@ def test_geometry_specs_parse_and_refuse_typos():
     }
     with pytest.raises(PadimError, match="expected SIZE"):
         parse_geometry("native,tiles=256")
+    with pytest.raises(PadimError, match="overlap must be a whole number"):
+        parse_geometry("native,tile=256,overlap=wide")
 
 
 def test_benchmark_compares_geometries_in_one_report(mvtec_root, tmp_path):

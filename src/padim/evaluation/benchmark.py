@@ -128,7 +128,9 @@ def parse_geometry(spec: str) -> dict[str, Any]:
         elif key == "tile":
             out["tile"] = parse_size(value)
         elif key == "overlap":
-            out["tile_overlap"] = int(value) if value.isdigit() else value
+            if not value.isdigit():
+                raise PadimError(f"--geometry {spec!r}: overlap must be a whole number of pixels")
+            out["tile_overlap"] = int(value)
         else:
             out["tile_statistics"] = value
     return out

@@ -83,6 +83,9 @@ class PadimConfig:
                 f"--tile-statistics must be one of {', '.join(options.TILE_STATISTICS_CHOICES)}, "
                 f"got {self.tile_statistics!r}"
             )
+        overlap = self.tile_overlap
+        if overlap is not None and (not isinstance(overlap, int) or isinstance(overlap, bool)):
+            raise PadimError(f"--tile-overlap must be a whole number of pixels, got {overlap!r}")
         if self.tile is None:
             return
         if isinstance(self.tile, list):
