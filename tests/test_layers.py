@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "padim"
 
-FOUNDATION = {"errors", "options", "files", "memory", "progress", "extras"}
+FOUNDATION = {"errors", "options", "files", "memory", "progress", "extras", "normalise"}
 # layer -> the padim layers it may import (foundation modules are always allowed)
 ALLOWED = {
     "foundation": set(),
@@ -33,7 +33,9 @@ TORCH_FREE = {
     "padim.memory",
     "padim.progress",
     "padim.extras",
+    "padim.normalise",
     "padim.data.images",
+    "padim.data.regions",
     "padim.data.preprocess",
     "padim.data.datasets",
     "padim.data.sources",

@@ -40,6 +40,7 @@ STORAGES = ("float16", "float32")
 ENGINES = ("local", "ray")
 RESULT_FORMATS = ("parquet", "csv")
 PERTURBATIONS = ("rd-mvtec", "rd-mvtec-test")
+STATISTICS_CHOICES = ("keep", "drop")
 
 # ----------------------------------------------------------------------------- the model
 
@@ -141,6 +142,40 @@ THRESHOLD_QUANTILE = Option(
     "--threshold-quantile", 0.99, "threshold = this quantile of the held-out good images' scores"
 )
 THRESHOLD = Option("--threshold", None, "use this threshold instead of the calibrated one")
+OPERATING_POINT = Option(
+    "--operating-point",
+    None,
+    "NAME: use this operating point's threshold (padim info lists them; default: the model's)",
+)
+TARGET_FPR = Option(
+    "--target-fpr",
+    None,
+    "F: the threshold that flags at most this share of good images (the model's held-out "
+    "good images, or the good images given)",
+)
+TARGET_RECALL = Option(
+    "--target-recall",
+    None,
+    "R: on labelled data, the threshold finding at least this share of anomalous images, "
+    "with the best precision",
+)
+KEEP_STATISTICS = Option(
+    "--statistics",
+    "drop",
+    "keep: store the training sums (float64) in the model file so 'padim update' can add "
+    "good images later, exactly (the file grows about 4x at float16 storage); drop: the "
+    "Gaussians only",
+    STATISTICS_CHOICES,
+)
+
+# ----------------------------------------------------------------------------- defect regions
+
+MIN_AREA = Option(
+    "--min-area",
+    0,
+    "defect regions smaller than this many pixels (at the image's own resolution) are not reported",
+)
+MAX_REGIONS = 100  # regions listed per image (largest peak first); the count is always given
 
 # ----------------------------------------------------------------------------- running
 

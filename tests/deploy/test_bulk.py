@@ -2,6 +2,7 @@
 
 import csv
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from padim.data.preprocess import Preprocess, resize_crop
 from padim.data.sources import manifest_paths, read_table, source_paths
 from padim.deploy.bulk import BulkJob, score_part
 from padim.errors import PadimError
+from padim.normalise import ScoreScale
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -25,6 +27,8 @@ class MeanScorer:
     input_size = 16
     input_hw = (16, 16)
     geometry = Preprocess(16, None)
+    score_scale = ScoreScale(0.5, 0.1)
+    operating_points: ClassVar[dict[str, float]] = {}
 
     def preprocess(self, image):
         return resize_crop(image, 16, None)

@@ -362,6 +362,8 @@ def test_concurrent_requests_share_forward_passes(scorer, client, images):
 
     class Gate:  # holds the first batch until every request is queued behind it
         model_id, threshold, input_size = scorer.model_id, scorer.threshold, scorer.input_size
+        geometry, score_scale = scorer.geometry, scorer.score_scale
+        operating_points = scorer.operating_points
         preprocess = staticmethod(scorer.preprocess)
         describe = staticmethod(scorer.describe)
 
@@ -428,3 +430,32 @@ def test_serve_refuses_missing_examples(model_file, tmp_path, capsys):
 
     assert main(["serve", str(model_file), "--examples", str(tmp_path / "nope")]) == 1
     assert "examples not found" in capsys.readouterr().err
+
+
+def test_normalised_scores_regions_and_operating_points(fitted, images):
+    """Every result has a normalised score (0.5 at the threshold used) and its defect regions
+    in the photo's pixels; a stored operating point is chosen by name."""
+    import copy
+
+    model = copy.deepcopy(fitted)
+    model.set_threshold(float(model.threshold_) * 0.5, name="strict")
+    model.use_operating_point("fit")
+    with make_client(TorchScorer(model, model_id="ops")) as c:
+        for params in ({}, {"operating_point": "strict"}, {"threshold": "3.5", "min_area": "4"}):
+            body = post_file(c, images["bad"], **params).json()
+            chosen = model.operating_points_.get(params.get("operating_point", "fit"))
+            if "threshold" not in params:
+                assert chosen is not None and body["threshold"] == chosen.threshold
+            assert (body["normalised_score"] > 0.5) == body["is_anomalous"]
+            assert body["n_regions"] == len(body["regions"])
+            for region in body["regions"]:
+                assert region["area"] >= int(params.get("min_area", 0))
+                assert region["peak"] > body["threshold"]
+        res = post_file(c, images["bad"], operating_point="nope")
+        assert_error(res, 422, "bad_operating_point", "no operating point 'nope'")
+        res = post_file(c, images["bad"], operating_point="strict", threshold="2")
+        assert_error(res, 422, "bad_query", "not both")
+        assert_error(post_file(c, images["bad"], min_area="-1"), 422, "bad_min_area", "whole")
+        described = c.get("/v1/model").json()
+        assert set(described["operating_points"]) == {"fit", "strict"}
+        assert described["score_scale"]["kind"] == "logistic"

@@ -135,6 +135,8 @@ def test_page_scores_an_uploaded_bottle_image(server, bottle, artifacts: Path):
             assert heat_pixels[1] == 128 * 128 and heat_pixels[0] > 0.5 * heat_pixels[1]
             masked = int(card.get_attribute("data-mask-pixels"))
             assert 0 < masked < 128 * 128
+            assert int(card.get_attribute("data-regions")) >= 1  # boxed on the overlay
+            assert "normalised" in card.locator("[data-testid=score]").inner_text()
 
             # the slider re-draws the mask and verdict in place, with no new request
             page.evaluate("""() => {
@@ -142,6 +144,7 @@ def test_page_scores_an_uploaded_bottle_image(server, bottle, artifacts: Path):
                 s.value = s.max; s.dispatchEvent(new Event('input'));
             }""")
             assert int(card.get_attribute("data-mask-pixels")) < masked
+            assert card.get_attribute("data-regions") is not None
             page.click("#reset")
             assert int(card.get_attribute("data-mask-pixels")) == masked
 

@@ -70,6 +70,7 @@ def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
         "storage": args.storage,
         "score_mode": args.score_mode,
         "shrinkage": args.shrinkage,
+        "statistics": args.statistics,
         "roi": getattr(args, "roi", None),
         "progress": _progress(args),
     }
@@ -216,6 +217,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         images=not args.no_images,
         batch_size=args.batch_size,
         progress=_progress(args),
+        operating_point=args.operating_point,
+        min_area=args.min_area,
     )
     failed = sum(r.error != "" for r in results)
     flagged = sum(bool(r.is_anomalous) for r in results)
@@ -249,6 +252,8 @@ def _predict_ray(args: argparse.Namespace) -> int:
         cpus_per_worker=_ray(args, options.CPUS_PER_WORKER),
         batch_size=args.batch_size,
         threshold=args.threshold,
+        operating_point=args.operating_point,
+        min_area=args.min_area,
         score_mode=args.score_mode,
         fmt=_ray(args, options.RESULT_FORMAT),
         maps=(PICTURES if args.maps else ()) + (("map",) if args.raw_maps else ()),
@@ -296,7 +301,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         cfg = model.config
         perturbation = make_perturbation(args.perturb, cfg.size, cfg.crop, args.seed)
-    run = evaluate(model, samples, perturbation)
+    run = evaluate(model, samples, perturbation, args.min_area)
     m = run.metrics
     print(
         f"images {m['n_images']} ({m['n_good']} good, {m['n_anomalous']} anomalous), "
@@ -307,6 +312,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "pixel_auroc",
         "aupro",
         "region_recall",
+        "false_regions_per_good_image",
         "image_f1",
         "pixel_f1",
         "image_f1_at_threshold",
@@ -365,22 +371,83 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    check_output_file(args.out or args.model)
-    model = _load(args)
-    model.progress = _progress(args)
-    if args.threshold is not None:
-        if args.data is not None or args.good or args.defective:
-            raise PadimError("give either --threshold or labelled data, not both")
-        model.set_threshold(args.threshold)
-    else:
-        import numpy as np
+    import numpy as np
 
-        samples = _labelled_samples(args)
-        scores, _ = model.score([s.path for s in samples])
-        model.calibrate(scores, np.array([s.label for s in samples]))
+    from padim.model.estimator import Padim
+
     out = args.out or args.model
+    check_output_file(out)
+    given = {
+        "--threshold": args.threshold is not None,
+        "--target-fpr": args.target_fpr is not None,
+        "--target-recall": args.target_recall is not None,
+        "--use": args.use is not None,
+    }
+    if sum(given.values()) > 1:
+        raise PadimError(f"give one of {', '.join(given)}, not several")
+    has_data = args.data is not None or bool(args.good) or bool(args.defective)
+    if (args.threshold is not None or args.use is not None) and has_data:
+        raise PadimError("--threshold and --use take no data")
+    # the training statistics, when the file has them, are written back unchanged
+    model = Padim.load(args.model, args.device, args.batch_size, statistics=True)
+    model.progress = _progress(args)
+    if args.use is not None:
+        model.use_operating_point(args.use)
+    elif args.threshold is not None:
+        model.set_threshold(args.threshold, name=args.name or "manual")
+    elif args.target_fpr is not None and not has_data:
+        model.calibrate_fpr(args.target_fpr, name=args.name)
+    else:
+        samples = _labelled_samples(args)
+        labels = np.array([s.label for s in samples])
+        if args.target_fpr is not None:
+            good = [s.path for s in samples if s.label == 0]
+            if not good:
+                raise PadimError("--target-fpr needs good images; the data has none")
+            scores, _ = model.score(good)
+            model.calibrate_fpr(
+                args.target_fpr, scores, f"{len(good)} given good images", name=args.name
+            )
+        else:
+            scores, _ = model.score([s.path for s in samples])
+            if args.target_recall is not None:
+                model.calibrate_recall(scores, labels, args.target_recall, name=args.name)
+            else:
+                model.calibrate(scores, labels, name=args.name or "f1")
     model.save(out)
-    print(f"threshold {model.threshold_:.4f} ({model.threshold_source_}); wrote {out}")
+    name = model.operating_point_
+    point = model.operating_points_[name] if name is not None else None
+    print(f"threshold {model.threshold_:.4f}, operating point {name}: {model.threshold_source_}")
+    if point is not None and point.warning:
+        print(f"padim: warning: {point.warning}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from padim.data.sources import source_paths
+    from padim.model.estimator import Padim
+
+    check_output_file(args.out)
+    model = Padim.load(args.model, args.device, args.batch_size, statistics=True)
+    model.progress = _progress(args)
+    single = len(args.inputs) == 1 and args.inputs[0].is_dir()
+    before = model.training_.n_train if model.training_ else 0
+    model.partial_fit(args.inputs[0] if single else source_paths(args.inputs))
+    model.save(args.out)
+    training = model.training_
+    assert training is not None and training.updates and model.threshold_ is not None
+    last = training.updates[-1]
+    print(
+        f"added {last['added']} images ({last['held_out']} held out for the threshold) in "
+        f"{last['seconds']:.1f} s: {before} -> {training.n_train} training images; threshold "
+        f"{model.threshold_:.3f} ({model.threshold_source_}); wrote {args.out}"
+    )
+    stale = [p.name for p in model.operating_points_.values() if p.warning]
+    if stale:
+        print(
+            f"padim: warning: operating points {', '.join(stale)}: see padim info", file=sys.stderr
+        )
     return 0
 
 
@@ -500,6 +567,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": cmd_evaluate,
     "benchmark": cmd_benchmark,
     "calibrate": cmd_calibrate,
+    "update": cmd_update,
     "serve": cmd_serve,
     "export": cmd_export,
     "info": cmd_info,

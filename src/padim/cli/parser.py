@@ -25,6 +25,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def geometry(text: str) -> int | tuple[int, int]:
     """N or WIDTHxHEIGHT, sides at least 1."""
     from padim.data.preprocess import parse_size
@@ -112,6 +132,7 @@ def add_model_options(
     add(g, options.WEIGHTS)
     add(g, options.SHRINKAGE)
     add(g, options.STORAGE)
+    add(g, options.KEEP_STATISTICS)
     if not threshold:
         return
     g = p.add_argument_group("threshold")
@@ -212,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
+    add(p, options.OPERATING_POINT, metavar="NAME")
+    add(p, options.MIN_AREA, type=non_negative_int)
     p.add_argument("--no-images", action="store_true", help="only write results.csv/json")
     add_score_mode(p, fitting=False)
     add_runtime(p)
@@ -265,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol the model must also be fitted on perturbed images: see benchmark)",
     )
     p.add_argument("--seed", type=int, default=options.SEED.default, help="seed of --perturb")
+    p.add_argument(
+        options.MIN_AREA.flag,
+        type=non_negative_int,
+        default=options.MIN_AREA.default,
+        help="predicted regions smaller than this many pixels (of the evaluated maps, at the "
+        "model's input size) are not counted as false regions",
+    )
     add_score_mode(p, fitting=False)
     add_runtime(p)
 
@@ -326,14 +356,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "calibrate",
-        help="set or re-calibrate a model's threshold",
-        description="Set the threshold (--threshold) or choose the F1-optimal one "
-        "on labelled validation data (MVTec layout or --good/--defective).",
+        help="choose a model's threshold: operating points by target rates, F1, or a value",
+        description="Choose the model's threshold and store it as a named operating point: "
+        "--target-fpr F (good images only: the model's held-out ones, or DATA / --good), "
+        "--target-recall R (labelled data, then the best precision), the F1-optimal one on "
+        "labelled data (the default when data is given), --threshold T, or --use NAME to "
+        "switch to a stored one. Reports the false-alarm and miss rates it gives on those "
+        "images with 95 % intervals.",
     )
     p.add_argument("model", type=Path, help="model file")
     add_labelled_data(p, "labelled validation data")
     p.add_argument("--threshold", type=float, default=None, help="set this threshold")
+    add(p, options.TARGET_FPR, type=fraction, metavar="F")
+    add(p, options.TARGET_RECALL, type=probability, metavar="R")
+    p.add_argument(
+        "--name", default=None, help="name of the operating point (default: from the rule)"
+    )
+    p.add_argument("--use", metavar="NAME", default=None, help="make a stored point current")
     p.add_argument("--out", type=Path, default=None, help="write here (default: update MODEL)")
+    add_runtime(p)
+
+    p = sub.add_parser(
+        "update",
+        help="add good images to a fitted model without refitting",
+        description="Add good images to a model fitted with --statistics keep: their sums are "
+        "merged into the model's (the result equals a fit on all images); part of them is "
+        "held out to re-estimate the threshold and the operating points chosen on held-out "
+        "images.",
+    )
+    p.add_argument("model", type=Path, help="model file (fitted with --statistics keep)")
+    p.add_argument(
+        "inputs", type=Path, nargs="+", help="new good images: files, folders, manifests"
+    )
+    p.add_argument("--out", type=Path, required=True, help="model file to write")
     add_runtime(p)
 
     p = sub.add_parser(

@@ -155,6 +155,12 @@ class GaussianStats:
     def mean(self) -> torch.Tensor:
         return self.shift + self.sum / self.count
 
+    def copy(self) -> GaussianStats:
+        """An independent copy (fitting adds held-out images to the statistics it is given)."""
+        return GaussianStats(
+            self.count, self.shift.clone(), self.sum.clone(), [c.clone() for c in self.scatter]
+        )
+
     def _chunk_covariance(
         self, i: int, part: slice, count: int, lower_only: bool = False
     ) -> torch.Tensor:
@@ -175,6 +181,45 @@ class GaussianStats:
                 self._chunk_covariance(i, part, self.count)
                 for i, part in enumerate(position_chunks(self.positions))
             ]
+        )
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """The sums as stored in model files: float64, the scatter as packed lower triangles
+        (P, d(d+1)/2) rather than the in-memory block rows."""
+        layout = BlockLayout.for_dim(self.dim)
+        return {
+            "count": torch.tensor([self.count], dtype=torch.int64),
+            "shift": self.shift,
+            "sum": self.sum,
+            "scatter_tril": torch.cat([pack_tril(layout.unpack(c)) for c in self.scatter]),
+        }
+
+    @classmethod
+    def from_file_tensors(cls, tensors: dict[str, torch.Tensor]) -> GaussianStats:
+        """Inverse of `file_tensors` (shapes checked)."""
+        shift, total, tril = tensors["shift"], tensors["sum"], tensors["scatter_tril"]
+        count = tensors["count"]
+        p, d = shift.shape
+        if (
+            total.shape != (p, d)
+            or tril.shape != (p, d * (d + 1) // 2)
+            or count.numel() != 1
+            or int(count.reshape(-1)[0]) < 1
+        ):
+            raise PadimError("the training statistics do not match each other")
+        layout, lower = BlockLayout.for_dim(d), tril_flat_index(d)
+        chunks = []
+        for part in position_chunks(p):
+            full = tril.new_zeros(part.stop - part.start, d * d, dtype=torch.float64)
+            full[:, lower] = tril[part].to(torch.float64)
+            full = full.view(-1, d, d)
+            full = full + torch.tril(full, -1).transpose(1, 2)  # symmetric, as the sums are
+            chunks.append(layout.pack(full).contiguous())
+        return cls(
+            int(count.reshape(-1)[0]),
+            shift.to(torch.float64),
+            total.to(torch.float64),
+            chunks,
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:

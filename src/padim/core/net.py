@@ -63,6 +63,15 @@ class PadimNet(nn.Module):
             )
         self.score_mode = mode
 
+    def set_gaussian(self, gaussian: GaussianModel) -> None:
+        """Score with other Gaussians of the same shape (a model updated with new images)."""
+        if gaussian.mean.shape != self.gauss_mean.shape:
+            raise PadimError("the new Gaussians do not match the model's positions and channels")
+        device = self.gauss_mean.device
+        self.gauss_mean = gaussian.mean.to(device)
+        self.gauss_whitening = gaussian.whitening.to(device)
+        self.gauss_std = None if gaussian.std is None else gaussian.std.to(device)
+
     @property
     def gaussian(self) -> GaussianModel:
         return GaussianModel(self.gauss_mean, self.gauss_whitening, self.gauss_std)

@@ -1,5 +1,7 @@
-"""Pictures people look at: heat maps on a fixed colour scale, overlays with the predicted mask
-outlined, masks, PNG encoding. Torch- and matplotlib-free (report figures: evaluation.figures)."""
+"""Pictures people look at: heat maps coloured on the model's normalised score (fixed for every
+image: 0.5, the threshold, is mid-scale), overlays with the predicted mask outlined and the
+defect regions boxed, masks, PNG encoding. Torch- and matplotlib-free (report figures:
+evaluation.figures)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from padim.data.regions import Region
 from padim.files import write_bytes_atomic
+from padim.normalise import ScoreScale
 
-
-def colour_scale(threshold: float) -> tuple[float, float]:
-    """A fixed colour range around the threshold, so colours mean the same on every image:
-    the threshold sits mid-scale, red is clearly above it."""
-    t = max(float(threshold), 1e-6)
-    return 0.5 * t, 1.5 * t
+BOX_COLOUR = (255, 0, 255)  # magenta: not a colour of the jet scale
 
 
 # matplotlib's "jet": (x, value) break points per channel, linear in between.
@@ -73,14 +72,30 @@ def overlay(
     vmin: float,
     vmax: float,
     alpha: float = 0.45,
+    regions: Sequence[Region] = (),
 ) -> np.ndarray:
-    """Heat map blended over the image, with the predicted mask outlined in white."""
+    """Heat map blended over the image, the predicted mask outlined in white and each region's
+    bounding box drawn in magenta."""
     heat = heatmap_rgb(amap, vmin, vmax).astype(np.float32)
     out = (1 - alpha) * image.astype(np.float32) + alpha * heat
     out = out.clip(0, 255).astype(np.uint8)
     if mask is not None:
         out[mask_outline(mask)] = (255, 255, 255)
+    for region in regions:
+        draw_box(out, region)
     return out
+
+
+def draw_box(picture: np.ndarray, region: Region, width: int = 2) -> None:
+    """A region's bounding box, `width` pixels wide, drawn just outside it where there is
+    room (in place)."""
+    h, w = picture.shape[:2]
+    x0, y0 = max(region.x - width, 0), max(region.y - width, 0)
+    x1, y1 = min(region.x + region.width + width, w), min(region.y + region.height + width, h)
+    picture[y0 : y0 + width, x0:x1] = BOX_COLOUR
+    picture[max(y1 - width, 0) : y1, x0:x1] = BOX_COLOUR
+    picture[y0:y1, x0 : x0 + width] = BOX_COLOUR
+    picture[y0:y1, max(x1 - width, 0) : x1] = BOX_COLOUR
 
 
 PICTURE_KINDS = ("overlay", "heatmap", "mask", "input")
@@ -93,22 +108,30 @@ def render_pictures(
     amap: np.ndarray,
     threshold: float,
     kinds: Sequence[str],
-    colour_threshold: float | None = None,
+    scale: ScoreScale | None = None,
+    regions: Sequence[Region] = (),
 ) -> dict[str, np.ndarray]:
     """A scored image's pictures as arrays, by kind: overlay, heatmap, mask (amap > threshold)
     and input. `image` is the (3, H, W) model input in [0, 1], or the photo itself as an
     (H, W, 3) uint8 array (pictures at the photo's resolution: `Preprocess.map_to_image` brings
-    the map there); `amap` is the (H, W) anomaly map; colours are scaled around
-    `colour_threshold` (default: `threshold`)."""
-    vmin, vmax = colour_scale(threshold if colour_threshold is None else colour_threshold)
+    the map there); `amap` is the (H, W) anomaly map, coloured by its normalised value
+    (`scale`, the model's; without one, a tenth of the threshold per unit), so colours mean
+    the same on every picture; `regions` are boxed on the overlay."""
+    scale = scale if scale is not None else ScoreScale.of(threshold, None)
     mask = amap > threshold
+    normalised: list[np.ndarray] = []
 
     def picture() -> np.ndarray:
         return image if image.dtype == np.uint8 else to_picture(image)
 
+    def colours() -> np.ndarray:
+        if not normalised:
+            normalised.append(scale(amap))
+        return normalised[0]
+
     make: dict[str, Callable[[], np.ndarray]] = {
-        "overlay": lambda: overlay(picture(), amap, mask, vmin, vmax),
-        "heatmap": lambda: heatmap_rgb(amap, vmin, vmax),
+        "overlay": lambda: overlay(picture(), colours(), mask, 0.0, 1.0, regions=regions),
+        "heatmap": lambda: heatmap_rgb(colours(), 0.0, 1.0),
         "mask": lambda: mask,
         "input": picture,
     }
@@ -122,11 +145,13 @@ def save_pictures(
     amap: np.ndarray,
     threshold: float,
     kinds: Sequence[str] = PICTURES,
+    scale: ScoreScale | None = None,
+    regions: Sequence[Region] = (),
 ) -> dict[str, str]:
     """`render_pictures`, each written atomically as folder/<name>_<kind>.png; returns the file
     names by kind."""
     names = {}
-    for kind, picture in render_pictures(image, amap, threshold, kinds).items():
+    for kind, picture in render_pictures(image, amap, threshold, kinds, scale, regions).items():
         names[kind] = f"{name}_{kind}.png"
         save_png(folder / names[kind], picture)
     return names

@@ -6,7 +6,7 @@ masks follow the images exactly (nearest neighbour, torch's index rule).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -16,6 +16,7 @@ from PIL import Image
 
 from padim import options
 from padim.data.images import ImageInput, as_image
+from padim.data.regions import Region, find_regions, moved
 from padim.errors import PadimError
 
 MIN_SIDE = 16
@@ -215,6 +216,27 @@ class Preprocess:
             size, Image.Resampling.BILINEAR
         )
         return np.asarray(resized, np.float32)
+
+    def regions(
+        self,
+        amap: np.ndarray,
+        threshold: float,
+        image_wh: tuple[int, int],
+        min_area: int = 0,
+        normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> list[Region]:
+        """Defect regions of an (H, W) map at the model input, in pixels of the original
+        image (`image_wh`): found on the map (upsampling a smooth map adds no region), then
+        moved through the crop and scaled like `map_to_image`; `min_area` is in the image's
+        pixels."""
+        w, h = self.size_wh
+        left = top = 0
+        if self.crop_wh is not None and self.crop_wh != (w, h):
+            cw, ch = self.crop_wh
+            top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+        found = find_regions(amap, threshold, 0, normalise)
+        placed = moved(found, (left, top), (image_wh[0] / w, image_wh[1] / h))
+        return [r for r in placed if r.area >= min_area]
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
         """Boolean mask -> boolean (H, W) at the image's geometry (nearest neighbour)."""

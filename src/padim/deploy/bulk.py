@@ -30,7 +30,19 @@ from padim.errors import PadimError
 from padim.files import atomic_path, write_atomic, write_text_atomic
 
 RESULT_FORMATS = options.RESULT_FORMATS
-COLUMNS = ("path", "score", "label", "threshold", "error", "overlay", "heatmap", "mask", "map")
+COLUMNS = (
+    "path",
+    "score",
+    "normalised_score",
+    "label",
+    "regions",
+    "threshold",
+    "error",
+    "overlay",
+    "heatmap",
+    "mask",
+    "map",
+)
 
 
 # ----------------------------------------------------------------------------- one part
@@ -44,19 +56,31 @@ def score_part(
     maps_dir: Path | None,
     parts_dir: Path,
     outputs: Sequence[str] = PICTURES,
+    min_area: int = options.MIN_AREA.default,
 ) -> dict[str, list]:
     """Score one batch, write its `outputs` into `maps_dir` (if given: PNG pictures at each
     photo's resolution, and "map", the raw anomaly map at the model input as float16 .npy) and
-    then its part file; an image that cannot be read becomes a row with an `error` and no
-    score, never a failed batch."""
+    then its part file (with the normalised score and the number of defect regions of at
+    least `min_area` pixels); an image that cannot be read becomes a row with an `error` and
+    no score, never a failed batch."""
     pictures = [kind for kind in outputs if kind != "map"] if maps_dir is not None else []
+    scale = scorer.score_scale.at(threshold)
     found: list[dict[str, Any]] = []
     for item, name in zip(score_files(scorer, paths, bool(pictures)), names, strict=True):
         row: dict[str, Any] = {"path": item.path, "threshold": threshold, "error": item.error}
-        if item.score is not None and item.anomaly_map is not None:
-            row.update(score=item.score, label=int(item.score > threshold))
-        if maps_dir is not None and item.score is not None and item.anomaly_map is not None:
-            files = save_scored_pictures(scorer, item, maps_dir, name, threshold, pictures)
+        if item.score is None or item.anomaly_map is None:
+            found.append(row)
+            continue
+        assert item.size is not None
+        regions = scorer.geometry.regions(item.anomaly_map, threshold, item.size, min_area)
+        row.update(
+            score=item.score,
+            normalised_score=scale.one(item.score),
+            label=int(item.score > threshold),
+            regions=len(regions),
+        )
+        if maps_dir is not None:
+            files = save_scored_pictures(scorer, item, maps_dir, name, threshold, pictures, regions)
             row.update({kind: f"maps/{file}" for kind, file in files.items()})
             if "map" in outputs:
                 save_npy(maps_dir / f"{name}_map.npy", item.anomaly_map)
@@ -83,7 +107,9 @@ def _table(rows: dict[str, list]):
         [
             ("path", pa.string()),
             ("score", pa.float64()),
+            ("normalised_score", pa.float64()),
             ("label", pa.int8()),
+            ("regions", pa.int32()),
             ("threshold", pa.float64()),
             ("error", pa.string()),
             ("overlay", pa.string()),

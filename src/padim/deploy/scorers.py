@@ -22,8 +22,10 @@ from padim import __version__
 from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures
 from padim.data.preprocess import Preprocess, as_wh, to_json
+from padim.data.regions import Region
 from padim.deploy.export import model_metadata, parse_metadata
 from padim.errors import PadimError
+from padim.normalise import ScoreScale
 
 
 class Scorer(Protocol):
@@ -32,6 +34,8 @@ class Scorer(Protocol):
     input_size: int | list[int]  # a side when square, else [width, height] (for people)
     input_hw: tuple[int, int]  # (height, width) of the model input
     geometry: Preprocess  # how images are brought to the model input (and maps back)
+    score_scale: ScoreScale  # raw score -> normalised, at the model's threshold
+    operating_points: dict[str, float]  # named thresholds usable with this model's score mode
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB image -> (3, S, S) float32 in [0, 1] at the model's input geometry."""
@@ -62,6 +66,7 @@ class Scored:
     score: float | None = None
     anomaly_map: np.ndarray | None = None  # (S, S)
     error: str | None = None  # "code: message", one line
+    size: tuple[int, int] | None = None  # (width, height) of the photo
 
 
 def is_finite(scores: np.ndarray | float, maps: np.ndarray) -> bool:
@@ -81,6 +86,7 @@ def score_files(
     for item in out:
         try:
             photo = read_image(item.path)
+            item.size = photo.size
             item.image = scorer.preprocess(photo)
             item.original = photo if keep_originals else None
             readable.append(item)
@@ -104,6 +110,26 @@ def score_files(
     return out
 
 
+def resolve_threshold(
+    scorer: Scorer, threshold: float | None = None, operating_point: str | None = None
+) -> float:
+    """A given threshold, a named operating point's, or the model's."""
+    if operating_point is None:
+        return scorer.threshold if threshold is None else float(threshold)
+    if threshold is not None:
+        raise PadimError("give either --threshold or --operating-point, not both")
+    if operating_point not in scorer.operating_points:
+        known = ", ".join(sorted(scorer.operating_points)) or "none"
+        raise PadimError(f"no operating point {operating_point!r} in this model (it has: {known})")
+    return scorer.operating_points[operating_point]
+
+
+def native_map(scorer: Scorer, item: Scored) -> np.ndarray:
+    """A scored image's anomaly map at the photo's own resolution."""
+    assert item.anomaly_map is not None and item.size is not None
+    return scorer.geometry.map_to_image(item.anomaly_map, item.size)
+
+
 def save_scored_pictures(
     scorer: Scorer,
     item: Scored,
@@ -111,12 +137,34 @@ def save_scored_pictures(
     name: str,
     threshold: float,
     kinds: Sequence[str] = PICTURES,
+    regions: Sequence[Region] = (),
+    amap: np.ndarray | None = None,
 ) -> dict[str, str]:
     """A scored image's pictures as PNG files at the photo's own resolution (the map brought
-    back through the model's geometry); returns the file names by kind."""
+    back through the model's geometry, unless given), coloured on the normalised score at
+    `threshold`, regions boxed; returns the file names by kind."""
     assert item.original is not None and item.anomaly_map is not None
-    amap = scorer.geometry.map_to_image(item.anomaly_map, item.original.size)
-    return save_pictures(folder, name, np.asarray(item.original), amap, threshold, kinds)
+    amap = native_map(scorer, item) if amap is None else amap
+    scale = scorer.score_scale.at(threshold)
+    return save_pictures(
+        folder, name, np.asarray(item.original), amap, threshold, kinds, scale, regions
+    )
+
+
+def scale_and_points(meta: dict[str, Any], threshold: float) -> tuple[ScoreScale, dict[str, float]]:
+    """The normalised score's mapping and the operating points of the score mode a model
+    (or an export) scores with, from its metadata."""
+    info = meta.get("info") or {}
+    mode = meta.get("score_mode", "mahalanobis")
+    spread = (info.get("score_scales") or {}).get(mode)
+    if spread is None:  # files before normalised scores: the fitted mode's spread
+        spread = (info.get("good_score_summary") or {}).get("std")
+    points = {
+        name: float(p["threshold"])
+        for name, p in (info.get("operating_points") or {}).items()
+        if isinstance(p, dict) and p.get("score_mode") == mode
+    }
+    return ScoreScale.of(threshold, spread), points
 
 
 def check_scorer(scorer: Scorer) -> None:
@@ -160,6 +208,13 @@ def describe(
         "weights": info.get("weights"),
         "sigma": meta.get("sigma"),
         "score_mode": meta.get("score_mode", "mahalanobis"),
+        "score_scale": scale_and_points(meta, threshold)[0].to_dict(),
+        "operating_point": info.get("operating_point"),
+        "operating_points": {
+            name: {k: p.get(k) for k in ("threshold", "rule", "data", "false_alarms", "misses")}
+            for name, p in (info.get("operating_points") or {}).items()
+            if isinstance(p, dict)
+        },
         "library_version": __version__,
     }
 
@@ -177,6 +232,12 @@ class TorchScorer:
         self.geometry = model.preprocess
         self.input_hw = model.preprocess.output_hw
         self.input_size = to_json(model.preprocess.output_wh)
+        self.score_scale = model.score_scale
+        self.operating_points = {
+            name: p.threshold
+            for name, p in model.operating_points_.items()
+            if p.score_mode == model.config.score_mode
+        }
 
     @classmethod
     def from_file(
@@ -223,6 +284,7 @@ class ExportedScorer:
             raise PadimError(f"exported model's metadata is damaged: {path} ({exc})") from None
         if not math.isfinite(self.threshold):
             raise PadimError(f"exported model's threshold is not finite: {path}")
+        self.score_scale, self.operating_points = scale_and_points(meta, self.threshold)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.geometry.image(image)

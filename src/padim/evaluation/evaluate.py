@@ -17,6 +17,7 @@ from padim.errors import PadimError
 from padim.evaluation.metrics import metric_suite
 from padim.evaluation.perturb import RandomRotateCrop, perturbed_sample
 from padim.model.estimator import Padim
+from padim.normalise import ScoreScale
 
 
 @dataclass
@@ -32,6 +33,7 @@ class EvaluationRun:
     score_seconds: float = 0.0  # wall time of scoring alone (reading + model), not metrics
     perturbation: RandomRotateCrop | None = None
     preprocess: Preprocess | None = None
+    scale: ScoreScale | None = None  # the model's normalised score: the pictures' colours
 
     @property
     def labels(self) -> np.ndarray:
@@ -86,10 +88,13 @@ def _score_perturbed(
 
 
 def evaluate(
-    model: Padim, samples: list[Sample], perturbation: RandomRotateCrop | None = None
+    model: Padim,
+    samples: list[Sample],
+    perturbation: RandomRotateCrop | None = None,
+    min_area: int = 0,
 ) -> EvaluationRun:
     """Score every sample (optionally perturbed) and compute the metric suite (pixel metrics
-    when masks exist)."""
+    when masks exist; false regions of at least `min_area` pixels of the maps)."""
     masks = None if perturbation else ground_truth_masks(model, samples)
     started = time.perf_counter()
     if perturbation is None:
@@ -106,11 +111,18 @@ def evaluate(
         score_seconds=seconds,
         perturbation=perturbation,
         preprocess=model.preprocess,
+        scale=model.score_scale if model.threshold_ is not None else None,
     )
     labels = run.labels
     predicted = scores > run.threshold
     suite = metric_suite(
-        labels, scores, run.threshold, masks, maps, types=[s.defect_type for s in samples]
+        labels,
+        scores,
+        run.threshold,
+        masks,
+        maps,
+        types=[s.defect_type for s in samples],
+        min_area=min_area,
     )
     run.metrics = {
         "n_images": len(samples),

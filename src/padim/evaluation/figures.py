@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from padim.data.pictures import colour_scale, heatmap_rgb, overlay
+from padim.data.pictures import heatmap_rgb, overlay
 from padim.evaluation.evaluate import EvaluationRun, example_rows
 from padim.evaluation.metrics import format_metric
 from padim.evaluation.tables import run_label
 from padim.extras import require
 from padim.files import write_atomic
+from padim.normalise import ScoreScale
 
 
 def _pyplot() -> Any:
@@ -30,7 +31,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
 
 
-def draw_results_grid(fig, rows: Sequence[dict], threshold: float) -> None:
+def draw_results_grid(
+    fig, rows: Sequence[dict], threshold: float, scale: ScoreScale | None = None
+) -> None:
     """Draw into a matplotlib figure or subfigure, one row per image: image | ground truth
     (if any) | heat map | overlay + predicted mask.
 
@@ -39,15 +42,16 @@ def draw_results_grid(fig, rows: Sequence[dict], threshold: float) -> None:
     """
     has_truth = _has_truth(rows)
     cols = ["image"] + (["ground truth"] if has_truth else []) + ["heat map", "overlay + mask"]
-    vmin, vmax = colour_scale(threshold)
+    scale = scale if scale is not None else ScoreScale.of(threshold, None)
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
     for i, row in enumerate(rows):
         panels = [row["image"]]
         if has_truth:
             truth = row.get("truth")
             panels.append(truth if truth is not None else np.zeros(row["map"].shape, bool))
-        panels.append(heatmap_rgb(row["map"], vmin, vmax))
-        panels.append(overlay(row["image"], row["map"], row["map"] > threshold, vmin, vmax))
+        colours = scale(row["map"])  # the model's fixed normalised scale, as predict colours
+        panels.append(heatmap_rgb(colours, 0.0, 1.0))
+        panels.append(overlay(row["image"], colours, row["map"] > threshold, 0.0, 1.0))
         for j, panel in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
@@ -71,11 +75,17 @@ def grid_columns(rows: Sequence[dict]) -> int:
     return 4 if _has_truth(rows) else 3
 
 
-def results_grid(rows: Sequence[dict], threshold: float, path: str | Path, title: str = "") -> None:
+def results_grid(
+    rows: Sequence[dict],
+    threshold: float,
+    path: str | Path,
+    title: str = "",
+    scale: ScoreScale | None = None,
+) -> None:
     """A PNG of `draw_results_grid` (see there for the row format)."""
     plt = _pyplot()
     fig = plt.figure(figsize=(2.4 * grid_columns(rows), 2.5 * len(rows)))
-    draw_results_grid(fig, rows, threshold)
+    draw_results_grid(fig, rows, threshold, scale)
     fig.tight_layout()
     if title:
         fig.suptitle(f"{title}  (threshold {threshold:.1f})", fontsize=10, y=1.0)
@@ -141,7 +151,7 @@ def run_figure(run: EvaluationRun, row: dict[str, Any], path: Path) -> None:
         f"threshold {run.threshold:.1f})",
         fontsize=10,
     )
-    draw_results_grid(bottom, rows, run.threshold)
+    draw_results_grid(bottom, rows, run.threshold, run.scale)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -160,4 +170,6 @@ def roc_figure(category: str, curves: list[tuple[str, dict]], path: Path) -> Non
 
 def report_figure(run: EvaluationRun, path, per_class: int = 3) -> None:
     """A grid of test images with ground truth, heat map and predicted mask."""
-    results_grid(example_rows(run, per_class), run.threshold, path, title="padim results")
+    results_grid(
+        example_rows(run, per_class), run.threshold, path, title="padim results", scale=run.scale
+    )

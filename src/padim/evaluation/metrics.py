@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from padim.data.regions import find_regions, label_mask
 from padim.errors import PadimError
 from padim.model.calibration import check_both_classes, f1_curve
 
@@ -96,15 +97,24 @@ REGION_MIN_OVERLAP = 0.3  # a defect region counts as found when the mask covers
 
 def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected regions (8-connectivity) of every mask, numbered 1..n across the stack."""
-    from scipy import ndimage
-
     regions = np.zeros(masks.shape, dtype=np.int64)
     n_regions = 0
     for i, mask in enumerate(masks):
-        lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        lab, n = label_mask(mask)
         regions[i] = np.where(lab > 0, lab + n_regions, 0)
         n_regions += n
     return regions, n_regions
+
+
+def false_regions_per_good_image(
+    labels: np.ndarray, maps: np.ndarray, threshold: float, min_area: int = 0
+) -> float:
+    """Mean number of predicted defect regions (map > threshold, at least `min_area` pixels) on
+    the good images: what an operator would be sent to look at for nothing."""
+    good = np.flatnonzero(np.asarray(labels) == 0)
+    if good.size == 0:
+        raise PadimError("false regions per good image needs good images; none")
+    return float(np.mean([len(find_regions(maps[i], threshold, min_area)) for i in good]))
 
 
 def region_recall(
@@ -145,9 +155,11 @@ def metric_suite(
     masks: np.ndarray | None = None,
     maps: np.ndarray | None = None,
     types: list[str] | None = None,
+    min_area: int = 0,
 ) -> dict:
     """Every metric that is defined for this test set; undefined ones are None, with a note
-    saying why (a set with no anomalous or no normal images, or no masks)."""
+    saying why (a set with no anomalous or no normal images, or no masks). `min_area`: the
+    smallest predicted region counted as a false region."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     predicted = scores > threshold
@@ -168,6 +180,11 @@ def metric_suite(
         out["per_type_image_auroc"] = per_type_image_auroc(types, labels, scores)
         if not (labels == 0).any():
             out["notes"].append("per_type_image_auroc: no normal test images")
+    if maps is not None:
+        attempt(
+            "false_regions_per_good_image",
+            lambda: false_regions_per_good_image(labels, maps, threshold, min_area),
+        )
     if masks is None or maps is None:
         for name in ("pixel_auroc", "pixel_f1", "pixel_f1_at_threshold", "aupro", "region_recall"):
             out[name] = None

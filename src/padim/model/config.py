@@ -34,6 +34,7 @@ class PadimConfig:
     tile: int | tuple[int, int] | None = options.TILE.default  # side or (w, h); None: no tiling
     tile_overlap: int | None = options.TILE_OVERLAP.default  # pixels
     tile_statistics: str = options.TILE_STATISTICS.default  # "location" or "shared"
+    statistics: str = options.KEEP_STATISTICS.default  # "keep": training sums in the file
 
     def validate(self) -> None:
         """Fail with one clear line on any value a model cannot be built with."""
@@ -70,6 +71,7 @@ class PadimConfig:
             ("score mode", self.score_mode, options.SCORE_MODES),
             ("shrinkage", self.shrinkage, options.SHRINKAGES),
             ("storage", self.storage, options.STORAGES),
+            ("statistics", self.statistics, options.STATISTICS_CHOICES),
         ):
             if value not in choices:
                 raise PadimError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -114,6 +116,7 @@ class TrainingSummary:
     warning: str | None = None  # e.g. fitted on too few images to hold any out
     training_perturbation: str | None = None  # set by the Rd-MVTec benchmark protocol
     roi: dict[str, Any] | None = None  # the region of interest: its source, the inspected share
+    updates: list[dict[str, Any]] | None = None  # `padim update`s: images added, seconds, when
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,27 @@ from padim.data.preprocess import (
     native_size,
     resolve_crop,
 )
+from padim.data.regions import Region
 from padim.data.sources import expand_inputs
 from padim.errors import PadimError
 from padim.memory import available_bytes
-from padim.model.calibration import f1_optimal_threshold, quantile_threshold, score_summary
+from padim.model.calibration import (
+    OperatingPoint,
+    f1_optimal_threshold,
+    measured_point,
+    now_iso,
+    quantile_threshold,
+    score_summary,
+    target_fpr_threshold,
+    target_recall_threshold,
+)
 from padim.model.config import (
     MIN_IMAGES_FOR_HOLDOUT,
     MIN_TRAIN_IMAGES,
     PadimConfig,
     TrainingSummary,
 )
+from padim.normalise import ScoreScale
 from padim.progress import progress_bar
 
 EMBED_BATCH_BYTES = 768 * 2**20
@@ -69,7 +80,8 @@ class FitPlan:
 
 @dataclass
 class Prediction:
-    """One image's result. `anomaly_map` and `mask` are at the model's input geometry."""
+    """One image's result. `anomaly_map` and `mask` are at the model's input geometry;
+    `regions` (largest peak first) are in pixels of the image itself (`image_size`)."""
 
     score: float
     is_anomalous: bool
@@ -77,10 +89,25 @@ class Prediction:
     anomaly_map: np.ndarray  # (H, W) float32
     mask: np.ndarray  # (H, W) bool: anomaly_map > threshold
     path: str | None = None
+    normalised_score: float = float("nan")  # in [0, 1], 0.5 at the threshold (ScoreScale)
+    regions: list[Region] = field(default_factory=list)
+    image_size: tuple[int, int] | None = None  # (width, height) of the image scored
 
     @property
     def label(self) -> int:
         return int(self.is_anomalous)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict, scores and regions as JSON-ready values (no maps)."""
+        return {
+            "path": self.path,
+            "score": self.score,
+            "normalised_score": self.normalised_score,
+            "threshold": self.threshold,
+            "is_anomalous": self.is_anomalous,
+            "image_size": None if self.image_size is None else list(self.image_size),
+            "regions": [r.to_dict() for r in self.regions],
+        }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -120,6 +147,9 @@ class Padim:
         "auto", "cpu" or "cuda".
     regularisation, sigma, holdout_fraction, threshold_quantile, storage, score_mode, shrinkage
         See `PadimConfig` and `padim.options` for their meaning and defaults.
+    statistics : str
+        "keep": keep the training sums (in memory and in the model file) so `partial_fit` can
+        add good images later; "drop": the Gaussians only (a smaller file).
     progress : bool
         Show progress bars (on terminals only).
 
@@ -133,6 +163,17 @@ class Padim:
         The calibrated threshold of every score mode.
     threshold_source_ : str or None
         How `threshold_` was chosen.
+    operating_points_ : dict of str to OperatingPoint
+        Named thresholds with their rule, data and measured rates ("fit", "f1", "fpr-0.01", ...).
+    operating_point_ : str or None
+        The name of the operating point `threshold_` comes from.
+    score_scales_ : dict of str to float
+        Per score mode, the spread of the held-out good scores: the width of the normalised
+        score (`score_scale`).
+    holdout_scores_ : dict of str to ndarray
+        Per score mode, the held-out good images' scores (for `calibrate_fpr`, `partial_fit`).
+    statistics_ : GaussianStats or None
+        The training sums (statistics="keep"): what `partial_fit` adds new images to.
     training_ : TrainingSummary or None
         Training-set size, fit time, weights, score summary of the held-out good images.
 
@@ -163,6 +204,7 @@ class Padim:
         tile: int | tuple[int, int] | None = options.TILE.default,
         tile_overlap: int | None = options.TILE_OVERLAP.default,
         tile_statistics: str = options.TILE_STATISTICS.default,
+        statistics: str = options.KEEP_STATISTICS.default,
         progress: bool = False,
     ) -> None:
         if channels == "all":
@@ -185,6 +227,7 @@ class Padim:
             tile=tile,
             tile_overlap=tile_overlap,
             tile_statistics=tile_statistics,
+            statistics=statistics,
         )
         self.config.validate()
         if batch_size < 1:
@@ -199,6 +242,11 @@ class Padim:
         self.thresholds_: dict[str, float] = {}
         self.threshold_source_: str | None = None
         self.training_: TrainingSummary | None = None
+        self.operating_points_: dict[str, OperatingPoint] = {}
+        self.operating_point_: str | None = None
+        self.score_scales_: dict[str, float] = {}
+        self.holdout_scores_: dict[str, np.ndarray] = {}
+        self.statistics_: GaussianStats | None = None
 
     @classmethod
     def from_config(cls, config: PadimConfig, **kwargs: Any) -> Padim:
@@ -237,7 +285,17 @@ class Padim:
             out["threshold_source"] = self.threshold_source_
         if self.thresholds_:
             out["thresholds"] = dict(self.thresholds_)
+        if self.score_scales_:
+            out["score_scales"] = dict(self.score_scales_)
+        if self.operating_points_:
+            out["operating_points"] = {k: p.to_dict() for k, p in self.operating_points_.items()}
+            out["operating_point"] = self.operating_point_
         return out
+
+    @property
+    def score_scale(self) -> ScoreScale:
+        """The normalised score's mapping at the current threshold (see `padim.normalise`)."""
+        return ScoreScale.of(self._threshold(None), self.score_scales_.get(self.config.score_mode))
 
     def progress_bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
         """A progress bar shown when this model was made with `progress=True`."""
@@ -289,6 +347,9 @@ class Padim:
             "embedding_dim": dim,
             "gaussian_file_bytes": positions * (tril * stored + 2 * dim * 4),
             "fit_statistics_bytes": positions * (BlockLayout.for_dim(dim).size * 8 + dim * 16),
+            "statistics_file_bytes": (
+                positions * (tril + 2 * dim) * 8 if self.config.statistics == "keep" else 0
+            ),
         }
         if grid is not None:
             out["tiling"] = {**grid.describe(), "statistics": self.config.tile_statistics}
@@ -296,10 +357,11 @@ class Padim:
 
     def check_memory(self, available: int | None = None) -> None:
         """Refuse, before any work, a geometry whose statistics cannot fit in memory (the sums
-        are float64, about 1.2x the model's Gaussians while they are factorised)."""
+        are float64, about 1.2x the model's Gaussians while they are factorised; kept
+        statistics stay beside the Gaussians)."""
         available = available_bytes() if available is None else available
         g = self.geometry()
-        need = int(g["fit_statistics_bytes"] * 1.25)
+        need = int(g["fit_statistics_bytes"] * (1.6 if self.config.statistics == "keep" else 1.25))
         if available is not None and need > available:
             raise PadimError(
                 f"this geometry needs about {need / 2**30:.1f} GiB to fit ({g['positions']:,} "
@@ -380,10 +442,16 @@ class Padim:
                 f"need at least {MIN_TRAIN_IMAGES} good training images to fit a "
                 f"covariance, got {n}"
             )
-        order = np.random.default_rng(self.config.seed).permutation(n)
+        return self._split(items, np.random.default_rng(self.config.seed), MIN_TRAIN_IMAGES)
+
+    def _split(self, items: list[ImageInput], rng: np.random.Generator, keep: int) -> FitPlan:
+        """Hold out `holdout_fraction` of the items (none when fewer than
+        MIN_IMAGES_FOR_HOLDOUT), keeping at least `keep` of them to fit."""
+        n = len(items)
+        order = rng.permutation(n)
         n_hold = 0
         if n >= MIN_IMAGES_FOR_HOLDOUT:
-            n_hold = min(n - MIN_TRAIN_IMAGES, round(self.config.holdout_fraction * n))
+            n_hold = max(0, min(n - keep, round(self.config.holdout_fraction * n)))
         indexed = list(enumerate(items))
         return FitPlan(
             n=n,
@@ -403,16 +471,18 @@ class Padim:
         """Factorise the summed statistics, score the held-out embeddings and calibrate a
         threshold per score mode (consumes `stats`)."""
         with torch.inference_mode():
+            keep = self.config.statistics == "keep"
             factor_bar = self.progress_bar(stats.positions, "factorise", unit="pos")
             gaussian, held_out = GaussianModel.fit(
                 stats,
                 self.config.regularisation,
                 holdout,
-                consume=True,
+                consume=not keep,
                 on_chunk=factor_bar.update,
                 shrinkage=self.config.shrinkage,
             )
             factor_bar.close()
+            self.statistics_ = stats if keep else None  # every image's sums, held-out included
             del stats, holdout
             roi = self._roi_mask(plan)
             net = PadimNet(
@@ -428,17 +498,15 @@ class Padim:
                 held_out = self._in_sample_terms(net, plan.fit_items, loader)
                 source = "in-sample good training images (too few to hold out)"
             net.term_stats = term_statistics(held_out.mahalanobis, held_out.chebyshev)
-            summaries = self._calibrate(net, held_out)
-        mode = self.config.score_mode
+            scores = self._mode_scores(net, held_out)
         n_cal = held_out.mahalanobis.shape[0]
-        self.threshold_ = self.thresholds_[mode]
-        self.threshold_source_ = f"quantile {self.config.threshold_quantile} of {n_cal} {source}"
+        self._calibrate_quantiles(scores, f"{n_cal} {source}")
         self.training_ = TrainingSummary(
             n_train=plan.n,
             n_holdout=len(plan.hold_items),
             fit_seconds=round(time.perf_counter() - plan.started, 3),
             weights=self._weights_description(),
-            good_score_summary=summaries[mode],
+            good_score_summary=score_summary(scores[self.config.score_mode]),
             shrinkage_intensity=(
                 None
                 if gaussian.shrinkage_rho is None
@@ -458,6 +526,114 @@ class Padim:
             },
         )
         return self
+
+    def partial_fit(self, images: ImageInput | Iterable[ImageInput]) -> Padim:
+        """Add good images to a fitted model without its old images.
+
+        The new images' sums are merged into the kept training statistics (`statistics_`, the
+        same exact merge a distributed fit uses), so the Gaussians equal a fit on all images.
+        Threshold rule: `holdout_fraction` of the new images (a seeded split) are scored by the
+        Gaussians before they are added; their scores join the held-out good scores kept in
+        the model, and the quantile threshold, the normalised-score spread and every operating
+        point chosen on held-out images are recomputed from that pool. Operating points chosen
+        on labelled data keep their thresholds, with a warning to calibrate them again.
+        An unfitted model is simply fitted.
+        """
+        if not self.is_fitted:
+            return self.fit(images)
+        if self.statistics_ is None:
+            raise PadimError(
+                "this model keeps no training statistics (fitted with --statistics drop, "
+                "or by an older padim): fit it again on all images, with --statistics keep"
+            )
+        items: list[ImageInput] = (
+            list(training_images(images))
+            if isinstance(images, str | Path) and Path(images).is_dir()
+            else expand_inputs(images)
+        )
+        if not items:
+            raise PadimError("no new images to add")
+        updates = list(self.training_.updates or []) if self.training_ else []
+        plan = self._split(items, np.random.default_rng([self.config.seed, len(updates) + 1]), 0)
+        net = self.fitted_net()
+        bar = self.progress_bar(plan.n, "update")
+        with torch.inference_mode(), HoldoutStore() as holdout:
+            stats = self.statistics_
+            if plan.fit_items:
+                new = GaussianStats.from_batches(
+                    self._embeddings(net.embedder, plan.fit_items, None, bar)
+                )
+                stats = stats.merge(new)
+            for emb in self._embeddings(net.embedder, plan.hold_items, None, bar):
+                holdout.add(emb)
+            bar.close()
+            if stats is self.statistics_:  # GaussianModel.fit adds the held-out images to it
+                stats = stats.copy()
+            gaussian, held_out = GaussianModel.fit(
+                stats,
+                self.config.regularisation,
+                holdout,
+                shrinkage=self.config.shrinkage,
+            )
+            net.set_gaussian(gaussian)
+            new_scores: dict[str, np.ndarray] = {}
+            if held_out is not None:
+                maha, cheb = net.stitch(held_out.mahalanobis), net.stitch(held_out.chebyshev)
+                assert maha is not None and cheb is not None
+                new_scores = self._mode_scores(net, HeldOut(maha, cheb))
+        self.statistics_ = stats
+        self._recalibrate_after_update(new_scores)
+        seconds = round(time.perf_counter() - plan.started, 3)
+        updates.append(
+            {
+                "added": plan.n,
+                "held_out": len(plan.hold_items),
+                "seconds": seconds,
+                "when": now_iso(),
+            }
+        )
+        if self.training_ is not None:
+            self.training_.n_train += plan.n
+            self.training_.n_holdout += len(plan.hold_items)
+            self.training_.updates = updates
+            mode = self.config.score_mode
+            if mode in self.holdout_scores_:
+                self.training_.good_score_summary = score_summary(self.holdout_scores_[mode])
+        return self
+
+    def _recalibrate_after_update(self, new_scores: dict[str, np.ndarray]) -> None:
+        """Pool the new held-out scores with the kept ones and recompute what rests on them."""
+        pooled = {
+            m: np.concatenate([self.holdout_scores_.get(m, np.empty(0)), new_scores.get(m, [])])
+            for m in SCORE_MODES
+        }
+        if not all(v.size for v in pooled.values()):
+            return  # nothing held out, ever: keep the thresholds as they are
+        current, points = self.operating_point_, dict(self.operating_points_)
+        data = f"{pooled[self.config.score_mode].size} held-out good training images"
+        self._calibrate_quantiles(pooled, data)  # makes "fit" current
+        for name, point in points.items():
+            if name == "fit":
+                continue
+            fpr = (point.target or {}).get("fpr")
+            if fpr is not None and "held-out" in point.data and point.score_mode in pooled:
+                refreshed = measured_point(
+                    name,
+                    target_fpr_threshold(pooled[point.score_mode], fpr),
+                    point.score_mode,
+                    point.rule,
+                    f"{pooled[point.score_mode].size} held-out good training images",
+                    pooled[point.score_mode],
+                    target=point.target,
+                )
+                self.operating_points_[name] = refreshed
+            else:
+                point.warning = (
+                    "chosen before images were added with padim update: calibrate it again"
+                )
+                self.operating_points_[name] = point
+        if current is not None and current in self.operating_points_:
+            self._activate(self.operating_points_[current])
 
     def _roi_mask(self, plan: FitPlan) -> torch.Tensor | None:
         """The region of interest at the model input (H, W) bool, from `roi` given at the
@@ -492,11 +668,10 @@ class Padim:
             cheb.append(c)
         return HeldOut(torch.cat(maha), torch.cat(cheb))
 
-    def _calibrate(self, net: PadimNet, held: HeldOut) -> dict[str, dict[str, float]]:
-        """Set `thresholds_`: per score mode, a quantile of the good calibration images' scores;
-        returns each mode's score summary."""
+    def _mode_scores(self, net: PadimNet, held: HeldOut) -> dict[str, np.ndarray]:
+        """The held-out images' scores (float64) under every score mode."""
         size = self.preprocess.output_hw
-        summaries = {}
+        out = {}
         n = held.mahalanobis.shape[0]
         step = self.effective_batch()  # full-size maps of a few images at a time
         for mode in SCORE_MODES:
@@ -506,10 +681,28 @@ class Padim:
                 )[0]
                 for i in range(0, n, step)
             ]
-            values = torch.cat(parts).double().cpu().numpy()
-            self.thresholds_[mode] = quantile_threshold(values, self.config.threshold_quantile)
-            summaries[mode] = score_summary(values)
-        return summaries
+            out[mode] = torch.cat(parts).double().cpu().numpy()
+        return out
+
+    def _calibrate_quantiles(self, scores: dict[str, np.ndarray], data: str) -> None:
+        """From the held-out good scores of every mode: the quantile thresholds, the normalised
+        score's spread, and the "fit" operating point (made current)."""
+        q = self.config.threshold_quantile
+        self.holdout_scores_ = {m: np.asarray(v, np.float64) for m, v in scores.items()}
+        for mode, values in self.holdout_scores_.items():
+            self.thresholds_[mode] = quantile_threshold(values, q)
+            self.score_scales_[mode] = float(values.std())
+        mode = self.config.score_mode
+        self._activate(
+            measured_point(
+                "fit",
+                self.thresholds_[mode],
+                mode,
+                f"quantile {q} of the scores",
+                data,
+                self.holdout_scores_[mode],
+            )
+        )
 
     def set_score_mode(self, mode: str) -> None:
         """Score with another mode; the threshold becomes the one calibrated for it."""
@@ -522,6 +715,12 @@ class Padim:
             )
         self.config.score_mode = mode
         self.threshold_ = float(self.thresholds_[mode])
+        same = [
+            p.name
+            for p in self.operating_points_.values()
+            if p.score_mode == mode and p.threshold == self.threshold_
+        ]
+        self.operating_point_ = same[0] if same else None
 
     def _weights_description(self) -> str:
         if self.weights is None:
@@ -581,15 +780,23 @@ class Padim:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def predict(
-        self, images: ImageInput | Iterable[ImageInput], threshold: float | None = None
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        threshold: float | None = None,
+        operating_point: str | None = None,
+        min_area: int = options.MIN_AREA.default,
     ) -> list[Prediction]:
-        """Score, verdict, anomaly map and mask per image.
+        """Score, verdict, normalised score, anomaly map, mask and defect regions per image.
 
         Parameters
         ----------
         images : folder, path, PIL image, array, or an iterable of them
         threshold : float, optional
             Overrides `threshold_` for this call.
+        operating_point : str, optional
+            Use this named operating point's threshold instead (see `operating_points_`).
+        min_area : int
+            Defect regions smaller than this many pixels (of the image itself) are dropped.
 
         Returns
         -------
@@ -597,19 +804,26 @@ class Padim:
         """
         self.fitted_net()
         items = expand_inputs(images)
-        thr = self._threshold(threshold)
+        thr = self.threshold_for(threshold, operating_point)
+        scale = self.score_scale.at(thr)
         scores, maps = self.score(items)
-        return [
-            Prediction(
-                score=float(s),
-                is_anomalous=bool(s > thr),
-                threshold=thr,
-                anomaly_map=m,
-                mask=m > thr,
-                path=str(item) if isinstance(item, str | Path) else None,
+        out = []
+        for item, s, m in zip(items, scores, maps, strict=True):
+            wh = image_shape(item)
+            out.append(
+                Prediction(
+                    score=float(s),
+                    is_anomalous=bool(s > thr),
+                    threshold=thr,
+                    anomaly_map=m,
+                    mask=m > thr,
+                    path=str(item) if isinstance(item, str | Path) else None,
+                    normalised_score=scale.one(float(s)),
+                    regions=self.preprocess.regions(m, thr, wh, min_area, scale),
+                    image_size=wh,
+                )
             )
-            for item, s, m in zip(items, scores, maps, strict=True)
-        ]
+        return out
 
     def _threshold(self, override: float | None) -> float:
         if override is not None:
@@ -618,20 +832,136 @@ class Padim:
             raise PadimError("the model has no threshold: fit it or set one")
         return self.threshold_
 
-    def set_threshold(self, value: float, source: str = "set by user") -> None:
-        """Use `value` as the current score mode's threshold; `source` says how it was chosen."""
+    def threshold_for(self, threshold: float | None = None, name: str | None = None) -> float:
+        """A given threshold, a named operating point's, or the current one."""
+        if name is None:
+            return self._threshold(threshold)
+        if threshold is not None:
+            raise PadimError("give either a threshold or an operating point, not both")
+        return self.operating_point(name).threshold
+
+    def operating_point(self, name: str) -> OperatingPoint:
+        """The named operating point, usable with the current score mode."""
+        point = self.operating_points_.get(name)
+        if point is None:
+            known = ", ".join(sorted(self.operating_points_)) or "none"
+            raise PadimError(f"no operating point {name!r} in this model (it has: {known})")
+        if point.score_mode != self.config.score_mode:
+            raise PadimError(
+                f"operating point {name!r} was chosen for score mode {point.score_mode}, "
+                f"not {self.config.score_mode}"
+            )
+        return point
+
+    def use_operating_point(self, name: str) -> None:
+        """Make a stored operating point the model's threshold."""
+        self._activate(self.operating_point(name))
+
+    def add_operating_point(self, point: OperatingPoint) -> None:
+        """Store `point` under its name (replacing one of that name) and make it current."""
+        if point.score_mode != self.config.score_mode:
+            raise PadimError(
+                f"operating point for score mode {point.score_mode}, the model scores with "
+                f"{self.config.score_mode}"
+            )
+        self.operating_points_[point.name] = point
+        self._activate(point)
+
+    def _activate(self, point: OperatingPoint) -> None:
+        self.operating_points_[point.name] = point
+        self.threshold_ = point.threshold
+        self.thresholds_[point.score_mode] = point.threshold
+        self.threshold_source_ = point.describe()
+        self.operating_point_ = point.name
+
+    def set_threshold(
+        self, value: float, source: str = "set by user", name: str = "manual"
+    ) -> None:
+        """Use `value` as the current score mode's threshold (operating point `name`); `source`
+        says how it was chosen."""
         if not np.isfinite(value):
             raise PadimError(f"threshold must be a finite number, got {value}")
-        self.threshold_ = float(value)
-        self.threshold_source_ = source
-        self.thresholds_[self.config.score_mode] = self.threshold_
+        self.add_operating_point(
+            OperatingPoint(name, float(value), self.config.score_mode, source, "no data")
+        )
 
-    def calibrate(self, scores: np.ndarray, labels: np.ndarray) -> float:
+    def calibrate(self, scores: np.ndarray, labels: np.ndarray, name: str = "f1") -> float:
         """Set the F1-optimal threshold of labelled validation scores (label 1 = anomalous);
         returns it."""
         thr = f1_optimal_threshold(labels, scores)
-        self.set_threshold(thr, f"F1-optimal on {len(labels)} labelled validation images")
+        self._labelled_point(name, thr, "F1-optimal", scores, labels)
         return thr
+
+    def calibrate_recall(
+        self, scores: np.ndarray, labels: np.ndarray, recall: float, name: str | None = None
+    ) -> OperatingPoint:
+        """The threshold finding at least `recall` of the anomalous images with the best
+        precision, on labelled validation scores; made current."""
+        thr = target_recall_threshold(labels, scores, recall)
+        return self._labelled_point(
+            name or f"recall-{recall:g}",
+            thr,
+            f"target recall {recall:g}",
+            scores,
+            labels,
+            {"recall": recall},
+        )
+
+    def _labelled_point(
+        self,
+        name: str,
+        threshold: float,
+        rule: str,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        target: dict[str, float] | None = None,
+    ) -> OperatingPoint:
+        scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(int)
+        point = measured_point(
+            name,
+            threshold,
+            self.config.score_mode,
+            rule,
+            f"{len(labels)} labelled validation images",
+            scores[labels == 0],
+            scores[labels == 1],
+            target,
+        )
+        self.add_operating_point(point)
+        return point
+
+    def calibrate_fpr(
+        self,
+        fpr: float,
+        good_scores: np.ndarray | None = None,
+        data: str | None = None,
+        name: str | None = None,
+    ) -> OperatingPoint:
+        """The lowest threshold flagging at most `fpr` of good images: `good_scores` (described
+        by `data`), or the held-out good training images kept in the model; made current. Its
+        `warning` says when the images are too few to show that rate."""
+        mode = self.config.score_mode
+        if good_scores is None:
+            if mode not in self.holdout_scores_:
+                raise PadimError(
+                    "this model keeps no held-out good scores (written by an older padim): "
+                    "give a folder of good images"
+                )
+            good_scores = self.holdout_scores_[mode]
+            n = len(good_scores)
+            data = f"{n} held-out good training images"
+        good_scores = np.asarray(good_scores, np.float64)
+        point = measured_point(
+            name or f"fpr-{fpr:g}",
+            target_fpr_threshold(good_scores, fpr),
+            mode,
+            f"target false-alarm rate {fpr:g}",
+            data or f"{len(good_scores)} good images",
+            good_scores,
+            target={"fpr": fpr},
+        )
+        self.add_operating_point(point)
+        return point
 
     # ------------------------------------------------------------------ persistence
 
@@ -649,12 +979,14 @@ class Padim:
         device: str = options.DEVICE.default,
         batch_size: int = options.BATCH_SIZE.default,
         score_mode: str | None = None,
+        statistics: bool = False,
     ) -> Padim:
         """Rebuild a fitted model from its file (no network: backbone weights are inside);
-        `score_mode` replaces the mode it was fitted with (and its threshold)."""
+        `score_mode` replaces the mode it was fitted with (and its threshold); `statistics`
+        also reads the training sums, which only `partial_fit` needs."""
         from padim.model.modelfile import read_model
 
-        model = read_model(cls, path, device, batch_size)
+        model = read_model(cls, path, device, batch_size, statistics)
         if score_mode is not None and score_mode != model.config.score_mode:
             model.set_score_mode(score_mode)
         return model

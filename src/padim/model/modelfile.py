@@ -70,13 +70,25 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     return _parse_header(meta, path)
 
 
-def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and config of a model file; fails clearly on corrupt or incompatible files."""
-    from safetensors.torch import load_file
+STATISTICS_PREFIX = "statistics."  # the training sums: read only to add images (padim update)
+GOOD_SCORES_PREFIX = "calibration.good_scores."  # held-out good images' scores, per score mode
+
+
+def load_model_file(
+    path: str | Path, statistics: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and config of a model file (the training statistics only when asked: scoring
+    never needs them); fails clearly on corrupt or incompatible files."""
+    from safetensors import safe_open
 
     config = read_model_config(path)
     try:
-        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            tensors = {
+                key: fh.get_tensor(key)
+                for key in fh.keys()  # noqa: SIM118 (a safetensors handle, not a dict)
+                if statistics or not key.startswith(STATISTICS_PREFIX)
+            }
     except Exception as exc:
         raise PadimError(f"model file is corrupt or truncated: {path} ({exc})") from None
     return tensors, config
@@ -125,7 +137,10 @@ def model_header(model: Padim) -> dict[str, Any]:
     pre = model.preprocess
     return {
         "library_version": __version__,
-        "config": model.config.to_dict(),
+        "config": {  # "keep" only when the file really holds the training statistics
+            **model.config.to_dict(),
+            "statistics": "keep" if model.statistics_ is not None else "drop",
+        },
         "backbone": {
             "name": spec.name,
             "layer_channels": list(spec.channels),
@@ -158,12 +173,20 @@ def write_model(model: Padim, path: str | Path) -> None:
     tensors["scoring.term_stats"] = net.term_stats
     if net.roi is not None:
         tensors["roi.mask"] = net.roi[0, 0].to(torch.uint8)
+    for mode, scores in model.holdout_scores_.items():
+        tensors[GOOD_SCORES_PREFIX + mode] = torch.from_numpy(scores).to(torch.float64)
+    if model.statistics_ is not None and model.config.statistics == "keep":
+        for key, value in model.statistics_.file_tensors().items():
+            tensors[STATISTICS_PREFIX + key] = value
     save_model_file(path, tensors, model_header(model))
 
 
-def read_model(cls: type[Padim], path: str | Path, device: str, batch_size: int) -> Padim:
-    """Rebuild a fitted `cls` from a model file (formats 1-3)."""
-    tensors, header = load_model_file(path)
+def read_model(
+    cls: type[Padim], path: str | Path, device: str, batch_size: int, statistics: bool = False
+) -> Padim:
+    """Rebuild a fitted `cls` from a model file (formats 1-3); with `statistics`, also the
+    training sums (for `partial_fit`)."""
+    tensors, header = load_model_file(path, statistics)
     try:
         try:
             model = _from_header(cls, header, device, batch_size)
@@ -171,6 +194,7 @@ def read_model(cls: type[Padim], path: str | Path, device: str, batch_size: int)
         except PadimError as exc:
             raise PadimError(f"model file {path} is damaged or inconsistent: {exc}") from None
         model.net_ = _build_net(model, tensors, header)
+        _read_calibration(model, tensors, statistics)
     except PadimError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
@@ -250,7 +274,35 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
         raise PadimError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
 
 
+def _read_calibration(model: Padim, tensors: dict[str, torch.Tensor], statistics: bool) -> None:
+    """The held-out good scores and (when asked) the training statistics."""
+    from padim.core.gaussian import GaussianStats
+
+    model.holdout_scores_ = {
+        key.removeprefix(GOOD_SCORES_PREFIX): tensor.double().numpy()
+        for key, tensor in tensors.items()
+        if key.startswith(GOOD_SCORES_PREFIX)
+    }
+    if not statistics:
+        return
+    stats = {
+        k.removeprefix(STATISTICS_PREFIX): v
+        for k, v in tensors.items()
+        if k.startswith(STATISTICS_PREFIX)
+    }
+    if not stats:
+        return
+    model.statistics_ = GaussianStats.from_file_tensors(stats)
+    expected = tuple(model.fitted_net().gauss_mean.shape)
+    if tuple(model.statistics_.shift.shape) != expected:
+        raise PadimError(
+            f"training statistics {tuple(model.statistics_.shift.shape)} do not match the "
+            f"Gaussians {expected}"
+        )
+
+
 def _from_header(cls: type[Padim], header: dict[str, Any], device: str, batch_size: int) -> Padim:
+    from padim.model.calibration import OperatingPoint
     from padim.model.config import PadimConfig, TrainingSummary
 
     cfg = PadimConfig(**header["config"])
@@ -262,6 +314,15 @@ def _from_header(cls: type[Padim], header: dict[str, Any], device: str, batch_si
     if not model.thresholds_ and model.threshold_ is not None:  # files before format 3
         model.thresholds_ = {cfg.score_mode: model.threshold_}
     model.training_ = TrainingSummary.from_dict(info)
+    scales = info.get("score_scales")
+    if isinstance(scales, dict):
+        model.score_scales_ = {k: float(v) for k, v in scales.items()}
+    elif model.training_.good_score_summary.get("std"):  # older files: the fitted mode's spread
+        model.score_scales_ = {cfg.score_mode: float(model.training_.good_score_summary["std"])}
+    points = info.get("operating_points") or {}
+    model.operating_points_ = {k: OperatingPoint.from_dict(v) for k, v in points.items()}
+    active = info.get("operating_point")
+    model.operating_point_ = active if active in model.operating_points_ else None
     return model
 
 

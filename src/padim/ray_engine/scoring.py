@@ -16,7 +16,7 @@ import numpy as np
 from padim import options
 from padim.data.sources import output_names, source_paths
 from padim.deploy.bulk import BulkJob, score_part
-from padim.deploy.scorers import file_id, load_scorer
+from padim.deploy.scorers import file_id, load_scorer, resolve_threshold
 from padim.errors import PadimError
 from padim.progress import progress_bar
 from padim.ray_engine.fitting import split_evenly
@@ -35,11 +35,13 @@ class ScoreWorker:
         threshold: float,
         out: str,
         maps: tuple[str, ...],
+        min_area: int = 0,
     ) -> None:
         self.scorer = load_scorer(model, "cpu", threads, score_mode)
         self.threshold = threshold
         self.out = Path(out)
         self.maps = maps
+        self.min_area = min_area
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = score_part(
@@ -50,6 +52,7 @@ class ScoreWorker:
             self.out / "maps" if self.maps else None,
             self.out / "parts",
             self.maps,
+            self.min_area,
         )
         return {
             "path": np.array(rows["path"], dtype=object),
@@ -63,6 +66,8 @@ class BulkOptions:
     cpus_per_worker: int = 1
     batch_size: int = options.BATCH_SIZE.default
     threshold: float | None = None
+    operating_point: str | None = None  # a stored threshold, by name (not with `threshold`)
+    min_area: int = options.MIN_AREA.default  # smallest defect region counted, pixels
     score_mode: str | None = None
     maps: tuple[str, ...] = ()  # into DIR/maps: any of overlay, heatmap, mask (PNG), map (.npy)
     fmt: str = options.RESULT_FORMAT.default
@@ -81,10 +86,11 @@ def predict(
         raise PadimError("no images to score")
     names = dict(zip(paths, output_names(paths), strict=True))
     probe = load_scorer(model_path, "cpu", 1, opts.score_mode)  # fails here, not in an actor
-    threshold = probe.threshold if opts.threshold is None else float(opts.threshold)
+    threshold = resolve_threshold(probe, opts.threshold, opts.operating_point)
     identity = {
         "model_id": file_id(model_path),
         "threshold": threshold,
+        "min_area": opts.min_area,
         "score_mode": probe.describe().get("score_mode"),
     }
     del probe
@@ -151,6 +157,7 @@ def _run_pipeline(
             "threshold": threshold,
             "out": os.path.abspath(job.out),
             "maps": opts.maps,
+            "min_area": opts.min_area,
         },
         batch_size=opts.batch_size,
         batch_format="numpy",

@@ -28,11 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from padim import __version__
+from padim import __version__, options
 from padim.data.images import decode_image
 from padim.data.pictures import (
     PICTURE_KINDS,
-    colour_scale,
     png_bytes,
     render_pictures,
     to_picture,
@@ -46,6 +45,7 @@ from padim.service.requests import (
     ApiError,
     Upload,
     parse_include,
+    parse_min_area,
     parse_threshold,
     query,
     read_uploads,
@@ -99,7 +99,9 @@ class Service:
             photo = np.asarray(image) if keep_photo else None
             return self.scorer.preprocess(image), image.size, photo
 
-    async def predict(self, upload: Upload, include: set[str], threshold: float) -> dict:
+    async def predict(
+        self, upload: Upload, include: set[str], threshold: float, min_area: int = 0
+    ) -> dict:
         started = time.perf_counter()
         self.batcher.expecting += 1  # lets a forming batch wait for this image
         try:
@@ -119,12 +121,18 @@ class Service:
             )
         scored = time.perf_counter()
         out = self._result(upload.name, result, threshold, width, height)
-        if include:
-            out.update(
-                await run_in_threadpool(
-                    self.render, x, result.anomaly_map, threshold, include, (width, height), photo
-                )
+        out.update(
+            await run_in_threadpool(
+                self.render,
+                x,
+                result.anomaly_map,
+                threshold,
+                include,
+                (width, height),
+                photo,
+                min_area,
             )
+        )
         done = time.perf_counter()
         out["timings_ms"] = {
             "decode": _ms(decoded - started),
@@ -141,6 +149,7 @@ class Service:
         return {
             "filename": name,
             "score": r.score,
+            "normalised_score": self.scorer.score_scale.at(threshold).one(r.score),
             "threshold": threshold,
             "is_anomalous": anomalous,
             "verdict": "anomalous" if anomalous else "good",
@@ -157,22 +166,29 @@ class Service:
         include: set[str],
         image_wh: tuple[int, int],
         photo: np.ndarray | None = None,
+        min_area: int = 0,
     ) -> dict:
-        """The pictures asked for, as base64 PNGs: heat map, mask and overlay at the uploaded
-        image's size, the model input as it is; and the raw map at the model input (float32
-        little-endian)."""
-        out: dict[str, Any] = {}
+        """The defect regions (at the uploaded image's size) and the pictures asked for, as
+        base64 PNGs: heat map, mask and overlay at the uploaded image's size, coloured on the
+        normalised score, the model input as it is; and the raw map at the model input
+        (float32 little-endian)."""
+        scale = self.scorer.score_scale.at(threshold)
+        regions = self.scorer.geometry.regions(amap, threshold, image_wh, min_area, scale)
+        out: dict[str, Any] = {
+            "n_regions": len(regions),
+            "regions": [r.to_dict() for r in regions[: options.MAX_REGIONS]],
+        }
         kinds = [name for name in PICTURE_KINDS if name in include and name != "input"]
         arrays: dict[str, np.ndarray] = {}
-        if kinds:  # colours scaled by the model's threshold: they mean the same across requests
+        if kinds:
             native = self.scorer.geometry.map_to_image(amap, image_wh)
             canvas = photo if photo is not None else np.zeros((1, 1, 3), np.uint8)
-            arrays = render_pictures(canvas, native, threshold, kinds, self.scorer.threshold)
+            arrays = render_pictures(canvas, native, threshold, kinds, scale, regions)
         if "input" in include:
             arrays["input"] = to_picture(x)
         if arrays:
             out["pictures"] = {name: png_base64(a) for name, a in arrays.items()}
-            out["colour_scale"] = list(colour_scale(self.scorer.threshold))
+            out["colour_scale"] = scale.to_dict()
         if "map" in include:
             h, w = amap.shape
             out["anomaly_map"] = {
@@ -185,14 +201,14 @@ class Service:
         return out
 
     async def predict_many(
-        self, uploads: list[Upload], include: set[str], threshold: float
+        self, uploads: list[Upload], include: set[str], threshold: float, min_area: int = 0
     ) -> list[dict]:
         """Every image of a batch request together (they share forward passes); a bad image
         becomes an error entry, the others are still scored."""
 
         async def one(upload: Upload) -> dict:
             try:
-                return await self.predict(upload, include, threshold)
+                return await self.predict(upload, include, threshold, min_area)
             except (BadImage, ApiError) as exc:
                 status, code, message = _describe(exc)
                 self.metrics.errors.labels(endpoint="/v1/predict/batch", code=code).inc()
@@ -296,25 +312,28 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
     @app.post("/v1/predict", summary="Score one image")
     async def predict(request: Request) -> dict:
         """One image as multipart (field `file`) or raw bytes. Query: `include` (comma list of
-        heatmap, mask, overlay, input, map) and `threshold` (overrides the model's)."""
+        heatmap, mask, overlay, input, map), `threshold` (overrides the model's) or
+        `operating_point` (a stored one, by name), `min_area` (smallest region, pixels)."""
         include = parse_include(query(request, "include") or "")
-        threshold = parse_threshold(query(request, "threshold"), scorer.threshold)
+        threshold = request_threshold(request, scorer)
+        min_area = parse_min_area(query(request, "min_area"))
         uploads = await read_uploads(request, service.settings, batch=False)  # one at most
-        return await service.predict(uploads[0], include, threshold)
+        return await service.predict(uploads[0], include, threshold, min_area)
 
     @app.post("/v1/predict/batch", summary="Score several images")
     async def predict_batch(request: Request) -> dict:
         """Several images as multipart files (any field names, e.g. `files`); results in the
         same order; an unreadable image gets an `error` entry instead of failing the batch."""
         include = parse_include(query(request, "include") or "")
-        threshold = parse_threshold(query(request, "threshold"), scorer.threshold)
+        threshold = request_threshold(request, scorer)
+        min_area = parse_min_area(query(request, "min_area"))
         if request.headers.get("content-type", "").split(";")[0].strip() != "multipart/form-data":
             raise ApiError(
                 415, "unsupported_media_type", "send the images as multipart/form-data files"
             )
         started = time.perf_counter()
         uploads = await read_uploads(request, service.settings, batch=True)
-        results = await service.predict_many(uploads, include, threshold)
+        results = await service.predict_many(uploads, include, threshold, min_area)
         return {
             "model_id": scorer.model_id,
             "threshold": threshold,
@@ -374,6 +393,21 @@ PAGE_HEADERS = {
     "style-src 'self'; script-src 'self'; connect-src 'self'",
     "Cache-Control": "no-cache",
 }
+
+
+def request_threshold(request: Request, scorer: Scorer) -> float:
+    """`threshold` or `operating_point` from the query (not both), else the model's."""
+    text, name = query(request, "threshold"), query(request, "operating_point")
+    if name is None:
+        return parse_threshold(text, scorer.threshold)
+    if text is not None:
+        raise ApiError(422, "bad_query", "give either threshold or operating_point, not both")
+    if name not in scorer.operating_points:
+        known = ", ".join(sorted(scorer.operating_points)) or "none"
+        raise ApiError(
+            422, "bad_operating_point", f"no operating point {name!r} (this model has: {known})"
+        )
+    return scorer.operating_points[name]
 
 
 def _endpoint(request: Request) -> str:

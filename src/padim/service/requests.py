@@ -136,7 +136,7 @@ async def read_uploads(request: Request, settings: ServeSettings, batch: bool) -
     )
 
 
-QUERY_PARAMETERS = ("include", "threshold", "filename")
+QUERY_PARAMETERS = ("include", "threshold", "operating_point", "min_area", "filename")
 
 
 def query(request: Request, name: str) -> str | None:
@@ -165,6 +165,16 @@ def parse_include(text: str) -> set[str]:
             f"unknown include {', '.join(sorted(unknown))}: choose from {', '.join(INCLUDES)}",
         )
     return wanted
+
+
+def parse_min_area(text: str | None) -> int:
+    if text is None or text == "":
+        return 0
+    if not text.isdigit() or len(text) > 12:
+        raise ApiError(
+            422, "bad_min_area", f"min_area must be a whole number of pixels, got {text!r}"
+        )
+    return int(text)
 
 
 def parse_threshold(text: str | None, default: float) -> float:

@@ -169,6 +169,11 @@ function drawDecision(r) {
     }
   }
   ctx.putImageData(over, 0, 0);
+  const regions = findRegions(mask, w, h);
+  ctx.strokeStyle = "#ff00ff"; // magenta boxes, as on padim's overlays
+  ctx.lineWidth = 2;
+  for (const b of regions) ctx.strokeRect(b.x0 - 1, b.y0 - 1, b.x1 - b.x0 + 3, b.y1 - b.y0 + 3);
+  node.dataset.regions = String(regions.length);
 
   const anomalous = body.score > thr;
   const verdict = node.querySelector(".verdict");
@@ -176,13 +181,46 @@ function drawDecision(r) {
   verdict.className = `verdict ${anomalous ? "bad" : "good"}`;
   node.dataset.verdict = anomalous ? "anomalous" : "good";
   node.dataset.maskPixels = String(count);
+  const spread = state.model.score_scale ? state.model.score_scale.scale : thr / 10;
+  const normalised = 1 / (1 + Math.exp(-Math.max(-60, Math.min(60, (body.score - thr) / spread))));
   node.querySelector(".score").textContent =
-    `score ${body.score.toFixed(2)} vs threshold ${thr.toFixed(2)} · ` +
+    `score ${body.score.toFixed(2)} (normalised ${normalised.toFixed(3)}) vs threshold ` +
+    `${thr.toFixed(2)} · ${regions.length} region${regions.length === 1 ? "" : "s"} · ` +
     `${(100 * count / (w * h)).toFixed(1)}% of pixels above`;
   const scale = Math.max(thr * 2, body.score * 1.05, 1e-9);
   node.querySelector(".fill").style.width = `${Math.min(100, (100 * body.score) / scale)}%`;
   node.querySelector(".fill").classList.toggle("bad", anomalous);
   node.querySelector(".tick").style.left = `${(100 * thr) / scale}%`;
+}
+
+// Connected regions (8-neighbours) of the mask at the slider threshold: bounding boxes.
+function findRegions(mask, w, h) {
+  const seen = new Uint8Array(w * h);
+  const out = [];
+  for (let start = 0; start < w * h; start++) {
+    if (!mask[start] || seen[start]) continue;
+    const box = { x0: w, y0: h, x1: 0, y1: 0 };
+    const stack = [start];
+    seen[start] = 1;
+    while (stack.length) {
+      const i = stack.pop();
+      const x = i % w;
+      const y = (i - x) / w;
+      box.x0 = Math.min(box.x0, x); box.x1 = Math.max(box.x1, x);
+      box.y0 = Math.min(box.y0, y); box.y1 = Math.max(box.y1, y);
+      for (let dy = -1; dy <= 1; dy++) {
+        for (let dx = -1; dx <= 1; dx++) {
+          const nx = x + dx;
+          const ny = y + dy;
+          if (nx < 0 || ny < 0 || nx >= w || ny >= h) continue;
+          const j = ny * w + nx;
+          if (mask[j] && !seen[j]) { seen[j] = 1; stack.push(j); }
+        }
+      }
+    }
+    out.push(box);
+  }
+  return out;
 }
 
 function wire() {
