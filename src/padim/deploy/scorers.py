@@ -138,13 +138,12 @@ def save_scored_pictures(
     threshold: float,
     kinds: Sequence[str] = PICTURES,
     regions: Sequence[Region] = (),
-    amap: np.ndarray | None = None,
 ) -> dict[str, str]:
     """A scored image's pictures as PNG files at the photo's own resolution (the map brought
-    back through the model's geometry, unless given), coloured on the normalised score at
-    `threshold`, regions boxed; returns the file names by kind."""
+    back through the model's geometry), coloured on the normalised score at `threshold`,
+    regions boxed; returns the file names by kind."""
     assert item.original is not None and item.anomaly_map is not None
-    amap = native_map(scorer, item) if amap is None else amap
+    amap = native_map(scorer, item)
     scale = scorer.score_scale.at(threshold)
     return save_pictures(
         folder, name, np.asarray(item.original), amap, threshold, kinds, scale, regions

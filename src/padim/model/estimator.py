@@ -427,10 +427,7 @@ class Padim:
     def plan_fit(self, images: ImageInput | Iterable[ImageInput]) -> FitPlan:
         """The training items and their seeded split into fitted and held-out images (the same
         for every engine, so a distributed fit sees exactly the local fit's images)."""
-        if isinstance(images, str | Path) and Path(images).is_dir():
-            items: list[ImageInput] = list(training_images(images))
-        else:
-            items = expand_inputs(images)
+        items = self._training_items(images)
         n = len(items)
         if self.config.size in ("auto", "native") and n:
             sample = items[:: max(1, n // AUTO_SAMPLE)][:AUTO_SAMPLE]
@@ -443,6 +440,13 @@ class Padim:
                 f"covariance, got {n}"
             )
         return self._split(items, np.random.default_rng(self.config.seed), MIN_TRAIN_IMAGES)
+
+    @staticmethod
+    def _training_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+        """A folder's training images (an MVTec category's train/good), or the items given."""
+        if isinstance(images, str | Path) and Path(images).is_dir():
+            return list(training_images(images))
+        return expand_inputs(images)
 
     def _split(self, items: list[ImageInput], rng: np.random.Generator, keep: int) -> FitPlan:
         """Hold out `holdout_fraction` of the items (none when fewer than
@@ -546,11 +550,7 @@ class Padim:
                 "this model keeps no training statistics (fitted with --statistics drop, "
                 "or by an older padim): fit it again on all images, with --statistics keep"
             )
-        items: list[ImageInput] = (
-            list(training_images(images))
-            if isinstance(images, str | Path) and Path(images).is_dir()
-            else expand_inputs(images)
-        )
+        items = self._training_items(images)
         if not items:
             raise PadimError("no new images to add")
         updates = list(self.training_.updates or []) if self.training_ else []
