@@ -8,7 +8,7 @@ from torch import nn
 
 from padim.core.anomaly_map import AnomalyMapper
 from padim.core.features import Embedder
-from padim.core.gaussian import GaussianModel
+from padim.core.gaussian import GaussianModel, HeldOut
 from padim.core.scoring import DEFAULT_SCORE_MODE, SCORE_MODES, combine
 from padim.core.tiling import TiledEmbedder
 from padim.errors import PadimError
@@ -96,6 +96,12 @@ class PadimNet(nn.Module):
         if terms is None or not isinstance(self.embedder, TiledEmbedder):
             return terms
         return self.embedder.tiler.stitch(terms) if self.embedder.shared else terms
+
+    def stitch_held_out(self, held: HeldOut) -> HeldOut:
+        """Held-out patch terms (per tile with shared statistics) on the input's grid."""
+        maha, cheb = self.stitch(held.mahalanobis), self.stitch(held.chebyshev)
+        assert maha is not None and cheb is not None
+        return HeldOut(maha, cheb)
 
     def maps_from_terms(
         self,

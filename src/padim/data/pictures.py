@@ -5,6 +5,7 @@ evaluation.figures)."""
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,15 +120,11 @@ def render_pictures(
     the same on every picture; `regions` are boxed on the overlay."""
     scale = scale if scale is not None else ScoreScale.of(threshold, None)
     mask = amap > threshold
-    normalised: list[np.ndarray] = []
 
     def picture() -> np.ndarray:
         return image if image.dtype == np.uint8 else to_picture(image)
 
-    def colours() -> np.ndarray:
-        if not normalised:
-            normalised.append(scale(amap))
-        return normalised[0]
+    colours = functools.cache(lambda: scale(amap))  # heat map and overlay share it
 
     make: dict[str, Callable[[], np.ndarray]] = {
         "overlay": lambda: overlay(picture(), colours(), mask, 0.0, 1.0, regions=regions),

@@ -25,24 +25,12 @@ import numpy as np
 from padim import options
 from padim.data.pictures import PICTURES
 from padim.data.sources import pyarrow_modules
-from padim.deploy.scorers import Scorer, save_scored_pictures, score_files
+from padim.deploy.scorers import RESULT_COLUMNS, Scorer, save_scored_pictures, score_files
 from padim.errors import PadimError
 from padim.files import atomic_path, write_atomic, write_text_atomic
 
 RESULT_FORMATS = options.RESULT_FORMATS
-COLUMNS = (
-    "path",
-    "score",
-    "normalised_score",
-    "label",
-    "regions",
-    "threshold",
-    "error",
-    "overlay",
-    "heatmap",
-    "mask",
-    "map",
-)
+COLUMNS = (*RESULT_COLUMNS, "map")
 
 
 # ----------------------------------------------------------------------------- one part

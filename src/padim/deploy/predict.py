@@ -21,6 +21,7 @@ from padim import options
 from padim.data.pictures import PICTURES
 from padim.data.sources import output_names, source_paths
 from padim.deploy.scorers import (
+    RESULT_COLUMNS,
     Scorer,
     resolve_threshold,
     save_scored_pictures,
@@ -127,20 +128,7 @@ def write_predictions(
 def _csv(rows: list[ResultRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(
-        [
-            "path",
-            "score",
-            "normalised_score",
-            "label",
-            "regions",
-            "threshold",
-            "error",
-            "overlay",
-            "heatmap",
-            "mask",
-        ]
-    )
+    writer.writerow(RESULT_COLUMNS)
     for r in rows:
         writer.writerow(
             [

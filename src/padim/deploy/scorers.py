@@ -56,6 +56,21 @@ def file_id(path: str | Path) -> str:
     return f"{Path(path).stem}-{digest.hexdigest()[:12]}"
 
 
+RESULT_COLUMNS = (
+    "path",
+    "score",
+    "normalised_score",
+    "label",
+    "regions",
+    "threshold",
+    "error",
+    "overlay",
+    "heatmap",
+    "mask",
+)
+"""One scored image's columns in results tables (`padim predict`'s CSV, bulk jobs' tables)."""
+
+
 @dataclass
 class Scored:
     """One image file's outcome: its model input, score and map, or why it has none."""

@@ -61,6 +61,7 @@ from padim.normalise import ScoreScale
 from padim.progress import progress_bar
 
 EMBED_BATCH_BYTES = 768 * 2**20
+HELD_OUT = "held-out good training images"  # the data of thresholds an update re-estimates
 
 Loader = Callable[[int, ImageInput], torch.Tensor]
 """`loader(index, item)` -> (3, S, S) tensor at the model's input geometry: replaces the usual
@@ -493,11 +494,9 @@ class Padim:
                 embedder, gaussian, self.config.sigma, self.config.score_mode, roi=roi
             ).eval()
             self.net_ = net
-            source = "held-out good training images"
-            if held_out is not None:  # per tile with shared statistics: onto the input's grid
-                maha, cheb = net.stitch(held_out.mahalanobis), net.stitch(held_out.chebyshev)
-                assert maha is not None and cheb is not None
-                held_out = HeldOut(maha, cheb)
+            source = HELD_OUT
+            if held_out is not None:
+                held_out = net.stitch_held_out(held_out)
             if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
                 held_out = self._in_sample_terms(net, plan.fit_items, loader)
                 source = "in-sample good training images (too few to hold out)"
@@ -578,9 +577,7 @@ class Padim:
             net.set_gaussian(gaussian)
             new_scores: dict[str, np.ndarray] = {}
             if held_out is not None:
-                maha, cheb = net.stitch(held_out.mahalanobis), net.stitch(held_out.chebyshev)
-                assert maha is not None and cheb is not None
-                new_scores = self._mode_scores(net, HeldOut(maha, cheb))
+                new_scores = self._mode_scores(net, net.stitch_held_out(held_out))
         self.statistics_ = stats
         self._recalibrate_after_update(new_scores)
         seconds = round(time.perf_counter() - plan.started, 3)
@@ -609,29 +606,27 @@ class Padim:
         }
         if not all(v.size for v in pooled.values()):
             return  # nothing held out, ever: keep the thresholds as they are
-        current, points = self.operating_point_, dict(self.operating_points_)
-        data = f"{pooled[self.config.score_mode].size} held-out good training images"
-        self._calibrate_quantiles(pooled, data)  # makes "fit" current
-        for name, point in points.items():
+        current = self.operating_point_
+        self._calibrate_quantiles(pooled, f"{pooled[self.config.score_mode].size} {HELD_OUT}")
+        for name, point in self.operating_points_.items():  # "fit" is recomputed already
+            fpr = (point.target or {}).get("fpr")
             if name == "fit":
                 continue
-            fpr = (point.target or {}).get("fpr")
-            if fpr is not None and "held-out" in point.data and point.score_mode in pooled:
-                refreshed = measured_point(
+            if fpr is not None and point.data.endswith(HELD_OUT):
+                good = pooled[point.score_mode]
+                self.operating_points_[name] = measured_point(
                     name,
-                    target_fpr_threshold(pooled[point.score_mode], fpr),
+                    target_fpr_threshold(good, fpr),
                     point.score_mode,
                     point.rule,
-                    f"{pooled[point.score_mode].size} held-out good training images",
-                    pooled[point.score_mode],
+                    f"{good.size} {HELD_OUT}",
+                    good,
                     target=point.target,
                 )
-                self.operating_points_[name] = refreshed
             else:
                 point.warning = (
                     "chosen before images were added with padim update: calibrate it again"
                 )
-                self.operating_points_[name] = point
         if current is not None and current in self.operating_points_:
             self._activate(self.operating_points_[current])
 
@@ -864,7 +859,6 @@ class Padim:
                 f"operating point for score mode {point.score_mode}, the model scores with "
                 f"{self.config.score_mode}"
             )
-        self.operating_points_[point.name] = point
         self._activate(point)
 
     def _activate(self, point: OperatingPoint) -> None:
@@ -948,8 +942,7 @@ class Padim:
                     "give a folder of good images"
                 )
             good_scores = self.holdout_scores_[mode]
-            n = len(good_scores)
-            data = f"{n} held-out good training images"
+            data = f"{len(good_scores)} {HELD_OUT}"
         good_scores = np.asarray(good_scores, np.float64)
         point = measured_point(
             name or f"fpr-{fpr:g}",

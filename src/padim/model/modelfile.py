@@ -126,6 +126,11 @@ def _parse_header(meta: dict[str, str], path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- Padim <-> file
 
 
+def keeps_statistics(model: Padim) -> bool:
+    """Whether the model's file holds its training statistics (asked for, and present)."""
+    return model.statistics_ is not None and model.config.statistics == "keep"
+
+
 def model_header(model: Padim) -> dict[str, Any]:
     """The JSON side of a model file: config, backbone, geometry, threshold and learned info."""
     import dataclasses
@@ -139,7 +144,7 @@ def model_header(model: Padim) -> dict[str, Any]:
         "library_version": __version__,
         "config": {  # "keep" only when the file really holds the training statistics
             **model.config.to_dict(),
-            "statistics": "keep" if model.statistics_ is not None else "drop",
+            "statistics": "keep" if keeps_statistics(model) else "drop",
         },
         "backbone": {
             "name": spec.name,
@@ -175,7 +180,7 @@ def write_model(model: Padim, path: str | Path) -> None:
         tensors["roi.mask"] = net.roi[0, 0].to(torch.uint8)
     for mode, scores in model.holdout_scores_.items():
         tensors[GOOD_SCORES_PREFIX + mode] = torch.from_numpy(scores).to(torch.float64)
-    if model.statistics_ is not None and model.config.statistics == "keep":
+    if model.statistics_ is not None and keeps_statistics(model):
         for key, value in model.statistics_.file_tensors().items():
             tensors[STATISTICS_PREFIX + key] = value
     save_model_file(path, tensors, model_header(model))

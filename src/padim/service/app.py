@@ -36,8 +36,8 @@ from padim.data.pictures import (
     render_pictures,
     to_picture,
 )
-from padim.deploy.scorers import Scorer, is_finite
-from padim.errors import BadImage
+from padim.deploy.scorers import Scorer, is_finite, resolve_threshold
+from padim.errors import BadImage, PadimError
 from padim.service.batching import BatchResult, MicroBatcher
 from padim.service.examples import load_examples
 from padim.service.metrics import MetricsMiddleware, ServiceMetrics
@@ -402,12 +402,10 @@ def request_threshold(request: Request, scorer: Scorer) -> float:
         return parse_threshold(text, scorer.threshold)
     if text is not None:
         raise ApiError(422, "bad_query", "give either threshold or operating_point, not both")
-    if name not in scorer.operating_points:
-        known = ", ".join(sorted(scorer.operating_points)) or "none"
-        raise ApiError(
-            422, "bad_operating_point", f"no operating point {name!r} (this model has: {known})"
-        )
-    return scorer.operating_points[name]
+    try:
+        return resolve_threshold(scorer, None, name)
+    except PadimError as exc:
+        raise ApiError(422, "bad_operating_point", str(exc)) from None
 
 
 def _endpoint(request: Request) -> str:
