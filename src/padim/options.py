@@ -233,6 +233,18 @@ HEADER_TIMEOUT_S = Option(
 MAX_DECODES = Option(
     "--max-decodes", None, "images decoded at once (memory bound; default: the number of CPUs)"
 )
+MAX_LOADED = Option(
+    "--max-loaded",
+    4,
+    "models kept in memory at once; the least recently used is unloaded (served models load "
+    "on their first request)",
+)
+RELOAD_S = Option(
+    "--reload-interval",
+    2.0,
+    "seconds between checks of the model files: a file replaced on disk is loaded and swapped "
+    "in with no failed request, a new file is served, a removed one unloaded (0: never)",
+)
 LOG_LEVEL = Option(
     "--log-level", "info", "uvicorn log level", ("critical", "error", "warning", "info", "debug")
 )

@@ -192,9 +192,12 @@ def test_metrics_count_requests_errors_and_batches(scorer, images):
     assert (
         'padim_http_request_duration_seconds_bucket{endpoint="/v1/predict",le="+Inf"} 4.0' in text
     )
-    assert "padim_batch_size_count 3.0" in text
-    assert re.search(r'padim_images_scored_total\{verdict="(good|anomalous)"\}', text)
+    assert 'padim_batch_size_count{model="widget-test"} 3.0' in text
+    assert re.search(
+        r'padim_images_scored_total\{model="widget-test",verdict="(good|anomalous)"\}', text
+    )
     assert 'padim_model_info{backbone="efficientnet_lite0"' in text
+    assert "padim_models_loaded 1.0" in text
 
 
 def test_examples_default_to_demo_images(client):

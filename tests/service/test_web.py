@@ -53,8 +53,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(bottle_model_file, bottle, tmp_path_factory):
-    """`padim serve` as users start it, in its own process; yields its base URL."""
+def models(bottle_model_file, tmp_path_factory) -> Path:
+    """A folder of two models: the bottle model and a lenient copy (threshold x 20)."""
+    from padim import Padim
+
+    root = tmp_path_factory.mktemp("models")
+    shutil.copy(bottle_model_file, root / "bottle.safetensors")
+    lenient = Padim.load(bottle_model_file)
+    lenient.set_threshold(float(lenient.threshold_) * 20, name="lenient")
+    lenient.save(root / "bottle-lenient.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models, bottle, tmp_path_factory):
+    """`padim serve DIR` as users start it, in its own process; yields its base URL."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [
@@ -62,7 +75,7 @@ def server(bottle_model_file, bottle, tmp_path_factory):
         "-m",
         "padim",
         "serve",
-        str(bottle_model_file),
+        str(models),
         "--port",
         str(port),
         "--examples",
@@ -165,6 +178,24 @@ def test_page_scores_an_uploaded_bottle_image(server, bottle, artifacts: Path):
             assert page.locator("[data-testid=result] .name").first.inner_text() == "dropped.png"
             page.screenshot(path=str(artifacts / "web-page.png"), full_page=True)
             assert page.locator("[data-testid=result]").count() == 3
+
+            # the model picker: the lenient model calls the same defect good; the first
+            # card keeps the verdict of the model that scored it
+            options = page.locator("[data-testid=model-picker] option").all_inner_texts()
+            assert options == ["bottle", "bottle-lenient"]
+            page.select_option("[data-testid=model-picker]", "bottle-lenient")
+            page.wait_for_function(
+                "() => document.querySelector('[data-testid=model]').textContent"
+                ".includes('threshold')"
+            )
+            page.set_input_files("[data-testid=file-input]", str(defect))
+            page.locator("[data-testid=result]").nth(3).wait_for(timeout=60_000)
+            latest = page.locator("[data-testid=result]").first
+            assert latest.get_attribute("data-model") == "bottle-lenient"
+            assert latest.locator("[data-testid=verdict]").inner_text() == "GOOD"
+            first_defect = page.locator("[data-testid=result]").nth(3)
+            assert first_defect.get_attribute("data-model") == "bottle"
+            assert first_defect.locator("[data-testid=verdict]").inner_text() == "ANOMALOUS"
             assert not failed, failed
             assert not external, f"the page reached outside the service: {external}"
         finally:

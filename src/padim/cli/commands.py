@@ -473,9 +473,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout,
         max_decodes=args.max_decodes or 0,
         log_level=args.log_level,
+        max_loaded=args.max_loaded,
+        reload_s=args.reload_interval,
     )
+    if args.reload_interval < 0:
+        raise PadimError("--reload-interval must be 0 (never) or positive")
     run_server(
-        args.model,
+        args.models,
         settings,
         host=args.host,
         port=args.port,

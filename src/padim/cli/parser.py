@@ -392,12 +392,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="run the inspection service: REST API, web page, Prometheus metrics",
-        description="Serve a model over HTTP: POST /v1/predict (+ /v1/predict/batch), "
-        "GET /v1/health, /v1/model, /metrics, and a web page at /. Requests arriving together "
-        "share forward passes (dynamic micro-batching). Needs padim[serve].",
+        description="Serve models over HTTP: POST /v1/models/NAME/predict (+ /batch), GET "
+        "/v1/models, /v1/health, /metrics, and a web page at /; with one model also POST "
+        "/v1/predict (+ /batch) and GET /v1/model. A model's NAME is its file's stem. Models "
+        "load on first use (at most --max-loaded in memory); a file replaced on disk (write a "
+        "new file, then rename it over the old) is swapped in without a failed request. "
+        "Requests arriving together share forward passes (dynamic micro-batching). Needs "
+        "padim[serve].",
     )
     p.add_argument(
-        "model", type=Path, help="model file (.safetensors), or an export (.onnx, OpenVINO .xml)"
+        "models",
+        type=Path,
+        nargs="+",
+        metavar="MODEL",
+        help="a model file (.safetensors, or an export: .onnx, OpenVINO .xml), several, or "
+        "one folder of them",
     )
     add(p, options.HOST)
     add(p, options.PORT, type=positive_int)
@@ -410,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, options.MAX_DECODES, type=positive_int)
     add(p, options.BODY_TIMEOUT_S, type=float)
     add(p, options.HEADER_TIMEOUT_S, type=float)
+    add(p, options.MAX_LOADED, type=positive_int)
+    add(p, options.RELOAD_S, type=float, metavar="S")
     p.add_argument(
         "--no-batching",
         action="store_true",

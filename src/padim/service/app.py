@@ -1,8 +1,9 @@
 """The inspection service's FastAPI app: routes, the shared model, batching and errors.
 
-POST /v1/predict and /v1/predict/batch score uploaded images (dynamic micro-batching across
-concurrent requests); GET /v1/health, /v1/model, /v1/examples and /metrics (Prometheus) describe
-the service; GET / is an offline web page. Every error is a JSON body
+POST /v1/models/{name}/predict (and /batch) score uploaded images with a named model (dynamic
+micro-batching across concurrent requests); /v1/predict, /v1/predict/batch and /v1/model are the
+same for a service with one model. GET /v1/models, /v1/health, /v1/examples and /metrics
+(Prometheus) describe the service; GET / is an offline web page. Every error is a JSON body
 `{"error": {"status", "code", "message"}}` with a 4xx status for client mistakes.
 """
 
@@ -38,9 +39,10 @@ from padim.data.pictures import (
 )
 from padim.deploy.scorers import Scorer, is_finite, resolve_threshold
 from padim.errors import BadImage, PadimError
-from padim.service.batching import BatchResult, MicroBatcher
+from padim.service.batching import BatchResult
 from padim.service.examples import load_examples
 from padim.service.metrics import MetricsMiddleware, ServiceMetrics
+from padim.service.models import Loaded, ModelPool, ModelSources
 from padim.service.requests import (
     ApiError,
     Upload,
@@ -65,19 +67,15 @@ CLOSE_AFTER = (408, 413, 499)
 
 
 class Service:
-    """The shared, read-only model plus the batcher, metrics and examples of one app."""
+    """The served models plus the metrics, examples and decoding limits of one app."""
 
-    def __init__(self, scorer: Scorer, settings: ServeSettings) -> None:
-        self.scorer = scorer
+    def __init__(self, models: Scorer | ModelSources, settings: ServeSettings) -> None:
         self.settings = settings
-        self.metrics = ServiceMetrics(CollectorRegistry(), scorer.describe())
-        self.batcher = MicroBatcher(
-            scorer.score_batch,
-            settings.max_batch if settings.batching else 1,
-            settings.max_wait_ms if settings.batching else 0.0,
-            self.metrics.observe_batch,
-        )
-        self.metrics.queue_depth.set_function(lambda: self.batcher.pending)
+        self.metrics = ServiceMetrics(CollectorRegistry())
+        if isinstance(models, ModelSources):
+            self.pool = ModelPool(models, settings, self.metrics)
+        else:
+            self.pool = ModelPool.of_scorer(models, settings, self.metrics)
         self.examples = load_examples(settings.examples)
         self.started = time.time()
         self.decode_slots = threading.BoundedSemaphore(
@@ -85,7 +83,7 @@ class Service:
         )
 
     def prepare(
-        self, upload: Upload, keep_photo: bool = False
+        self, scorer: Scorer, upload: Upload, keep_photo: bool = False
     ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
         """Decode and preprocess (in a worker thread): model input, original size and (for an
         overlay) the photo. At most `max_decodes` images are decoded at once, which bounds the
@@ -97,21 +95,27 @@ class Service:
         with self.decode_slots:
             image = decode_image(upload.data, upload.name, self.settings.max_pixels)
             photo = np.asarray(image) if keep_photo else None
-            return self.scorer.preprocess(image), image.size, photo
+            return scorer.preprocess(image), image.size, photo
 
     async def predict(
-        self, upload: Upload, include: set[str], threshold: float, min_area: int = 0
+        self,
+        model: Loaded,
+        upload: Upload,
+        include: set[str],
+        threshold: float,
+        min_area: int = 0,
     ) -> dict:
         started = time.perf_counter()
-        self.batcher.expecting += 1  # lets a forming batch wait for this image
+        scorer, batcher = model.scorer, model.batcher
+        batcher.expecting += 1  # lets a forming batch wait for this image
         try:
             x, (width, height), photo = await run_in_threadpool(
-                self.prepare, upload, "overlay" in include
+                self.prepare, scorer, upload, "overlay" in include
             )
         finally:
-            self.batcher.expecting -= 1
+            batcher.expecting -= 1
         decoded = time.perf_counter()
-        result = await self.batcher.submit(x)
+        result = await batcher.submit(x)
         if not is_finite(result.score, result.anomaly_map):
             raise ApiError(
                 500,
@@ -120,10 +124,12 @@ class Service:
                 f"{upload.name}: its model file is damaged; no verdict",
             )
         scored = time.perf_counter()
-        out = self._result(upload.name, result, threshold, width, height)
+        out = _result(scorer, upload.name, result, threshold, width, height)
+        out["model"] = model.name
         out.update(
             await run_in_threadpool(
-                self.render,
+                render,
+                scorer,
                 x,
                 result.anomaly_map,
                 threshold,
@@ -141,74 +147,23 @@ class Service:
             "render": _ms(done - scored),
             "total": _ms(done - started),
         }
-        self.metrics.images.labels(verdict=out["verdict"]).inc()
-        return out
-
-    def _result(self, name: str, r: BatchResult, threshold: float, width: int, height: int) -> dict:
-        anomalous = r.score > threshold
-        return {
-            "filename": name,
-            "score": r.score,
-            "normalised_score": self.scorer.score_scale.at(threshold).one(r.score),
-            "threshold": threshold,
-            "is_anomalous": anomalous,
-            "verdict": "anomalous" if anomalous else "good",
-            "model_id": self.scorer.model_id,
-            "image": {"width": width, "height": height, "input_size": self.scorer.input_size},
-            "batch_size": r.batch_size,
-        }
-
-    def render(
-        self,
-        x: np.ndarray,
-        amap: np.ndarray,
-        threshold: float,
-        include: set[str],
-        image_wh: tuple[int, int],
-        photo: np.ndarray | None = None,
-        min_area: int = 0,
-    ) -> dict:
-        """The defect regions (at the uploaded image's size) and the pictures asked for, as
-        base64 PNGs: heat map, mask and overlay at the uploaded image's size, coloured on the
-        normalised score, the model input as it is; and the raw map at the model input
-        (float32 little-endian)."""
-        scale = self.scorer.score_scale.at(threshold)
-        regions = self.scorer.geometry.regions(amap, threshold, image_wh, min_area, scale)
-        out: dict[str, Any] = {
-            "n_regions": len(regions),
-            "regions": [r.to_dict() for r in regions[: options.MAX_REGIONS]],
-        }
-        kinds = [name for name in PICTURE_KINDS if name in include and name != "input"]
-        arrays: dict[str, np.ndarray] = {}
-        if kinds:
-            native = self.scorer.geometry.map_to_image(amap, image_wh)
-            canvas = photo if photo is not None else np.zeros((1, 1, 3), np.uint8)
-            arrays = render_pictures(canvas, native, threshold, kinds, scale, regions)
-        if "input" in include:
-            arrays["input"] = to_picture(x)
-        if arrays:
-            out["pictures"] = {name: png_base64(a) for name, a in arrays.items()}
-            out["colour_scale"] = scale.to_dict()
-        if "map" in include:
-            h, w = amap.shape
-            out["anomaly_map"] = {
-                "width": w,
-                "height": h,
-                "dtype": "float32",
-                "byte_order": "little",
-                "data": base64.b64encode(amap.astype("<f4").tobytes()).decode("ascii"),
-            }
+        self.metrics.images.labels(model=model.name, verdict=out["verdict"]).inc()
         return out
 
     async def predict_many(
-        self, uploads: list[Upload], include: set[str], threshold: float, min_area: int = 0
+        self,
+        model: Loaded,
+        uploads: list[Upload],
+        include: set[str],
+        threshold: float,
+        min_area: int = 0,
     ) -> list[dict]:
         """Every image of a batch request together (they share forward passes); a bad image
         becomes an error entry, the others are still scored."""
 
         async def one(upload: Upload) -> dict:
             try:
-                return await self.predict(upload, include, threshold, min_area)
+                return await self.predict(model, upload, include, threshold, min_area)
             except (BadImage, ApiError) as exc:
                 status, code, message = _describe(exc)
                 self.metrics.errors.labels(endpoint="/v1/predict/batch", code=code).inc()
@@ -218,6 +173,66 @@ class Service:
                 }
 
         return list(await asyncio.gather(*(one(u) for u in uploads)))
+
+
+def _result(
+    scorer: Scorer, name: str, r: BatchResult, threshold: float, width: int, height: int
+) -> dict:
+    anomalous = r.score > threshold
+    return {
+        "filename": name,
+        "score": r.score,
+        "normalised_score": scorer.score_scale.at(threshold).one(r.score),
+        "threshold": threshold,
+        "is_anomalous": anomalous,
+        "verdict": "anomalous" if anomalous else "good",
+        "model_id": scorer.model_id,
+        "image": {"width": width, "height": height, "input_size": scorer.input_size},
+        "batch_size": r.batch_size,
+    }
+
+
+def render(
+    scorer: Scorer,
+    x: np.ndarray,
+    amap: np.ndarray,
+    threshold: float,
+    include: set[str],
+    image_wh: tuple[int, int],
+    photo: np.ndarray | None = None,
+    min_area: int = 0,
+) -> dict:
+    """The defect regions (at the uploaded image's size) and the pictures asked for, as
+    base64 PNGs: heat map, mask and overlay at the uploaded image's size, coloured on the
+    normalised score, the model input as it is; and the raw map at the model input
+    (float32 little-endian)."""
+    scale = scorer.score_scale.at(threshold)
+    regions = scorer.geometry.regions(amap, threshold, image_wh, min_area, scale)
+    out: dict[str, Any] = {
+        "n_regions": len(regions),
+        "regions": [r.to_dict() for r in regions[: options.MAX_REGIONS]],
+    }
+    kinds = [name for name in PICTURE_KINDS if name in include and name != "input"]
+    arrays: dict[str, np.ndarray] = {}
+    if kinds:
+        native = scorer.geometry.map_to_image(amap, image_wh)
+        canvas = photo if photo is not None else np.zeros((1, 1, 3), np.uint8)
+        arrays = render_pictures(canvas, native, threshold, kinds, scale, regions)
+    if "input" in include:
+        arrays["input"] = to_picture(x)
+    if arrays:
+        out["pictures"] = {name: png_base64(a) for name, a in arrays.items()}
+        out["colour_scale"] = scale.to_dict()
+    if "map" in include:
+        h, w = amap.shape
+        out["anomaly_map"] = {
+            "width": w,
+            "height": h,
+            "dtype": "float32",
+            "byte_order": "little",
+            "data": base64.b64encode(amap.astype("<f4").tobytes()).decode("ascii"),
+        }
+    return out
 
 
 def _ms(seconds: float) -> float:
@@ -245,17 +260,19 @@ def _web_root() -> Path:
     return Path(str(resources.files("padim.service") / "web"))
 
 
-def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI:
-    """The ASGI app serving one model (shared read-only by every request)."""
-    service = Service(scorer, settings or ServeSettings())
+def create_app(models: Scorer | ModelSources, settings: ServeSettings | None = None) -> FastAPI:
+    """The ASGI app serving one in-memory model, or the model files of `ModelSources` (a
+    folder or several files, loaded on first use and reloaded when replaced)."""
+    service = Service(models, settings or ServeSettings())
+    pool = service.pool
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await service.batcher.start()
+        await pool.start()
         try:
             yield
         finally:
-            await service.batcher.stop()
+            await pool.stop()
 
     app = FastAPI(
         title="padim inspection service",
@@ -309,58 +326,99 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
         )
         return _error(500, "internal", "internal error (details are in the server's log)")
 
-    @app.post("/v1/predict", summary="Score one image")
-    async def predict(request: Request) -> dict:
-        """One image as multipart (field `file`) or raw bytes. Query: `include` (comma list of
-        heatmap, mask, overlay, input, map), `threshold` (overrides the model's) or
-        `operating_point` (a stored one, by name), `min_area` (smallest region, pixels)."""
+    async def predict_one(request: Request, name: str) -> dict:
         include = parse_include(query(request, "include") or "")
-        threshold = request_threshold(request, scorer)
         min_area = parse_min_area(query(request, "min_area"))
-        uploads = await read_uploads(request, service.settings, batch=False)  # one at most
-        return await service.predict(uploads[0], include, threshold, min_area)
+        async with pool.use(name) as model:
+            threshold = request_threshold(request, model.scorer)
+            uploads = await read_uploads(request, service.settings, batch=False)  # one at most
+            return await service.predict(model, uploads[0], include, threshold, min_area)
 
-    @app.post("/v1/predict/batch", summary="Score several images")
-    async def predict_batch(request: Request) -> dict:
-        """Several images as multipart files (any field names, e.g. `files`); results in the
-        same order; an unreadable image gets an `error` entry instead of failing the batch."""
+    async def predict_batch(request: Request, name: str) -> dict:
         include = parse_include(query(request, "include") or "")
-        threshold = request_threshold(request, scorer)
         min_area = parse_min_area(query(request, "min_area"))
         if request.headers.get("content-type", "").split(";")[0].strip() != "multipart/form-data":
             raise ApiError(
                 415, "unsupported_media_type", "send the images as multipart/form-data files"
             )
-        started = time.perf_counter()
-        uploads = await read_uploads(request, service.settings, batch=True)
-        results = await service.predict_many(uploads, include, threshold, min_area)
+        async with pool.use(name) as model:
+            threshold = request_threshold(request, model.scorer)
+            started = time.perf_counter()
+            uploads = await read_uploads(request, service.settings, batch=True)
+            results = await service.predict_many(model, uploads, include, threshold, min_area)
+            return {
+                "model": model.name,
+                "model_id": model.scorer.model_id,
+                "threshold": threshold,
+                "count": len(results),
+                "errors": sum("error" in r for r in results),
+                "results": results,
+                "timings_ms": {"total": _ms(time.perf_counter() - started)},
+            }
+
+    async def describe_model(name: str) -> dict:
+        async with pool.use(name) as model:
+            return {
+                "name": model.name,
+                **model.scorer.describe(),
+                "batching": service.settings.batching,
+                "max_batch": model.batcher.max_batch,
+                "max_upload_bytes": service.settings.max_upload_bytes,
+            }
+
+    @app.post("/v1/predict", summary="Score one image (a service with one model)")
+    async def predict(request: Request) -> dict:
+        """One image as multipart (field `file`) or raw bytes. Query: `include` (comma list of
+        heatmap, mask, overlay, input, map), `threshold` (overrides the model's) or
+        `operating_point` (a stored one, by name), `min_area` (smallest region, pixels).
+        With several models, use /v1/models/{name}/predict."""
+        return await predict_one(request, pool.only())
+
+    @app.post("/v1/predict/batch", summary="Score several images (a service with one model)")
+    async def batch(request: Request) -> dict:
+        """Several images as multipart files (any field names, e.g. `files`); results in the
+        same order; an unreadable image gets an `error` entry instead of failing the batch."""
+        return await predict_batch(request, pool.only())
+
+    @app.post("/v1/models/{name}/predict", summary="Score one image with model `name`")
+    async def predict_named(request: Request, name: str) -> dict:
+        """As /v1/predict, with the model named in the path (its own threshold and
+        operating points)."""
+        return await predict_one(request, name)
+
+    @app.post("/v1/models/{name}/predict/batch", summary="Score several images with `name`")
+    async def batch_named(request: Request, name: str) -> dict:
+        """As /v1/predict/batch, with the model named in the path."""
+        return await predict_batch(request, name)
+
+    @app.get("/v1/models", summary="The models this service serves")
+    async def list_models() -> dict:
         return {
-            "model_id": scorer.model_id,
-            "threshold": threshold,
-            "count": len(results),
-            "errors": sum("error" in r for r in results),
-            "results": results,
-            "timings_ms": {"total": _ms(time.perf_counter() - started)},
+            "models": pool.listing(),
+            "max_loaded": service.settings.max_loaded,
+            "reload_interval_s": service.settings.reload_s if pool.sources else None,
         }
+
+    @app.get("/v1/models/{name}", summary="One served model (loads it)")
+    async def model_named(name: str) -> dict:
+        return await describe_model(name)
 
     @app.get("/v1/health", summary="Liveness and model state")
     async def health() -> dict:
+        loaded = list(pool.loaded.values())
         return {
             "status": "ok",
-            "model_loaded": True,
-            "model_id": scorer.model_id,
+            "models": len(pool.names),
+            "loaded": [m.name for m in loaded],
+            "model_loaded": bool(loaded),
+            "model_id": loaded[0].scorer.model_id if len(pool.names) == 1 and loaded else None,
             "uptime_s": round(time.time() - service.started, 1),
-            "queue_depth": service.batcher.pending,
+            "queue_depth": sum(m.batcher.pending for m in loaded),
         }
 
-    @app.get("/v1/model", summary="The served model")
+    @app.get("/v1/model", summary="The served model (a service with one model)")
     async def model_info() -> dict:
-        return {
-            **scorer.describe(),
-            "batching": service.settings.batching,
-            "max_batch": service.batcher.max_batch,
-            "max_upload_bytes": service.settings.max_upload_bytes,
-        }
+        return await describe_model(pool.only())
 
     @app.get("/v1/examples", summary="Example images for the web page")
     async def examples() -> list[dict]:

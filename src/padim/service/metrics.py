@@ -6,6 +6,7 @@ Each app has its own registry (no global state), exposed at GET /metrics.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,7 +32,10 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 class ServiceMetrics:
-    def __init__(self, registry: CollectorRegistry, model: dict[str, Any]) -> None:
+    """The service's counters; per-model series carry a `model` label whose values are the
+    served model names (files on disk), so label values stay bounded."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.requests = Counter(
             "padim_http_requests",
@@ -53,36 +57,74 @@ class ServiceMetrics:
             registry=registry,
         )
         self.images = Counter(
-            "padim_images_scored", "Images scored, by verdict", ["verdict"], registry=registry
+            "padim_images_scored",
+            "Images scored, by model and verdict",
+            ["model", "verdict"],
+            registry=registry,
         )
         self.batch_size = Histogram(
-            "padim_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=registry
+            "padim_batch_size",
+            "Images per forward pass",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
         self.inference = Histogram(
             "padim_inference_seconds",
             "Model time per forward pass",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "padim_queue_depth", "Images waiting for the model", registry=registry
+            "padim_queue_depth", "Images waiting for the model", ["model"], registry=registry
         )
-        info = Gauge(
-            "padim_model_info",
-            "The served model (value 1)",
-            ["model_id", "backbone", "input_size", "version"],
+        self.loads = Counter(
+            "padim_model_loads",
+            "Model loads (first load, reload of a replaced file) by outcome",
+            ["model", "outcome"],
             registry=registry,
         )
-        info.labels(
-            model_id=str(model.get("model_id")),
-            backbone=str(model.get("backbone")),
-            input_size=str(model.get("input_size")),
-            version=str(model.get("library_version")),
-        ).set(1)
+        self.loaded = Gauge("padim_models_loaded", "Models held in memory now", registry=registry)
+        self.info = Gauge(
+            "padim_model_info",
+            "A model held in memory (value 1)",
+            ["model", "model_id", "backbone", "input_size", "version"],
+            registry=registry,
+        )
+        self._info_labels: dict[str, tuple[str, ...]] = {}
 
-    def observe_batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.inference.observe(seconds)
+    def model_in(self, name: str, model: dict[str, Any], pending: Callable[[], float]) -> None:
+        """A model (first load or reload) is now served under `name`."""
+        self.model_out(name)
+        labels = (
+            name,
+            str(model.get("model_id")),
+            str(model.get("backbone")),
+            str(model.get("input_size")),
+            str(model.get("library_version")),
+        )
+        self.info.labels(*labels).set(1)
+        self._info_labels[name] = labels
+        self.queue_depth.labels(model=name).set_function(pending)
+        self.loaded.set(len(self._info_labels))
+
+    def model_out(self, name: str) -> None:
+        """`name` is no longer held in memory: its info and queue series go."""
+        labels = self._info_labels.pop(name, None)
+        if labels is not None:
+            self.info.remove(*labels)
+            self.queue_depth.remove(name)
+        self.loaded.set(len(self._info_labels))
+
+    def observer(self, name: str) -> Callable[[int, float], None]:
+        """The batcher's per-batch callback for model `name`."""
+
+        def observe(size: int, seconds: float) -> None:
+            self.batch_size.labels(model=name).observe(size)
+            self.inference.labels(model=name).observe(seconds)
+
+        return observe
 
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})

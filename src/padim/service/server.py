@@ -1,15 +1,17 @@
 """Running the service: one process with uvicorn, or several worker processes that each load
-the model themselves (settings passed through the environment). A model that cannot score
-stops the server before it listens; connections that dawdle over their headers are closed; the
+the models themselves (settings passed through the environment). A single model that cannot
+score stops the server before it listens; connections that dawdle over their headers are closed; the
 allocator is kept to a few arenas so RSS stays flat under concurrent load."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from padim import options
 from padim.deploy.scorers import Scorer, check_scorer, load_scorer
+from padim.errors import PadimError
 from padim.memory import limit_malloc_arenas
 from padim.service.app import create_app
 from padim.service.examples import load_examples
+from padim.service.models import MODEL_SUFFIXES, ModelSources, catalogue, signature
 from padim.service.settings import ServeSettings
 
-ENV_MODEL = "PADIM_SERVE_MODEL"
+ENV_MODEL = "PADIM_SERVE_MODELS"  # JSON list of paths
 ENV_SETTINGS = "PADIM_SERVE_SETTINGS"
 MALLOC_ARENAS = 2  # glibc's default (8 per core) lets RSS creep under many concurrent clients
 
@@ -78,30 +82,58 @@ def configure_logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-def ready_scorer(
-    model: Path | str, device: str, threads: int | None, settings: ServeSettings
-) -> Scorer:
-    """Load and self-test the model, and set this process up for serving."""
+def prepare_process(settings: ServeSettings) -> None:
+    """Set this process up for serving: allocator arenas, logging, header timeout."""
     limit_malloc_arenas(MALLOC_ARENAS)
     configure_logging(settings.log_level)
     HeaderTimeoutProtocol.header_timeout = settings.header_timeout_s
-    scorer = load_scorer(model, device, threads)
+
+
+def load_checked(path: Path, device: str, threads: int | None) -> Scorer:
+    """Load a model file and require it to score a blank image."""
+    scorer = load_scorer(path, device, threads)
     check_scorer(scorer)
     return scorer
 
 
+def model_sources(
+    models: Sequence[Path], device: str, threads: int | None, load_now: bool
+) -> ModelSources:
+    """The models to serve: one folder (every model file in it) or model files. A single file
+    is loaded and checked now, so a model that cannot score stops the server before it
+    listens; the others load on their first request."""
+    if not models:
+        raise PadimError("give a model file, several, or a folder of model files")
+    for path in models:
+        if not path.exists():
+            raise PadimError(f"model file not found: {path}")
+    if len(models) > 1 and any(p.is_dir() for p in models):
+        raise PadimError("give one folder of models, or model files, not both")
+    found = catalogue(models)
+    if not found:
+        raise PadimError(f"no model files in {models[0]} (looked for {', '.join(MODEL_SUFFIXES)})")
+    load = functools.partial(load_checked, device=device, threads=threads)
+    ready = {}
+    if load_now and len(found) == 1 and not models[0].is_dir():
+        (name, path), sig = next(iter(found.items())), signature(models[0])
+        ready[name] = (load(path), sig)
+    return ModelSources(list(models), load, ready)
+
+
 def app_from_env() -> FastAPI:
-    """App factory for multi-worker uvicorn: each worker process loads the model itself."""
+    """App factory for multi-worker uvicorn: each worker process loads its models itself."""
     raw = json.loads(os.environ[ENV_SETTINGS])
     raw["examples"] = [Path(p) for p in raw.get("examples", [])]
     device = raw.pop("device", options.DEVICE.default)
     threads = raw.pop("threads", None)
     settings = ServeSettings(**raw)
-    return create_app(ready_scorer(os.environ[ENV_MODEL], device, threads, settings), settings)
+    prepare_process(settings)
+    models = [Path(p) for p in json.loads(os.environ[ENV_MODEL])]
+    return create_app(model_sources(models, device, threads, load_now=True), settings)
 
 
 def run_server(
-    model: Path,
+    models: Sequence[Path],
     settings: ServeSettings,
     host: str = options.HOST.default,
     port: int = options.PORT.default,
@@ -110,10 +142,12 @@ def run_server(
     log_level: str = options.LOG_LEVEL.default,
     threads: int | None = None,
 ) -> None:
-    """Load the model (failing before start-up if it cannot), then serve it with uvicorn."""
+    """Check the models (loading a single one, failing before start-up if it cannot score),
+    then serve them with uvicorn."""
     import uvicorn
 
-    scorer = ready_scorer(model, device, threads, settings)  # fails here, clearly, or serves
+    prepare_process(settings)
+    sources = model_sources(models, device, threads, load_now=True)  # fails here, clearly
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -121,14 +155,14 @@ def run_server(
         "http": HeaderTimeoutProtocol,
     }
     if workers == 1:
-        uvicorn.run(create_app(scorer, settings), **common)
+        uvicorn.run(create_app(sources, settings), **common)
         return
     load_examples(settings.examples)
-    del scorer
+    del sources
     raw = dataclasses.asdict(settings)
     raw["examples"] = [str(p) for p in settings.examples]
     raw["device"] = device
     raw["threads"] = threads  # worker processes start afresh: pass the thread count on
-    os.environ[ENV_MODEL] = str(model)
+    os.environ[ENV_MODEL] = json.dumps([str(p) for p in models])
     os.environ[ENV_SETTINGS] = json.dumps(raw)
     uvicorn.run("padim.service.server:app_from_env", factory=True, workers=workers, **common)

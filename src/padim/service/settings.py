@@ -28,3 +28,5 @@ class ServeSettings:
     header_timeout_s: float = options.HEADER_TIMEOUT_S.default  # headers must arrive by then
     max_decodes: int = 0  # images decoded at once (0: one per CPU)
     log_level: str = options.LOG_LEVEL.default
+    max_loaded: int = options.MAX_LOADED.default  # models in memory at once (LRU)
+    reload_s: float = options.RELOAD_S.default  # model files checked this often (0: never)

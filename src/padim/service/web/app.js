@@ -5,7 +5,8 @@
 // The model input: a side (square) or [width, height].
 const inputSize = (size) => (Array.isArray(size) ? `${size[0]}×${size[1]}` : `${size}×${size}`);
 
-const state = { model: null, threshold: 0, results: [] };
+const state = { name: null, model: null, threshold: 0, results: [] };
+const modelPath = () => `/v1/models/${encodeURIComponent(state.name)}`;
 const $ = (id) => document.getElementById(id);
 
 function setStatus(text, isError = false) {
@@ -14,10 +15,25 @@ function setStatus(text, isError = false) {
   el.classList.toggle("error", isError);
 }
 
-async function loadModel() {
-  const res = await fetch("/v1/model");
-  if (!res.ok) throw new Error(`model info: HTTP ${res.status}`);
+// The models the service serves, in the picker; the first is chosen.
+async function loadModels() {
+  const res = await fetch("/v1/models");
+  if (!res.ok) throw new Error(`models: HTTP ${res.status}`);
+  const { models } = await res.json();
+  if (!models.length) throw new Error("the service has no models");
+  const picker = $("model-picker");
+  picker.replaceChildren(...models.map((m) => new Option(m.name, m.name)));
+  picker.disabled = models.length === 1;
+  await loadModel(models[0].name);
+}
+
+async function loadModel(name) {
+  state.name = name;
+  $("model-picker").value = name;
+  $("model").textContent = `loading ${name}…`;
+  const res = await fetch(modelPath());
   const m = await res.json();
+  if (!res.ok) throw new Error(m.error ? m.error.message : `model ${name}: HTTP ${res.status}`);
   state.model = m;
   $("model").textContent =
     `${m.backbone} · ${inputSize(m.input_size)} · trained on ${m.n_train ?? "?"} images · ` +
@@ -73,7 +89,8 @@ function setThreshold(value) {
   state.threshold = value;
   $("threshold").value = value;
   $("threshold-value").textContent = value.toFixed(2);
-  for (const r of state.results) drawDecision(r);
+  // cards of another model keep the verdicts they were drawn with
+  for (const r of state.results) if (r.body.model === state.name) drawDecision(r);
 }
 
 function decodeMap(m) {
@@ -96,7 +113,8 @@ async function predictFiles(files) {
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const res = await fetch("/v1/predict?include=input,heatmap,map", { method: "POST", body: form });
+      const url = `${modelPath()}/predict?include=input,heatmap,map`;
+      const res = await fetch(url, { method: "POST", body: form });
       const body = await res.json();
       if (!res.ok) {
         setStatus(`${file.name}: ${body.error ? body.error.message : `HTTP ${res.status}`}`, true);
@@ -121,6 +139,8 @@ async function addResult(body) {
     heat: await loadImage(body.pictures.heatmap),
   };
   node.querySelector(".name").textContent = body.filename;
+  node.querySelector(".model-name").textContent = body.model;
+  node.dataset.model = body.model;
   for (const c of node.querySelectorAll("canvas")) {
     c.width = w;
     c.height = h;
@@ -239,6 +259,14 @@ function wire() {
   drop.addEventListener("drop", (e) => predictFiles([...e.dataTransfer.files]));
   $("threshold").addEventListener("input", (e) => setThreshold(parseFloat(e.target.value)));
   $("reset").addEventListener("click", () => setThreshold(state.model.threshold));
+  $("model-picker").addEventListener("change", async (e) => {
+    try {
+      await loadModel(e.target.value);
+      setStatus(`model ${state.name}: threshold ${state.model.threshold.toFixed(2)}`);
+    } catch (err) {
+      setStatus(err.message, true);
+    }
+  });
 }
 
 async function main() {
@@ -246,7 +274,7 @@ async function main() {
   checkHealth();
   setInterval(checkHealth, 10000);
   try {
-    await loadModel();
+    await loadModels();
     await loadExamples();
     document.body.dataset.ready = "true";
   } catch (err) {
