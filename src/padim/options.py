@@ -170,6 +170,18 @@ KEEP_STATISTICS = Option(
 
 # ----------------------------------------------------------------------------- defect regions
 
+EVERY = Option("--every", 1, "videos and STC: use every Nth frame (1: all of them)")
+SPEED = Option(
+    "--speed", 1.0, "video files: play at this multiple of real time (0: as fast as they decode)"
+)
+WEBHOOK_RETRIES = Option(
+    "--webhook-retries", 3, "retries of a failed webhook post (0.5 s, 1 s, ...)"
+)
+WEBHOOK_TIMEOUT_S = Option("--webhook-timeout", 5.0, "seconds to wait for the webhook's answer")
+RECONNECTS = Option(
+    "--reconnects", 5, "cameras and streams: reopen the source this many times after a failure"
+)
+SCENE = Option("--scene", None, "STC: one camera scene's videos only (01 .. 13)")
 MIN_AREA = Option(
     "--min-area",
     0,

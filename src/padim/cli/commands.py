@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def apply_threads(args: argparse.Namespace) -> None:
     """--threads for torch, except where the command hands it to its runtime (maybe not torch)."""
-    if args.command in ("predict", "serve", "export"):
+    if args.command in ("predict", "serve", "export", "watch"):
         return
     if getattr(args, "threads", None):
         import torch
@@ -107,10 +107,12 @@ def _ray(args: argparse.Namespace, opt: options.Option) -> Any:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from padim.data.datasets import training_inputs
     from padim.model.estimator import Padim
 
     _check_engine(args)
     check_output_file(args.out)
+    data = training_inputs(args.data, args.every, args.scene)
     model = Padim(**_model_settings(args))
     if args.engine == "ray":
         from padim import ray_engine
@@ -118,12 +120,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         with ray_engine.ray_session(args.address, args.num_cpus):
             ray_engine.fit(
                 model,
-                args.data,
+                data,
                 shards=args.shards,
                 cpus_per_task=_ray(args, options.CPUS_PER_TASK),
             )
     else:
-        model.fit(args.data)
+        model.fit(data)
     if args.threshold is not None:
         model.set_threshold(args.threshold)
     model.save(args.out)
@@ -219,6 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=_progress(args),
         operating_point=args.operating_point,
         min_area=args.min_area,
+        every=args.every,
     )
     failed = sum(r.error != "" for r in results)
     flagged = sum(bool(r.is_anomalous) for r in results)
@@ -240,12 +243,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_ray(args: argparse.Namespace) -> int:
     from padim import ray_engine
     from padim.data.pictures import PICTURES
+    from padim.data.video import is_video
 
     if args.no_images or args.threads:
         raise PadimError(
             "--no-images and --threads are the local engine's: the Ray engine "
             "writes pictures only with --maps and uses --cpus-per-worker threads"
         )
+    if any(is_video(p) for p in args.inputs):
+        raise PadimError("videos are scored by the local engine: leave out --engine ray")
     check_output_folder(args.out, args.inputs)
     opts = ray_engine.BulkOptions(
         workers=args.workers,
@@ -274,10 +280,12 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
 
 def _labelled_samples(args: argparse.Namespace, masks: Path | None = None) -> list[Sample]:
-    from padim.data.datasets import folder_test_set, mvtec_test_set
+    from padim.data.datasets import folder_test_set, is_stc, mvtec_test_set, stc_test_set
 
     if args.data is not None and (args.good or args.defective):
         raise PadimError("give either DATA or --good/--defective folders, not both")
+    if args.data is not None and is_stc(args.data):
+        return stc_test_set(args.data, getattr(args, "every", 1), getattr(args, "scene", None))
     if args.data is not None:
         return mvtec_test_set(args.data)
     if not (args.good or args.defective):
@@ -361,6 +369,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         figures=not args.no_figures,
         progress=_progress(args),
         command="padim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else "",
+        every=args.every,
     )
     results = run_benchmark(opts)
     print(
@@ -491,6 +500,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from padim.data.video import av_module
+    from padim.deploy import watch
+    from padim.deploy.scorers import load_scorer, resolve_threshold
+
+    av_module()  # the install hint before any model is loaded
+    if args.speed < 0 or (args.duration is not None and args.duration <= 0):
+        raise PadimError("--speed must be 0 or positive and --duration positive")
+    if args.webhook_timeout <= 0:
+        raise PadimError("--webhook-timeout must be positive")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise PadimError(f"--out must be a folder: {args.out}")
+    scorer = load_scorer(args.model, args.device, args.threads)
+    opts = watch.WatchOptions(
+        threshold=resolve_threshold(scorer, args.threshold, args.operating_point),
+        min_area=args.min_area,
+        speed=args.speed,
+        duration=args.duration,
+        max_frames=args.max_frames,
+        reconnects=args.reconnects,
+        report_every=0 if args.quiet else 5.0,
+    )
+    sinks: list[watch.Sink] = []
+    if args.webhook:
+        sinks.append(watch.WebhookSink(args.webhook, args.webhook_retries, args.webhook_timeout))
+    if args.out is not None:
+        sinks.append(watch.FolderSink(args.out, scorer))
+
+    def report(line: str) -> None:
+        print(f"padim: watching {line}", file=sys.stderr, flush=True)
+
+    stats = watch.watch(scorer, args.source, sinks, opts, report)
+    print(f"watched {stats.line()}")
+    if args.out is not None:
+        print(f"wrote {watch.write_summary(args.out, stats)}")
+    if stats.source_error and stats.read == 0:
+        raise PadimError(stats.source_error)
+    if stats.source_error:
+        print(f"padim: warning: the source failed: {stats.source_error}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from padim.deploy.export import export_model
 
@@ -573,6 +624,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "calibrate": cmd_calibrate,
     "update": cmd_update,
     "serve": cmd_serve,
+    "watch": cmd_watch,
     "export": cmd_export,
     "info": cmd_info,
     "backbones": cmd_backbones,

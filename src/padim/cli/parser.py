@@ -185,10 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a model on good images: an MVTec AD category folder "
         "(uses train/good) or a folder of good images (sub-folders included).",
     )
-    p.add_argument("data", type=Path, help="MVTec AD category folder or a folder of good images")
+    p.add_argument(
+        "data",
+        type=Path,
+        help="MVTec AD category folder, a folder of good images, a video file or a folder of "
+        "videos (needs padim[video]), or an STC root (training/videos)",
+    )
     p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
     add_model_options(p)
     add(p, options.ROI, type=Path, metavar="MASK")
+    add(p, options.EVERY, type=positive_int, metavar="N")
+    add(p, options.SCENE)
     add_score_mode(p, fitting=True)
     add_runtime(p)
     g = add_engine(p, "the batches are sharded over Ray tasks and their sums merged exactly")
@@ -233,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
     add(p, options.OPERATING_POINT, metavar="NAME")
     add(p, options.MIN_AREA, type=non_negative_int)
+    add(p, options.EVERY, type=positive_int, metavar="N")
     p.add_argument("--no-images", action="store_true", help="only write results.csv/json")
     add_score_mode(p, fitting=False)
     add_runtime(p)
@@ -286,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol the model must also be fitted on perturbed images: see benchmark)",
     )
     p.add_argument("--seed", type=int, default=options.SEED.default, help="seed of --perturb")
+    add(p, options.EVERY, type=positive_int, metavar="N")
+    add(p, options.SCENE)
     p.add_argument(
         options.MIN_AREA.flag,
         type=non_negative_int,
@@ -343,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "native,tile=256; tables.md gains a geometry table (accuracy, time, memory)",
     )
     p.add_argument("--keep-models", action="store_true", help="keep model files in DIR/models")
+    add(p, options.EVERY, type=positive_int, metavar="N")
     p.add_argument(
         "--no-figures",
         action="store_true",
@@ -437,6 +448,43 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, options.DEVICE)
     add(p, options.THREADS, type=positive_int)
     add(p, options.LOG_LEVEL)
+
+    p = sub.add_parser(
+        "watch",
+        help="score a camera, a stream or a video file as frames arrive; send anomalies on",
+        description="Score a live source as frames arrive: a video file played in real time "
+        "(--speed), a camera (0 or /dev/video0) or a stream URL (rtsp://, http://). The newest "
+        "frame is scored whenever the model is free, so the command never falls behind; frames "
+        "it had no time for are dropped and counted. Each anomalous verdict goes to the sinks: "
+        "--out (frame and overlay PNGs, events.jsonl, summary.json) and --webhook (an HTTP "
+        "POST of the JSON verdict, retried in the background). Stops at the end of a file, "
+        "after --duration or --max-frames, or on Ctrl-C, and prints the counts. Needs "
+        "padim[video].",
+    )
+    p.add_argument(
+        "model", type=Path, help="model file (.safetensors), or an export (.onnx, OpenVINO .xml)"
+    )
+    p.add_argument(
+        "source", help="video file, camera (0, /dev/video0) or stream URL (rtsp://, http://)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder sink for anomalous frames and events"
+    )
+    p.add_argument("--webhook", metavar="URL", default=None, help="POST each anomalous verdict")
+    add(p, options.WEBHOOK_RETRIES, type=non_negative_int)
+    add(p, options.WEBHOOK_TIMEOUT_S, type=float, metavar="S")
+    p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
+    add(p, options.OPERATING_POINT, metavar="NAME")
+    add(p, options.MIN_AREA, type=non_negative_int)
+    add(p, options.SPEED, type=float)
+    add(p, options.RECONNECTS, type=non_negative_int)
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument(
+        "--max-frames", type=positive_int, default=None, help="stop after scoring this many"
+    )
+    add(p, options.DEVICE)
+    add(p, options.THREADS, type=positive_int)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
     p = sub.add_parser(
         "export",

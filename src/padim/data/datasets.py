@@ -1,8 +1,10 @@
 """Labelled data sets and training folders.
 
-Two layouts are understood: MVTec AD (`train/good`, `test/<type>`, `ground_truth/<type>/*_mask.png`)
-and plain folders of images (a folder of good images for training; good/defective folders and a
-mask folder for evaluation).
+Three layouts are understood: MVTec AD (`train/good`, `test/<type>`,
+`ground_truth/<type>/*_mask.png`), ShanghaiTech Campus video (STC: `training/videos`,
+`testing/frames`, frame labels and pixel masks as .npy), and plain folders of images (a folder of
+good images, or of videos, for training; good/defective folders and a mask folder for
+evaluation).
 """
 
 from __future__ import annotations
@@ -15,14 +17,31 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from padim.data.images import list_images
-from padim.data.sources import folder_images
+from padim.data.sources import find_images, folder_images
+from padim.data.video import FrameRef, is_video, video_frames
 from padim.errors import PadimError
 
 # ----------------------------------------------------------------------------- reading
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+@dataclass(frozen=True)
+class ArrayMask:
+    """Frame `index` of a (frames, H, W) NumPy mask file (STC's test_pixel_mask/<video>.npy)."""
+
+    file: Path
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.file}[{self.index}]"
+
+
+def read_mask(path: str | Path | ArrayMask) -> np.ndarray:
     """A ground-truth mask as a boolean HxW array (any non-zero pixel is anomalous)."""
+    if isinstance(path, ArrayMask):
+        try:
+            return np.asarray(np.load(path.file, mmap_mode="r")[path.index]) > 0
+        except (OSError, ValueError, IndexError) as exc:
+            raise PadimError(f"cannot read mask {path}: {exc}") from None
     path = Path(path)
     if not path.is_file():
         raise PadimError(f"mask not found: {path}")
@@ -47,11 +66,104 @@ class Sample:
     path: Path
     label: int
     defect_type: str
-    mask_path: Path | None = None
+    mask_path: Path | ArrayMask | None = None
 
 
 def is_mvtec_category(root: Path) -> bool:
     return (root / "train" / "good").is_dir() or (root / "test").is_dir()
+
+
+def is_stc(root: Path) -> bool:
+    """The ShanghaiTech Campus (STC) layout: training/ and testing/test_frame_mask/."""
+    return (root / "training").is_dir() and (root / "testing" / "test_frame_mask").is_dir()
+
+
+def _in_scene(name: str, scene: str | None) -> bool:
+    return scene is None or name.split("_")[0] == scene
+
+
+def stc_training_frames(
+    root: str | Path, every: int = 1, scene: str | None = None
+) -> list[FrameRef] | list[Path]:
+    """STC's normal training frames, every `every`-th: from training/videos/*.avi (decoded when
+    read) or, where they were extracted, training/frames/<video>/*.jpg; `scene` ("01".."13")
+    keeps one camera's videos."""
+    root = Path(root)
+    frames_dir, videos_dir = root / "training" / "frames", root / "training" / "videos"
+    if frames_dir.is_dir():
+        folders = [
+            d for d in sorted(frames_dir.iterdir()) if d.is_dir() and _in_scene(d.name, scene)
+        ]
+        found: list[Path] = [p for d in folders for p in list_images(d)[::every]]
+        if found:
+            return found
+    videos = [v for v in find_videos(videos_dir) if _in_scene(v.stem, scene)]
+    if not videos:
+        raise PadimError(
+            f"no training videos for scene {scene} in {videos_dir}"
+            if scene
+            else f"no training videos or frames in {root / 'training'}"
+        )
+    return [ref for v in videos for ref in video_frames(v, every)]
+
+
+def stc_test_set(root: str | Path, every: int = 1, scene: str | None = None) -> list[Sample]:
+    """STC's test frames (testing/frames/<video>/*.jpg, every `every`-th) labelled from
+    testing/test_frame_mask/<video>.npy (1 = abnormal frame), with pixel masks from
+    testing/test_pixel_mask/<video>.npy where that folder exists."""
+    root = Path(root)
+    labels_dir = root / "testing" / "test_frame_mask"
+    pixels_dir = root / "testing" / "test_pixel_mask"
+    frames_dir = root / "testing" / "frames"
+    samples: list[Sample] = []
+    for label_file in sorted(labels_dir.glob("*.npy")):
+        video = label_file.stem
+        if not _in_scene(video, scene):
+            continue
+        frames = list_images(frames_dir / video)
+        try:
+            labels = np.load(label_file).astype(np.int64).ravel()
+        except (OSError, ValueError) as exc:
+            raise PadimError(f"cannot read frame labels {label_file}: {exc}") from None
+        if len(labels) != len(frames):
+            raise PadimError(
+                f"{label_file} labels {len(labels)} frames but {frames_dir / video} has "
+                f"{len(frames)}"
+            )
+        pixels = pixels_dir / f"{video}.npy"
+        for i in range(0, len(frames), every):
+            label = int(labels[i] > 0)
+            mask = ArrayMask(pixels, i) if pixels.is_file() else None
+            samples.append(Sample(frames[i], label, "abnormal" if label else "good", mask))
+    if not samples:
+        where = f" for scene {scene}" if scene else ""
+        raise PadimError(f"no STC test frames{where} under {frames_dir}")
+    return samples
+
+
+def find_videos(folder: Path) -> list[Path]:
+    """Video files under a folder (sub-folders included), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_video(p))
+
+
+def training_inputs(
+    data: str | Path, every: int = 1, scene: str | None = None
+) -> Path | list[FrameRef] | list[Path]:
+    """What `padim fit DATA` trains on: an MVTec category or folder of images as it is, or
+    frames of videos (every `every`-th): an STC root, one video file, or a folder holding
+    videos and no images."""
+    root = Path(data)
+    if is_stc(root):
+        return stc_training_frames(root, every, scene)
+    if root.is_file() and is_video(root):
+        return video_frames(root, every)
+    if root.is_dir() and not find_images(root):
+        videos = find_videos(root)
+        if videos:
+            return [ref for v in videos for ref in video_frames(v, every)]
+    return root
 
 
 def training_images(data: str | Path) -> list[Path]:

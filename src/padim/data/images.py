@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,8 +19,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from padim.errors import BadImage, PadimError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-ImageInput = str | Path | Image.Image | np.ndarray
-"""What `Padim.fit` / `predict` accept per image: a path, a PIL image or an array."""
+
+
+class LazyImage(Protocol):
+    """An image read when needed (a video frame: `padim.data.video.FrameRef`)."""
+
+    def load_image(self) -> Image.Image: ...
+
+
+ImageInput = str | Path | Image.Image | np.ndarray | LazyImage
+"""What `Padim.fit` / `predict` accept per image: a path, a PIL image, an array or a lazy
+image (a video frame)."""
 MIN_SIDE = 2
 
 
@@ -184,4 +193,6 @@ def as_image(item: ImageInput) -> Image.Image:
         return to_rgb(item)
     if isinstance(item, np.ndarray):
         return array_to_image(item)
-    return read_image(item)
+    if isinstance(item, str | Path):
+        return read_image(item)
+    return to_rgb(item.load_image())

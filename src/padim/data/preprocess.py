@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -116,6 +117,8 @@ def image_shape(item: ImageInput) -> tuple[int, int]:
         return item.size
     if isinstance(item, np.ndarray):
         return int(item.shape[1]), int(item.shape[0])
+    if not isinstance(item, str | Path):
+        return as_image(item).size  # a lazy image (a video frame): decoded
     try:
         with Image.open(item) as img:
             return img.size

@@ -1,6 +1,6 @@
 """Local `padim predict` (one process, any `Scorer` runtime, torch-free): results.csv /
-results.json and per-image pictures, staged atomically. (Bulk jobs that resume and run on Ray
-write Parquet parts instead: `padim.deploy.bulk`.)
+results.json and per-image pictures (per scored frame for videos), staged atomically. (Bulk
+jobs that resume and run on Ray write Parquet parts instead: `padim.deploy.bulk`.)
 
 Everything is written into a temporary folder beside the output folder and moved into place
 only when every image has been scored, so a failure leaves no partial results behind.
@@ -14,19 +14,25 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from padim import options
+from padim.data.images import read_image
 from padim.data.pictures import PICTURES
 from padim.data.sources import output_names, source_paths
+from padim.data.video import frame_count, is_video, read_frames
 from padim.deploy.scorers import (
     RESULT_COLUMNS,
     Scorer,
     resolve_threshold,
     save_scored_pictures,
-    score_files,
+    score_images,
 )
+from padim.errors import PadimError
 from padim.files import check_output_folder
 from padim.progress import progress_bar
 
@@ -47,6 +53,57 @@ class ResultRow:
     normalised_score: float | None = None
     n_regions: int | None = None
     regions: list[dict] = field(default_factory=list)
+    frame: int | None = None  # a video frame's index (from 0) and time (s)
+    time: float | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON record (an image's has no frame or time)."""
+        out = dict(self.__dict__)
+        if self.frame is None:
+            del out["frame"], out["time"]
+        return out
+
+
+@dataclass
+class _Photo:
+    """One thing to score: an image file or a video frame (or why it could not be read)."""
+
+    path: str
+    name: str  # for its picture files
+    photo: Image.Image | str  # a string: the reading error
+    frame: int | None = None
+    time: float | None = None
+
+
+def _photos(paths: list[Path], videos: list[Path], every: int) -> Iterator[_Photo]:
+    """The images, then every `every`-th frame of each video, decoded one at a time; a video
+    that cannot be read (or stops decoding) becomes an error entry and the rest go on."""
+    names = dict(zip(paths + videos, output_names(paths + videos), strict=True))
+    for path in paths:
+        try:
+            photo: Image.Image | str = read_image(path)
+        except PadimError as exc:
+            photo = f"{getattr(exc, 'code', 'unreadable')}: {exc}"
+        except Exception as exc:  # any decoder failure on one file is that file's problem
+            photo = f"unreadable: {type(exc).__name__}: {exc}"
+        yield _Photo(str(path), names[path], photo)
+    for video in videos:
+        try:
+            for f in read_frames(video, every):
+                yield _Photo(str(video), f"{names[video]}_f{f.index:06d}", f.image, f.index, f.time)
+        except PadimError as exc:
+            yield _Photo(str(video), names[video], f"unreadable_video: {exc}")
+
+
+def _chunks(items: Iterator[_Photo], size: int) -> Iterator[list[_Photo]]:
+    chunk: list[_Photo] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def write_predictions(
@@ -59,48 +116,48 @@ def write_predictions(
     progress: bool = False,
     operating_point: str | None = None,
     min_area: int = options.MIN_AREA.default,
+    every: int = options.EVERY.default,
 ) -> list[ResultRow]:
     """Score every input with any runtime (torch, ONNX, OpenVINO) and write the outputs: score,
     normalised score, verdict and defect regions (at each photo's resolution, at least
-    `min_area` pixels) per image; an image that cannot be read or scored becomes a row with an
-    `error`, and the rest go on."""
+    `min_area` pixels) per image, or per scored frame of a video (every `every`-th, with its
+    index and time); an image that cannot be read or scored becomes a row with an `error`, and
+    the rest go on."""
     check_output_folder(out, inputs)
     thr = resolve_threshold(scorer, threshold, operating_point)
     scale = scorer.score_scale.at(thr)
-    paths = source_paths(inputs)
-    names = dict(zip(paths, output_names(paths), strict=True))
+    videos = [p for p in inputs if p.is_file() and is_video(p)]
+    others = [p for p in inputs if p not in videos]
+    paths = [p for p in source_paths(others) if not is_video(p)] if others else []
+    total = len(paths) + sum(-(-frame_count(v) // every) for v in videos)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     rows: list[ResultRow] = []
-    bar = progress_bar(len(paths), "predict", enabled=progress)
+    bar = progress_bar(total, "predict", enabled=progress)
     try:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            for path, scored in zip(chunk, score_files(scorer, chunk, images), strict=True):
+        for chunk in _chunks(_photos(paths, videos, every), batch_size):
+            photos = [(c.path, c.photo) for c in chunk]
+            for item, scored in zip(chunk, score_images(scorer, photos, images), strict=True):
+                row = ResultRow(item.path, None, None, thr, frame=item.frame, time=item.time)
+                rows.append(row)
                 if scored.score is None or scored.image is None or scored.anomaly_map is None:
-                    rows.append(ResultRow(str(path), None, None, thr, scored.error or "unknown"))
+                    row.error = scored.error or "unknown"
                     continue
                 assert scored.size is not None
                 regions = scorer.geometry.regions(
                     scored.anomaly_map, thr, scored.size, min_area, scale
                 )
-                row = ResultRow(
-                    str(path),
-                    scored.score,
-                    scored.score > thr,
-                    thr,
-                    normalised_score=scale.one(scored.score),
-                    n_regions=len(regions),
-                    regions=[r.to_dict() for r in regions[: options.MAX_REGIONS]],
-                )
+                row.score, row.is_anomalous = scored.score, scored.score > thr
+                row.normalised_score = scale.one(scored.score)
+                row.n_regions = len(regions)
+                row.regions = [r.to_dict() for r in regions[: options.MAX_REGIONS]]
                 if images:  # at the photo's own resolution
                     files = save_scored_pictures(
-                        scorer, scored, stage, names[path], thr, PICTURES, regions
+                        scorer, scored, stage, item.name, thr, PICTURES, regions
                     )
                     row.overlay, row.heatmap, row.mask = (files[k] for k in PICTURES)
-                rows.append(row)
             bar.update(len(chunk))
-        (stage / "results.csv").write_text(_csv(rows), encoding="utf-8")
+        (stage / "results.csv").write_text(_csv(rows, bool(videos)), encoding="utf-8")
         (stage / "results.json").write_text(
             json.dumps(
                 {
@@ -108,8 +165,9 @@ def write_predictions(
                     "operating_point": operating_point,
                     "score_scale": scale.to_dict(),
                     "min_area": min_area,
+                    "every": every if videos else None,
                     "model_id": scorer.model_id,
-                    "results": [r.__dict__ for r in rows],
+                    "results": [r.to_dict() for r in rows],
                 },
                 indent=2,
             )
@@ -117,22 +175,26 @@ def write_predictions(
             encoding="utf-8",
         )
         out.mkdir(parents=True, exist_ok=True)
-        for item in stage.iterdir():
-            os.replace(item, out / item.name)
+        for done in stage.iterdir():
+            os.replace(done, out / done.name)
     finally:
         bar.close()
         shutil.rmtree(stage, ignore_errors=True)
     return rows
 
 
-def _csv(rows: list[ResultRow]) -> str:
+def _csv(rows: list[ResultRow], frames: bool = False) -> str:
+    """results.csv; with videos, `frame` and `time` columns follow `path`."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RESULT_COLUMNS)
+    extra = ("frame", "time") if frames else ()
+    writer.writerow((RESULT_COLUMNS[0], *extra, *RESULT_COLUMNS[1:]))
     for r in rows:
+        where = ["" if r.frame is None else r.frame, "" if r.time is None else f"{r.time:.6f}"]
         writer.writerow(
             [
                 r.path,
+                *(where if frames else []),
                 "" if r.score is None else f"{r.score:.6f}",
                 "" if r.normalised_score is None else f"{r.normalised_score:.6f}",
                 "" if r.is_anomalous is None else int(r.is_anomalous),

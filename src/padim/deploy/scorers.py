@@ -96,11 +96,29 @@ def score_files(
     """Read, preprocess and score image files as one batch. A file that cannot be read becomes
     an error (never a failed batch), and so does a non-finite score: a damaged model must never
     give a verdict. `keep_originals` keeps the decoded photos (for pictures at their size)."""
-    out = [Scored(str(p)) for p in paths]
-    readable, arrays = [], []
-    for item in out:
+    photos: list[tuple[str, Image.Image | str]] = []
+    for p in paths:
         try:
-            photo = read_image(item.path)
+            photos.append((str(p), read_image(p)))
+        except PadimError as exc:
+            photos.append((str(p), f"{getattr(exc, 'code', 'unreadable')}: {exc}"))
+        except Exception as exc:  # any decoder failure on one file is that file's problem
+            photos.append((str(p), f"unreadable: {type(exc).__name__}: {exc}"))
+    return score_images(scorer, photos, keep_originals)
+
+
+def score_images(
+    scorer: Scorer, photos: Sequence[tuple[str, Image.Image | str]], keep_originals: bool = False
+) -> list[Scored]:
+    """Score decoded photos (name, image) as one batch; a photo given as a string is an error
+    already (why it could not be read) and is passed through."""
+    out = [Scored(name) for name, _ in photos]
+    readable, arrays = [], []
+    for item, (_, photo) in zip(out, photos, strict=True):
+        if isinstance(photo, str):
+            item.error = photo
+            continue
+        try:
             item.size = photo.size
             item.image = scorer.preprocess(photo)
             item.original = photo if keep_originals else None
@@ -108,8 +126,6 @@ def score_files(
             arrays.append(item.image)
         except PadimError as exc:
             item.error = f"{getattr(exc, 'code', 'unreadable')}: {exc}"
-        except Exception as exc:  # any decoder failure on one file is that file's problem
-            item.error = f"unreadable: {type(exc).__name__}: {exc}"
     if readable:
         scores, maps = scorer.score_batch(np.stack(arrays))
         for item, score, amap in zip(readable, scores, maps, strict=True):

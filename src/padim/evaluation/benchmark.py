@@ -23,7 +23,14 @@ import torch
 
 from padim import __version__, options
 from padim.core.backbones import get_backbone
-from padim.data.datasets import is_mvtec_category, mvtec_test_set
+from padim.data.datasets import (
+    Sample,
+    is_mvtec_category,
+    is_stc,
+    mvtec_test_set,
+    stc_test_set,
+    stc_training_frames,
+)
 from padim.data.preprocess import as_wh, resolve_crop, to_json
 from padim.errors import PadimError
 from padim.evaluation.evaluate import EvaluationRun, evaluate
@@ -98,6 +105,7 @@ class BenchmarkOptions:
     figures: bool = True
     progress: bool = True
     command: str = ""
+    every: int = options.EVERY.default  # STC: every Nth frame, training and test
 
 
 def parse_geometry(spec: str) -> dict[str, Any]:
@@ -151,6 +159,8 @@ def find_categories(
     an MVTec AD root (one folder per category) or a single category folder."""
     if not root.is_dir():
         raise PadimError(f"--root is not a folder: {root}")
+    if is_stc(root):  # one model per camera scene: PaDiM's Gaussians are per position
+        return _stc_scenes(root, wanted)
     if (root / "train" / "good").is_dir():  # a single category
         present = {root.name: root}
     else:
@@ -180,6 +190,40 @@ def find_categories(
     if not order:
         raise PadimError(f"no MVTec AD categories (folders with train/good and test/) under {root}")
     return [(name, present[name]) for name in order], notes
+
+
+def _stc_scenes(root: Path, wanted: list[str] | None) -> tuple[list[tuple[str, Path]], list[str]]:
+    """STC's scenes ("scene01", ...) that have test videos; `wanted` as "01" or "scene01"."""
+    present = sorted(
+        {
+            f"scene{p.stem.split('_')[0]}"
+            for p in (root / "testing" / "test_frame_mask").glob("*.npy")
+        }
+    )
+    if wanted is None:
+        order, notes = present, []
+    else:
+        asked = [w if w.startswith("scene") else f"scene{w}" for w in wanted]
+        order = [w for w in asked if w in present]
+        notes = [
+            f"scene {w!r} has no test videos under {root}: skipped"
+            for w in asked
+            if w not in present
+        ]
+    if not order:
+        raise PadimError(f"no STC scenes with test videos under {root}")
+    return [(name, root) for name in order], notes
+
+
+def category_data(opts: BenchmarkOptions, category: str, folder: Path) -> tuple[Any, list[Sample]]:
+    """A category's training data (for Padim.fit) and its labelled test samples."""
+    if is_stc(folder):
+        scene = category.removeprefix("scene")
+        return (
+            stc_training_frames(folder, opts.every, scene),
+            stc_test_set(folder, opts.every, scene),
+        )
+    return folder, mvtec_test_set(folder)
 
 
 def _row(
@@ -250,8 +294,8 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
             step += 1
             where = f"{backbone}{f' @ {geometry}' if geometry else ''} / {category}"
             _log(opts, f"[{step}/{total}] {where}: fitting")
-            model, fit_rss, model_bytes = _fit(g_opts, backbone, category, folder)
-            samples = mvtec_test_set(folder)
+            training, samples = category_data(opts, category, folder)
+            model, fit_rss, model_bytes = _fit(g_opts, backbone, category, training)
             with PeakRSS() as pred_mem:
                 run = evaluate(model, samples)
             runs = [
@@ -274,7 +318,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
                 _log(opts, f"[{step}/{total}] {where}: {perturbation.name}")
                 if perturbation.train:  # the paper's protocol: refit on perturbed images
                     p_model, p_fit_rss, p_bytes = _fit(
-                        g_opts, backbone, category, folder, perturbation
+                        g_opts, backbone, category, training, perturbation
                     )
                 else:
                     p_model, p_fit_rss, p_bytes = model, fit_rss, model_bytes
@@ -320,7 +364,7 @@ def _fit(
     opts: BenchmarkOptions,
     backbone: str,
     category: str,
-    folder: Path,
+    training: Any,
     perturbation: RandomRotateCrop | None = None,
 ) -> tuple[Padim, int, int]:
     """Fit one model (on perturbed training images for the paper's Rd-MVTec protocol);
@@ -344,7 +388,7 @@ def _fit(
     )
     loader = None if perturbation is None else training_loader(perturbation, model.preprocess)
     with PeakRSS() as mem:
-        model.fit(folder, loader=loader)
+        model.fit(training, loader=loader)
     if perturbation is not None and model.training_ is not None:
         model.training_.training_perturbation = perturbation.name
     name = f"{category}__{backbone}" + (f"__{perturbation.name}" if perturbation else "")

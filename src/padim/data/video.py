@@ -1,0 +1,223 @@
+"""Video: frames from files, camera devices and network streams (PyAV, the `video` extra).
+
+`read_frames` decodes a source in order (every Nth frame, with its index and time); `FrameRef`
+names one frame of a file so that training sets can list frames without holding them (they are
+decoded when read, in order, by one reader per thread); `write_video` encodes frames (tests and
+synthetic sets). Torch-free.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from padim.errors import PadimError
+
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".avi",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".wmv",
+    ".flv",
+)
+URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+
+
+def av_module() -> Any:
+    """PyAV, or a one-line install hint."""
+    try:
+        import av
+    except ImportError:
+        raise PadimError("video needs PyAV: pip install 'padim[video]'") from None
+    return av
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def is_live(source: str) -> bool:
+    """A camera device or a network stream (not a file to be read at its own pace)."""
+    return bool(URL.match(source)) or source.isdigit() or source.startswith("/dev/video")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: its index in the stream (from 0), its time in seconds from the
+    stream's start, and the picture."""
+
+    index: int
+    time: float
+    image: Image.Image
+
+
+def open_source(source: str | Path) -> Any:
+    """An opened PyAV container for a video file, a camera (`0` or `/dev/video0`) or a
+    stream URL (rtsp://, http://...); a clear one-line error when it cannot be opened."""
+    av = av_module()
+    text = str(source)
+    kwargs: dict[str, Any] = {}
+    if text.isdigit() or text.startswith("/dev/video"):
+        text = f"/dev/video{text}" if text.isdigit() else text
+        kwargs["format"] = "v4l2"
+    elif URL.match(text):
+        kwargs["timeout"] = 10.0
+        if text.lower().startswith("rtsp"):
+            kwargs["options"] = {"rtsp_transport": "tcp"}
+    elif not Path(text).is_file():
+        raise PadimError(f"video not found: {text}")
+    try:
+        container = av.open(text, **kwargs)
+    except Exception as exc:
+        raise PadimError(f"cannot open video {text}: {_reason(exc)}") from None
+    if not container.streams.video:
+        container.close()
+        raise PadimError(f"{text} has no video stream")
+    return container
+
+
+def read_frames(source: str | Path, every: int = 1) -> Iterator[Frame]:
+    """Every `every`-th frame of a source, in order, as RGB images with index and time."""
+    if every < 1:
+        raise PadimError(f"every must be a whole number >= 1, got {every}")
+    container = open_source(source)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        index = -1
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise PadimError(
+                    f"{source}: decoding failed after frame {index}: {_reason(exc)}"
+                ) from None
+            index += 1
+            if index % every:
+                continue
+            t = frame.time - start if frame.time is not None else index / rate
+            yield Frame(index, round(float(t), 6), frame.to_image())
+    finally:
+        container.close()
+
+
+def frame_count(path: str | Path) -> int:
+    """The number of frames of a video file, from its packets (no decoding)."""
+    container = open_source(path)
+    try:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size)
+    except Exception as exc:
+        raise PadimError(f"cannot read video {path}: {_reason(exc)}") from None
+    finally:
+        container.close()
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Frame `index` of video file `video`, decoded when read (see `load_image`)."""
+
+    video: Path
+    index: int
+
+    def load_image(self) -> Image.Image:
+        return _reader().get(self.video, self.index)
+
+    def __str__(self) -> str:
+        return f"{self.video}#frame={self.index}"
+
+
+def video_frames(path: str | Path, every: int = 1) -> list[FrameRef]:
+    """References to every `every`-th frame of a video file."""
+    return [FrameRef(Path(path), i) for i in range(0, frame_count(path), every)]
+
+
+class _SequentialReader:
+    """Decodes one video forward and hands out asked-for frames: reading a file's frames in
+    increasing order decodes it once; going back reopens it."""
+
+    def __init__(self) -> None:
+        self.video: Path | None = None
+        self.frames: Iterator[Frame] | None = None
+        self.last: Frame | None = None
+
+    def get(self, video: Path, index: int) -> Image.Image:
+        if video != self.video or self.last is None or index < self.last.index:
+            self.close()
+            self.video, self.frames = video, read_frames(video)
+            self.last = None
+        assert self.frames is not None
+        while self.last is None or self.last.index < index:
+            try:
+                self.last = next(self.frames)
+            except StopIteration:
+                self.close()
+                raise PadimError(f"{video} has no frame {index}") from None
+        return self.last.image
+
+    def close(self) -> None:
+        if self.frames is not None and hasattr(self.frames, "close"):
+            self.frames.close()
+        self.video = self.frames = self.last = None
+
+
+_local = threading.local()
+
+
+def _reader() -> _SequentialReader:
+    if not hasattr(_local, "reader"):
+        _local.reader = _SequentialReader()
+    return _local.reader
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    codec: str = "libx264",
+    quality: int = 18,
+) -> Path:
+    """Encode HxWx3 uint8 frames (even sides for yuv420p) as a video file; `quality` is x264's
+    CRF (0 lossless, 18 visually lossless, 23 its default)."""
+    av = av_module()
+    from fractions import Fraction
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(quality)}
+        for i, array in enumerate(frames):
+            if i == 0:
+                stream.height, stream.width = array.shape[:2]
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
