@@ -156,6 +156,32 @@ def test_watch_drops_frames_rather_than_falling_behind(fitted, clip):
     assert failing.stats.failed == stats.anomalous and failing.stats.sent == 0
 
 
+def test_watch_reads_a_stream_url(model_file, clip, tmp_path, capsys):
+    """An http:// source is read as it arrives (a live stream: no pacing); one that cannot be
+    opened is one error line, after the asked reconnects."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(clip.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        args = ["watch", str(model_file), f"{url}/{clip.name}", "--threshold", THRESHOLD]
+        assert main([*args, "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+        summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+        assert summary["read"] == 40 and summary["scored"] + summary["dropped"] == 40
+        assert main(["watch", str(model_file), f"{url}/missing.mp4", "--reconnects", "1"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot open video" in err[0] and "404" in err[0]
+    finally:
+        server.shutdown()
+
+
 def test_watch_errors(model_file, tmp_path, capsys):
     assert main(["watch", str(model_file), str(tmp_path / "nope.mp4")]) == 1
     assert "video not found" in capsys.readouterr().err

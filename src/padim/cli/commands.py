@@ -532,11 +532,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"padim: watching {line}", file=sys.stderr, flush=True)
 
     stats = watch.watch(scorer, args.source, sinks, opts, report)
+    if stats.source_error and stats.read == 0:
+        raise PadimError(stats.source_error)
     print(f"watched {stats.line()}")
     if args.out is not None:
         print(f"wrote {watch.write_summary(args.out, stats)}")
-    if stats.source_error and stats.read == 0:
-        raise PadimError(stats.source_error)
     if stats.source_error:
         print(f"padim: warning: the source failed: {stats.source_error}", file=sys.stderr)
     return 0

@@ -202,7 +202,8 @@ def write_video(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    faststart = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".m4v", ".mov") else {}
+    with av.open(str(path), mode="w", options=faststart) as container:  # streamable MP4
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
