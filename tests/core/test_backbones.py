@@ -103,3 +103,24 @@ def test_weights_file_errors(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
     with pytest.raises(PadimError, match="do not fit backbone resnet18"):
         spec.build(wrong)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
+def test_efficientnet_lite_equals_timms_network(name):
+    """padim's EfficientNet-Lite has timm's parameter names and order and its outputs, exactly,
+    at square and odd, non-square sizes (TF "SAME" padding)."""
+    timm = pytest.importorskip("timm")
+    from padim.core.efficientnet_lite import EfficientNetLite
+
+    reference = timm.create_model(name, pretrained=False).eval()
+    ours = EfficientNetLite(name).eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    with torch.inference_mode():
+        for hw in ((64, 64), (65, 97)):
+            x = torch.randn(2, 3, *hw)
+            assert torch.equal(ours(x), reference(x))
+            assert torch.equal(
+                reference.forward_features(x),
+                ours.bn2(ours.conv_head(ours.blocks(ours.bn1(ours.conv_stem(x))))),
+            )

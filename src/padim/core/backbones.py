@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from padim.core.efficientnet_lite import EfficientNetLite
 from padim.errors import PadimError
 
 WeightsArg = str | Path | None
@@ -234,7 +235,7 @@ register(
 
 
 def _lite_extractor(model: nn.Module) -> StagedExtractor:
-    # timm's tf_efficientnet_liteN: blocks.1 / blocks.2 / blocks.4 sit at strides 4 / 8 / 16.
+    # EfficientNet-Lite (timm's layout): blocks.1 / blocks.2 / blocks.4 at strides 4 / 8 / 16.
     part = model.get_submodule
     stem = nn.Sequential(part("conv_stem"), part("bn1"))
     return StagedExtractor(stem, list(part("blocks").children()), taps=(1, 2, 4))
@@ -242,9 +243,7 @@ def _lite_extractor(model: nn.Module) -> StagedExtractor:
 
 def _lite_arch(timm_name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        import timm
-
-        return timm.create_model(timm_name, pretrained=False)
+        return EfficientNetLite(timm_name)  # timm's network, without timm's 2 s import
 
     return build
 

@@ -195,4 +195,8 @@ def as_image(item: ImageInput) -> Image.Image:
         return array_to_image(item)
     if isinstance(item, str | Path):
         return read_image(item)
-    return to_rgb(item.load_image())
+    if callable(getattr(item, "load_image", None)):
+        return to_rgb(item.load_image())
+    raise TypeError(
+        f"an image is a path, a PIL image, an array or a video frame, not {type(item).__name__}"
+    )

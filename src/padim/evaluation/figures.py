@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from padim.curves import Ranking
 from padim.data.pictures import heatmap_rgb, overlay
 from padim.evaluation.evaluate import EvaluationRun, example_rows
 from padim.evaluation.metrics import format_metric
@@ -95,15 +96,13 @@ def results_grid(
 
 def roc_curves(run: EvaluationRun) -> dict[str, Any]:
     """Image and pixel ROC curves (thinned to what a plot needs) with their AUROCs."""
-    from sklearn.metrics import roc_curve
-
     out: dict[str, Any] = {}
     labels = run.labels
     if 0 < labels.sum() < len(labels):
-        fpr, tpr, _ = roc_curve(labels, run.scores)
+        fpr, tpr = Ranking(labels, run.scores).roc()
         out["image"] = (fpr, tpr, run.metrics["image_auroc"])
     if run.masks is not None and run.masks.any() and not run.masks.all():
-        fpr, tpr, _ = roc_curve(run.masks.ravel(), run.maps.ravel())
+        fpr, tpr = Ranking(run.masks, run.maps).roc()
         keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 2000)).round().astype(int))
         out["pixel"] = (fpr[keep], tpr[keep], run.metrics["pixel_auroc"])
     return out

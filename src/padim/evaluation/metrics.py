@@ -4,25 +4,31 @@ per-region recall."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from padim.curves import Ranking, area_up_to, check_both_classes
 from padim.data.regions import find_regions, label_mask
 from padim.errors import PadimError
-from padim.model.calibration import check_both_classes, f1_curve
+from padim.model.calibration import f1_curve
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of image scores (label 1 = anomalous)."""
-    labels = np.asarray(labels).astype(int).ravel()
-    check_both_classes(labels, "image AUROC")
-    return float(roc_auc_score(labels, np.asarray(scores).ravel()))
+    return Ranking(labels, np.asarray(scores, dtype=np.float64), "image AUROC").auroc()
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     """ROC AUC over all pixels of all test images pooled (MVTec AD protocol)."""
-    truth = np.asarray(masks).astype(bool).ravel()
-    check_both_classes(truth.astype(int), "pixel AUROC")
-    return float(roc_auc_score(truth, np.asarray(maps, dtype=np.float32).ravel()))
+    return _pixel_ranking(masks, np.asarray(maps, dtype=np.float32)).auroc()
+
+
+def _pixel_ranking(masks: np.ndarray, maps: np.ndarray, what: str = "pixel AUROC") -> Ranking:
+    """Pooled pixels ranked once; maps keep their precision (float32 from a model)."""
+    maps = np.asarray(maps)
+    return Ranking(
+        np.asarray(masks),
+        maps if maps.dtype == np.float64 else maps.astype(np.float32, copy=False),
+        what,
+    )
 
 
 def f1_at(labels: np.ndarray, predicted: np.ndarray) -> float:
@@ -44,7 +50,7 @@ def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
     """Mean of the true-positive and true-negative rates."""
     labels = np.asarray(labels).astype(bool).ravel()
     predicted = np.asarray(predicted).astype(bool).ravel()
-    check_both_classes(labels.astype(int), "balanced accuracy")
+    check_both_classes(labels, "balanced accuracy")
     tpr = (predicted & labels).sum() / labels.sum()
     tnr = (~predicted & ~labels).sum() / (~labels).sum()
     return float((tpr + tnr) / 2)
@@ -58,38 +64,25 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     FPR is the fraction of all normal pixels above it. The curve is integrated with the
     trapezoidal rule up to the limit (interpolated there); the result is in [0, 1].
     """
-    masks = np.asarray(masks).astype(bool)
-    maps = np.asarray(maps, dtype=np.float64)
-    if masks.shape != maps.shape:
-        raise PadimError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
-    if masks.ndim == 2:
-        masks, maps = masks[None], maps[None]
+    masks, maps = _stacked(masks, maps)
     regions, n_regions = label_regions(masks)
-    n_normal = int((~masks).sum())
     if n_regions == 0:
         raise PadimError("AUPRO needs anomalous regions in the ground truth; there are none")
-    if n_normal == 0:
+    if masks.all():
         raise PadimError("AUPRO needs normal pixels in the ground truth; there are none")
-    flat_regions = regions.ravel()
-    sizes = np.bincount(flat_regions, minlength=n_regions + 1).astype(np.float64)
-    pro_step = np.where(flat_regions > 0, 1.0 / (n_regions * sizes[flat_regions]), 0.0)
-    fpr_step = np.where(flat_regions == 0, 1.0 / n_normal, 0.0)
-    scores = maps.ravel()
-    order = np.argsort(-scores, kind="stable")
-    scores = scores[order]
-    fpr = np.cumsum(fpr_step[order])
-    pro = np.cumsum(pro_step[order])
-    last_of_tie = np.r_[scores[1:] != scores[:-1], True]  # one curve point per distinct score
-    fpr = np.r_[0.0, fpr[last_of_tie]]
-    pro = np.r_[0.0, pro[last_of_tie]]
-    cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
-    if cut < len(fpr):  # interpolate the curve at the limit
-        f0, f1_, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
-        p_lim = p0 + (p1 - p0) * (fpr_limit - f0) / (f1_ - f0)
-        fpr = np.r_[fpr[:cut], fpr_limit]
-        pro = np.r_[pro[:cut], p_lim]
-    area = float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2))
-    return min(area / fpr_limit, 1.0)
+    return _aupro(_pixel_ranking(masks, maps, "AUPRO"), regions, n_regions, fpr_limit)
+
+
+def _aupro(ranking: Ranking, regions: np.ndarray, n_regions: int, fpr_limit: float) -> float:
+    fpr, pro = ranking.overlap_curve(regions, n_regions)
+    return area_up_to(fpr, pro, fpr_limit)
+
+
+def _stacked(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    masks, maps = np.asarray(masks).astype(bool), np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise PadimError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
+    return (masks[None], maps[None]) if masks.ndim == 2 else (masks, maps)
 
 
 REGION_MIN_OVERLAP = 0.3  # a defect region counts as found when the mask covers this share
@@ -118,15 +111,18 @@ def false_regions_per_good_image(
 
 
 def region_recall(
-    masks: np.ndarray, maps: np.ndarray, threshold: float, min_overlap: float = REGION_MIN_OVERLAP
+    masks: np.ndarray,
+    maps: np.ndarray,
+    threshold: float,
+    min_overlap: float = REGION_MIN_OVERLAP,
+    labelled: tuple[np.ndarray, int] | None = None,
 ) -> float:
     """Share of the ground-truth defect regions (8-connected, every region counts once, small or
     large) of which the predicted mask (map > threshold) covers at least `min_overlap`. Pixel
-    AUROC is dominated by large defects; this counts a 50-pixel pit like a scratch."""
-    masks = np.asarray(masks).astype(bool)
-    if masks.ndim == 2:
-        masks, maps = masks[None], np.asarray(maps)[None]
-    regions, n = label_regions(masks)
+    AUROC is dominated by large defects; this counts a 50-pixel pit like a scratch.
+    `labelled`: the masks' regions when they are already labelled."""
+    masks, maps = _stacked(masks, maps)
+    regions, n = labelled if labelled is not None else label_regions(masks)
     if n == 0:
         raise PadimError("region recall needs anomalous regions in the ground truth; none")
     flat = regions.ravel()
@@ -144,7 +140,7 @@ def per_type_image_auroc(types: list[str], labels: np.ndarray, scores: np.ndarra
     out: dict[str, float | None] = {}
     for t in sorted({t for t, lab in zip(types, labels, strict=True) if lab == 1}):
         sel = good | np.array([x == t for x in types])
-        out[t] = float(roc_auc_score(labels[sel], scores[sel])) if good.any() else None
+        out[t] = Ranking(labels[sel], scores[sel]).auroc() if good.any() else None
     return out
 
 
@@ -190,11 +186,21 @@ def metric_suite(
             out[name] = None
         out["notes"].append("pixel metrics: no ground-truth masks")
         return out
-    attempt("pixel_auroc", lambda: pixel_auroc(masks, maps))
-    attempt("pixel_f1", lambda: best_f1(masks.ravel(), maps.ravel()))
-    out["pixel_f1_at_threshold"] = f1_at(masks, np.asarray(maps) > threshold)
-    attempt("aupro", lambda: aupro(masks, maps))
-    attempt("region_recall", lambda: region_recall(masks, maps, threshold))
+    # one sort of the pooled pixels for AUROC, F1 and AUPRO; one labelling of the regions
+    masks, maps = _stacked(masks, maps)
+    ranking: Ranking | None = None
+
+    def ranked() -> Ranking:
+        nonlocal ranking
+        ranking = ranking or _pixel_ranking(masks, maps)
+        return ranking
+
+    labelled = label_regions(masks)
+    attempt("pixel_auroc", lambda: ranked().auroc())
+    attempt("pixel_f1", lambda: float(ranked().f1()[0].max()))
+    out["pixel_f1_at_threshold"] = f1_at(masks, maps > threshold)
+    attempt("aupro", lambda: _aupro(ranked(), *labelled, 0.3))
+    attempt("region_recall", lambda: region_recall(masks, maps, threshold, labelled=labelled))
     return out
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
 from padim.data.datasets import read_mask
 from padim.data.images import ImageInput, as_image, read_image
@@ -60,6 +59,8 @@ class RandomRotateCrop:
         self, index: int, image: torch.Tensor, mask: torch.Tensor | None, out_size: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """image (3, S, S) float, mask (S, S) bool -> both at out_size, transformed alike."""
+        import torchvision.transforms.functional as TF  # only runs that perturb pay its import
+
         angle, top, left, crop = self.draw(index, image.shape[-1])
         img = TF.rotate(image, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
         img = img[:, top : top + crop, left : left + crop]

@@ -5,7 +5,7 @@ data, a target false-alarm rate on good images only, a target recall (then the b
 on labelled data. Each becomes a named `OperatingPoint` stored in the model with its provenance
 and the rates it gives on the images it was chosen on, each with a 95 % Clopper-Pearson
 interval from the counts: 42 good images cannot pin a 1 % false-alarm rate, and the interval
-says so. Plain numpy (scikit-learn for the precision-recall curve, SciPy for the intervals).
+says so. Plain numpy (curves from `padim.curves`; scipy.special for the intervals).
 """
 
 from __future__ import annotations
@@ -18,38 +18,26 @@ from typing import Any
 
 import numpy as np
 
+from padim.curves import Ranking
 from padim.errors import PadimError
 
 CONFIDENCE = 0.95
 
 
-def check_both_classes(labels: np.ndarray, what: str) -> None:
-    """Fail clearly when `labels` (0 normal, 1 anomalous) lack one of the two classes."""
-    present = set(np.unique(labels).tolist())
-    if present != {0, 1}:
-        missing = "anomalous" if 1 not in present else "normal"
-        raise PadimError(f"{what} needs both normal and anomalous examples; no {missing} ones")
-
-
 def f1_curve(labels: np.ndarray, scores: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     """F1 at every distinct score threshold (anomalous when score >= threshold)."""
-    precision, recall, thresholds = _pr_curve(labels, scores, what)
-    return 2 * precision * recall / np.clip(precision + recall, 1e-12, None), thresholds
+    return Ranking(labels, np.asarray(scores, dtype=np.float64), what).f1()
 
 
 def _pr_curve(
     labels: np.ndarray, scores: np.ndarray, what: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.metrics import precision_recall_curve
-
-    labels = np.asarray(labels).astype(int).ravel()
-    check_both_classes(labels, what)
-    return precision_recall_curve(labels, np.asarray(scores, dtype=np.float64).ravel())
+    return Ranking(labels, np.asarray(scores, dtype=np.float64), what).precision_recall()
 
 
 def _below(threshold: float) -> float:
-    """precision_recall_curve predicts positive for score >= t; a threshold just below t makes
-    padim's rule (score > threshold) agree."""
+    """The curves predict positive for score >= t; a threshold just below t makes padim's rule
+    (score > threshold) agree."""
     return float(np.nextafter(threshold, -np.inf))
 
 
@@ -88,12 +76,13 @@ def quantile_threshold(good_scores: np.ndarray, quantile: float) -> float:
 
 
 def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval of a rate seen k times in n trials."""
-    from scipy.stats import beta
+    """Exact (Clopper-Pearson) interval of a rate seen k times in n trials (the beta
+    distribution's quantiles; scipy.special, not the much heavier scipy.stats)."""
+    from scipy.special import betaincinv
 
     alpha = 1 - confidence
-    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    lo = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, alpha / 2))
+    hi = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1 - alpha / 2))
     return lo, hi
 
 
