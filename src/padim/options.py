@@ -108,6 +108,14 @@ REGULARISATION = Option(
     "--regularisation", 0.01, "added to each covariance's diagonal (the paper's 0.01*I)"
 )
 SIGMA = Option("--sigma", 4.0, "Gaussian smoothing of the anomaly map, in pixels")
+EMBEDDINGS = ("random", "semi-orthogonal")
+EMBEDDING = Option(
+    "--embedding",
+    "random",
+    "how --channels channels are made from the backbone's: random (a seeded subset, the paper) "
+    "or semi-orthogonal (a seeded projection onto orthonormal directions, Kim et al. 2021)",
+    EMBEDDINGS,
+)
 SHRINKAGE = Option(
     "--shrinkage",
     "none",

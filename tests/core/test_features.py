@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,3 +60,26 @@ def test_cpu_micro_batches_give_the_same_embeddings():
     split = Embedder(extractor, IMAGENET, (3, 5, 7), idx, cpu_batch=2).eval()
     x = torch.rand(5, 3, 64, 64)
     assert torch.allclose(whole(x), split(x), atol=1e-6)
+
+
+def test_semi_orthogonal_projection_is_seeded_and_orthonormal():
+    from padim.core.features import semi_orthogonal
+
+    w = semi_orthogonal(448, 100, seed=3)
+    assert w.shape == (448, 100) and w.dtype == torch.float32
+    torch.testing.assert_close(w.T @ w, torch.eye(100), atol=1e-5, rtol=0)
+    assert torch.equal(w, semi_orthogonal(448, 100, seed=3))
+    assert not torch.allclose(w, semi_orthogonal(448, 100, seed=4))
+
+
+def test_full_rank_semi_orthogonal_scores_equal_all_channels(category):
+    """An orthonormal rotation of all channels leaves Mahalanobis distances unchanged (the
+    0.01 I regularisation is rotation-invariant too): the projection is applied right."""
+    from padim import Padim
+
+    images = sorted((category / "test").rglob("*.png"))
+    common = {"size": 32, "crop": None, "device": "cpu", "channels": "all"}
+    plain = Padim(**common).fit(category)
+    rotated = Padim(**common, embedding="semi-orthogonal").fit(category)
+    a, b = plain.score(images)[0], rotated.score(images)[0]
+    np.testing.assert_allclose(b, a, rtol=1e-4)

@@ -252,3 +252,27 @@ def test_ledoit_wolf_fit_records_intensities(category):
     model = Padim(size=SIZE, crop=None, device="cpu", shrinkage="ledoit-wolf").fit(category)
     summary = model.info["shrinkage_intensity"]
     assert 0 < summary["min"] <= summary["max"] <= 1
+
+
+def test_semi_orthogonal_model_round_trips_and_exports(category, tmp_path):
+    """The projection is stored (format 4), reloaded and exported; scores agree."""
+    from padim.model.modelfile import read_model_config
+
+    model = Padim(size=32, crop=None, device="cpu", channels=40, embedding="semi-orthogonal")
+    model.fit(category)
+    images = sorted((category / "test").rglob("*.png"))
+    path = model.save(tmp_path / "so.safetensors")
+    header = read_model_config(path)
+    assert header["format_version"] == 4 and header["config"]["embedding"] == "semi-orthogonal"
+    assert header["embedding_dim"] == 40
+    loaded = Padim.load(path)
+    np.testing.assert_allclose(loaded.score(images)[0], model.score(images)[0], rtol=1e-3)
+    pytest.importorskip("onnxruntime")
+    from padim.cli import main
+    from padim.deploy.scorers import OnnxScorer
+
+    assert main(["export", str(path), "--out", str(tmp_path / "so.onnx")]) == 0
+    x = np.stack([loaded.preprocess.image(Image.open(p).convert("RGB")) for p in images])
+    np.testing.assert_allclose(
+        OnnxScorer(tmp_path / "so.onnx").score_batch(x)[0], loaded.score(images)[0], rtol=1e-4
+    )

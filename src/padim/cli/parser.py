@@ -126,6 +126,7 @@ def add_model_options(
     add(g, options.TILE_OVERLAP, type=int)
     add(g, options.TILE_STATISTICS)
     add(g, options.CHANNELS, type=channels)
+    add(g, options.EMBEDDING)
     add(g, options.SEED, type=int)
     add(g, options.WEIGHTS)
     add(g, options.SHRINKAGE)

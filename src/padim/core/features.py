@@ -9,6 +9,16 @@ from torch import nn
 from padim.core.backbones import Normalisation, StagedExtractor
 
 
+def semi_orthogonal(total: int, keep: int, seed: int) -> torch.Tensor:
+    """A seeded (total, keep) matrix with orthonormal columns (QR of a Gaussian matrix): the
+    semi-orthogonal embedding of Kim et al. (2021), which keeps more of the features'
+    information than a random channel subset of the same size."""
+    gen = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(total, keep, generator=gen, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    return (q * torch.sign(torch.diagonal(r))).float()  # unique: positive diagonal of R
+
+
 def select_channels(total: int, keep: int, seed: int) -> torch.Tensor:
     """A fixed, seeded random subset of `keep` channel indices out of `total`, sorted."""
     if keep >= total:
@@ -21,7 +31,8 @@ class Embedder(nn.Module):
     """Image batch in [0, 1] (B, 3, H, W) -> patch embeddings (B, d, H/4, W/4).
 
     Deeper maps are upsampled (nearest) to the first map's grid and concatenated; only the kept
-    channels are gathered, before upsampling, so unused channels cost nothing.
+    channels are gathered, before upsampling, so unused channels cost nothing. With a
+    `projection` (total, k) every channel is kept and the embedding is its projection.
     """
 
     extractor: StagedExtractor
@@ -36,6 +47,7 @@ class Embedder(nn.Module):
         layer_channels: tuple[int, ...],
         channel_idx: torch.Tensor,
         cpu_batch: int = 0,
+        projection: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.extractor = extractor
@@ -43,6 +55,11 @@ class Embedder(nn.Module):
         self.register_buffer("mean", torch.tensor(normalisation.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(normalisation.std).view(1, 3, 1, 1))
         self.register_buffer("channel_idx", channel_idx.to(torch.int64))
+        self.projection: torch.Tensor | None
+        self.register_buffer(
+            "projection",
+            None if projection is None else projection.t().contiguous()[:, :, None, None].float(),
+        )  # (k, total, 1, 1): a 1x1 convolution
         offsets = [0]
         for c in layer_channels:
             offsets.append(offsets[-1] + c)
@@ -54,7 +71,13 @@ class Embedder(nn.Module):
 
     @property
     def dim(self) -> int:
+        if self.projection is not None:
+            return int(self.projection.shape[0])
         return int(self.channel_idx.numel())
+
+    def projection_matrix(self) -> torch.Tensor | None:
+        """The (total, k) projection, None for a channel subset."""
+        return None if self.projection is None else self.projection[:, :, 0, 0].t().contiguous()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         n = self.cpu_batch
@@ -81,4 +104,5 @@ class Embedder(nn.Module):
             if fmap.shape[-2:] != grid:
                 fmap = F.interpolate(fmap, size=grid, mode="nearest")
             parts.append(fmap)
-        return torch.cat(parts, dim=1)
+        emb = torch.cat(parts, dim=1)
+        return emb if self.projection is None else F.conv2d(emb, self.projection)

@@ -206,6 +206,9 @@ class TiledEmbedder(nn.Module):
     def channel_idx(self) -> torch.Tensor:
         return self.inner.channel_idx
 
+    def projection_matrix(self) -> torch.Tensor | None:
+        return self.inner.projection_matrix()
+
     @property
     def dim(self) -> int:
         return self.inner.dim

@@ -91,6 +91,7 @@ class BenchmarkOptions:
     tile_overlap: int | None = options.TILE_OVERLAP.default
     tile_statistics: str = options.TILE_STATISTICS.default
     channels: int | str | None = options.CHANNELS.default  # None: the backbone's; "all"
+    embedding: str = options.EMBEDDING.default
     seed: int = options.SEED.default
     weights: str | None = options.WEIGHTS.default
     storage: str = options.STORAGE.default
@@ -377,6 +378,7 @@ def _fit(
         tile_overlap=opts.tile_overlap,
         tile_statistics=opts.tile_statistics,
         channels=opts.channels,
+        embedding=opts.embedding,
         seed=opts.seed,
         weights=opts.weights,
         batch_size=opts.batch_size,

@@ -35,6 +35,7 @@ class PadimConfig:
     tile_overlap: int | None = options.TILE_OVERLAP.default  # pixels
     tile_statistics: str = options.TILE_STATISTICS.default  # "location" or "shared"
     statistics: str = options.KEEP_STATISTICS.default  # "keep": training sums in the file
+    embedding: str = options.EMBEDDING.default  # "random" subset or "semi-orthogonal" projection
 
     def validate(self) -> None:
         """Fail with one clear line on any value a model cannot be built with."""
@@ -72,6 +73,7 @@ class PadimConfig:
             ("shrinkage", self.shrinkage, options.SHRINKAGES),
             ("storage", self.storage, options.STORAGES),
             ("statistics", self.statistics, options.STATISTICS_CHOICES),
+            ("embedding", self.embedding, options.EMBEDDINGS),
         ):
             if value not in choices:
                 raise PadimError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

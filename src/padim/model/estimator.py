@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from padim import options
 from padim.core.backbones import get_backbone
-from padim.core.features import Embedder, select_channels
+from padim.core.features import Embedder, select_channels, semi_orthogonal
 from padim.core.gaussian import BlockLayout, GaussianModel, GaussianStats, HeldOut
 from padim.core.holdout import HoldoutStore
 from padim.core.net import PadimNet
@@ -138,6 +138,9 @@ class Padim:
         within a tile (memory independent of the input size). See `padim.core.tiling`.
     channels : int, "all" or None
         Embedding channels kept by the seeded random selection (None: the backbone's default).
+    embedding : "random" or "semi-orthogonal"
+        How the channels are made: a seeded random subset (the paper) or a seeded projection
+        onto orthonormal directions (Kim et al. 2021).
     seed : int
         Seed of the channel selection and of the held-out split.
     weights : str, Path or None
@@ -206,6 +209,7 @@ class Padim:
         tile_overlap: int | None = options.TILE_OVERLAP.default,
         tile_statistics: str = options.TILE_STATISTICS.default,
         statistics: str = options.KEEP_STATISTICS.default,
+        embedding: str = options.EMBEDDING.default,
         progress: bool = False,
     ) -> None:
         if channels == "all":
@@ -229,6 +233,7 @@ class Padim:
             tile_overlap=tile_overlap,
             tile_statistics=tile_statistics,
             statistics=statistics,
+            embedding=embedding,
         )
         self.config.validate()
         if batch_size < 1:
@@ -309,8 +314,15 @@ class Padim:
         spec = get_backbone(self.config.backbone)
         extractor = spec.build(self.weights, seed=self.config.seed)
         keep = self.config.channels or spec.default_keep
-        idx = select_channels(spec.total_channels, keep, self.config.seed)
-        embedder = Embedder(extractor, spec.normalisation, spec.channels, idx, spec.cpu_batch)
+        projection = None
+        if self.config.embedding == "semi-orthogonal":
+            idx = torch.arange(spec.total_channels)
+            projection = semi_orthogonal(spec.total_channels, keep, self.config.seed)
+        else:
+            idx = select_channels(spec.total_channels, keep, self.config.seed)
+        embedder = Embedder(
+            extractor, spec.normalisation, spec.channels, idx, spec.cpu_batch, projection
+        )
         return self.with_tiles(embedder).to(self.device)
 
     @property

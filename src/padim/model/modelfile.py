@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 FORMAT_NAME = "padim-model"
 FORMAT_VERSION = 3  # 3: + per-channel std and score mode; 2: packed lower-triangular
-READABLE_VERSIONS = (1, 2, 3)  # whitening; 1: full matrices
+PROJECTION_VERSION = 4  # 4: a semi-orthogonal embedding (written only by models that have one)
+READABLE_VERSIONS = (1, 2, 3, 4)  # whitening; 1: full matrices
 _META_KEY = "padim"
 MAX_HEADER_DEPTH = 16  # a real header is 4 levels deep
 MAX_SIGMA = 64.0  # pixels of anomaly-map smoothing; more is a damaged or hostile file
@@ -47,10 +48,12 @@ def json_depth(value: Any) -> int:
 
 
 def save_model_file(path: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> None:
-    """Write tensors + config (JSON) as one safetensors file, atomically."""
+    """Write tensors + config (JSON) as one safetensors file, atomically. A model with a
+    projection is format 4, so older padim versions refuse it instead of misreading it."""
     from safetensors.torch import save_file
 
-    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config}
+    version = PROJECTION_VERSION if "embedding.projection" in tensors else FORMAT_VERSION
+    header = {"format": FORMAT_NAME, "format_version": version, **config}
     contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     write_atomic(
         path, lambda tmp: save_file(contiguous, str(tmp), metadata={_META_KEY: json.dumps(header)})
@@ -170,6 +173,9 @@ def write_model(model: Padim, path: str | Path) -> None:
     net = model.fitted_net()
     tensors = {f"backbone.{k}": v for k, v in net.embedder.extractor.state_dict().items()}
     tensors["embedding.channel_idx"] = net.embedder.channel_idx
+    projection = net.embedder.projection_matrix()
+    if projection is not None:
+        tensors["embedding.projection"] = projection
     tensors["gaussian.mean"] = net.gauss_mean
     dtype = getattr(torch, model.config.storage)  # validated: float16 or float32
     tensors["gaussian.whitening_tril"] = net.gaussian.tril().to(dtype)  # float16 halves it
@@ -234,10 +240,20 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
         if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
             raise PadimError(f"{name} {value!r} is not a finite number")
     idx = tensors.get("embedding.channel_idx")
+    projection = tensors.get("embedding.projection")
+    semi = cfg.embedding == "semi-orthogonal"
+    if semi != (projection is not None) or (
+        projection is not None
+        and (projection.shape != (spec.total_channels, dim) or not projection.isfinite().all())
+    ):
+        raise PadimError(
+            f"the {cfg.embedding} embedding's projection does not fit "
+            f"{spec.total_channels} channels -> {dim}"
+        )
     if (
         idx is None
         or idx.dtype not in (torch.int64, torch.int32)
-        or idx.shape != (dim,)
+        or idx.shape != ((spec.total_channels,) if semi else (dim,))
         or int(idx.min()) < 0
         or int(idx.max()) >= spec.total_channels
         or (idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()))
@@ -346,10 +362,13 @@ def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str,
     stored = header["backbone"]["normalisation"]
     norm = Normalisation(tuple(stored["mean"]), tuple(stored["std"]))
     idx = tensors["embedding.channel_idx"]
-    embedder = model.with_tiles(Embedder(extractor, norm, spec.channels, idx, spec.cpu_batch))
+    projection = tensors.get("embedding.projection")
+    embedder = model.with_tiles(
+        Embedder(extractor, norm, spec.channels, idx, spec.cpu_batch, projection)
+    )
     mean = tensors["gaussian.mean"]
     dim = int(header["embedding_dim"])
-    if idx.numel() != dim or mean.shape[1] != dim:
+    if embedder.dim != dim or mean.shape[1] != dim:
         raise PadimError("model file tensors do not match its config (embedding size)")
     if "gaussian.whitening_tril" in tensors:
         tril = tensors["gaussian.whitening_tril"]
