@@ -38,10 +38,11 @@ def measure(path: Path, runs: int, threads: int) -> list[dict]:
 
     torch.set_num_threads(threads)
     model = Padim.load(path, device="cpu")
-    size = model.preprocess.output_size
+    h, w = model.preprocess.output_hw
+    size = f"{w}x{h}"
     rng = np.random.default_rng(0)
-    one = rng.random((1, 3, size, size), dtype=np.float32)
-    eight = rng.random((8, 3, size, size), dtype=np.float32)
+    one = rng.random((1, 3, h, w), dtype=np.float32)
+    eight = rng.random((8, 3, h, w), dtype=np.float32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "m.onnx", model_id=file_id(path))

@@ -87,8 +87,21 @@ def test_local_weights_file(tmp_path):
     source = spec.architecture()
     path = tmp_path / "r18.pth"
     torch.save(source.state_dict(), path)
-    extractor = spec.build(path)
+    extractor = spec.build(path, fused=False)
     assert torch.equal(extractor.stages[0][0].conv1.weight, source.layer1[0].conv1.weight)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_fused_batch_norms_give_the_same_features(name):
+    """Folding the batch norms into the convolutions changes nothing but float rounding, and
+    leaves no batch norm behind."""
+    spec = get_backbone(name)
+    plain, fused = spec.build("random", seed=1, fused=False), spec.build("random", seed=1)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        for a, b in zip(plain(x), fused(x), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
 
 
 def test_weights_file_errors(tmp_path):

@@ -92,7 +92,7 @@ class Embedder(nn.Module):
         return self._embed(images)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         maps = self.extractor(x)
         grid = maps[0].shape[-2:]
         parts = []

@@ -402,13 +402,14 @@ class GaussianModel:
             out[part] = layout.pack(full.view(-1, d, d))
         return cls(mean.float(), out)
 
-    def tril(self) -> torch.Tensor:
-        """Packed lower triangles (P, d(d+1)/2) float32 of the whitening matrices."""
-        parts = [
-            pack_tril(self.layout.unpack(self.whitening[part]))
-            for part in position_chunks(self.whitening.shape[0], 512)
-        ]
-        return torch.cat(parts)
+    def tril(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Packed lower triangles (P, d(d+1)/2) of the whitening matrices in `dtype`, converted
+        chunk by chunk into the output (saving a wide model holds no float32 copy of them)."""
+        p, d = self.whitening.shape[0], int(self.mean.shape[1])
+        out = torch.empty(p, d * (d + 1) // 2, dtype=dtype, device=self.whitening.device)
+        for part in position_chunks(p, 512):
+            out[part] = pack_tril(self.layout.unpack(self.whitening[part]))
+        return out
 
     def full(self) -> torch.Tensor:
         return self.layout.unpack(self.whitening)

@@ -151,6 +151,7 @@ def model_header(model: Padim) -> dict[str, Any]:
         },
         "backbone": {
             "name": spec.name,
+            "batchnorm_fused": True,  # the weights hold the batch norms folded into the convs
             "layer_channels": list(spec.channels),
             "taps": list(net.embedder.extractor.taps),
             "normalisation": dataclasses.asdict(spec.normalisation),
@@ -178,7 +179,7 @@ def write_model(model: Padim, path: str | Path) -> None:
         tensors["embedding.projection"] = projection
     tensors["gaussian.mean"] = net.gauss_mean
     dtype = getattr(torch, model.config.storage)  # validated: float16 or float32
-    tensors["gaussian.whitening_tril"] = net.gaussian.tril().to(dtype)  # float16 halves it
+    tensors["gaussian.whitening_tril"] = net.gaussian.tril(dtype)  # float16 halves it
     if net.gauss_std is not None:
         tensors["gaussian.std"] = net.gauss_std
     tensors["scoring.term_stats"] = net.term_stats
@@ -348,17 +349,20 @@ def _from_header(cls: type[Padim], header: dict[str, Any], device: str, batch_si
 
 
 def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> PadimNet:
-    from padim.core.backbones import Normalisation, get_backbone
+    from padim.core.backbones import Normalisation, fuse_batchnorm, get_backbone
     from padim.core.features import Embedder
     from padim.core.gaussian import GaussianModel
     from padim.core.net import PadimNet
 
     spec = get_backbone(model.config.backbone)
-    extractor = spec.build("random", seed=model.config.seed)
+    fused = bool(header["backbone"].get("batchnorm_fused"))  # older files: plain weights
+    extractor = spec.build("random", seed=model.config.seed, fused=fused)
     backbone_state = {
         k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")
     }
     extractor.load_state_dict(backbone_state, strict=True)
+    if not fused:
+        fuse_batchnorm(extractor)
     stored = header["backbone"]["normalisation"]
     norm = Normalisation(tuple(stored["mean"]), tuple(stored["std"]))
     idx = tensors["embedding.channel_idx"]
