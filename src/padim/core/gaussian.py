@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -64,6 +64,40 @@ class GaussianStats:
     sum: torch.Tensor  # (P, d) float64, sum of (x - shift)
     scatter: list[torch.Tensor]  # per position chunk (c, S) float64: block rows (BlockLayout)
     # of the lower part of sum (x - shift)(x - shift)^T
+    store: HoldoutStore | None = None  # embeddings on disk: the chunks' sums made when needed
+    made: set[int] = field(default_factory=set)  # chunks made from the store
+
+    @classmethod
+    def from_store(cls, store: HoldoutStore) -> GaussianStats:
+        """Statistics of embeddings kept on disk by position (`HoldoutStore`): each chunk's
+        sums are computed when the factorisation reaches it (exact two-pass: shift = the
+        chunk's mean) and freed after, so the whole set of float64 sums never exists at once.
+        Fit memory is then one chunk's, whatever the number of images."""
+        p, d = store.positions, store.dim
+        f64 = torch.float64
+        return cls(
+            count=store.n,
+            shift=torch.zeros(p, d, dtype=f64),
+            sum=torch.zeros(p, d, dtype=f64),
+            scatter=[torch.empty(0, dtype=f64) for _ in position_chunks(p)],
+            store=store,
+        )
+
+    def _ensure(self, i: int, part: slice) -> None:
+        """Make chunk i's sums from the store, the first time they are needed."""
+        if self.store is None or i in self.made:
+            return
+        self.made.add(i)
+        x = self.store.chunk(part).to(torch.float64)  # (c, n, d)
+        self.shift[part] = x.mean(dim=1)
+        xc = x - self.shift[part, None, :]
+        self.sum[part] = xc.sum(dim=1)
+        layout = BlockLayout.for_dim(self.dim)
+        chunk = torch.zeros(part.stop - part.start, layout.size, dtype=torch.float64)
+        xt = xc.transpose(1, 2)
+        for (lo, hi, _), block in zip(layout.blocks, layout.views(chunk), strict=True):
+            block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])
+        self.scatter[i] = chunk
 
     @classmethod
     def from_batch(cls, emb: torch.Tensor) -> GaussianStats:
@@ -122,6 +156,7 @@ class GaussianStats:
 
     def _add_chunk(self, i: int, part: slice, x: torch.Tensor) -> None:
         """Add (c, B, d) embeddings to chunk i's sums (the caller updates `count`)."""
+        self._ensure(i, part)
         xc = x.to(torch.float64) - self.shift[part, None, :]
         self.sum[part] += xc.sum(dim=1)
         xt = xc.transpose(1, 2)
@@ -168,6 +203,7 @@ class GaussianStats:
         left as garbage (the Cholesky factorisation reads the lower triangle only)."""
         if count < 1:
             raise PadimError("no training images in the statistics")
+        self._ensure(i, part)
         s1 = self.sum[part]
         layout = BlockLayout.for_dim(self.dim)
         scatter = (layout.unpack_blocks if lower_only else layout.unpack_symmetric)(self.scatter[i])

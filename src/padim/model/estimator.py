@@ -415,15 +415,27 @@ class Padim:
         self.check_memory()
         embedder = self.build_embedder()
         bar = self.progress_bar(plan.n, "fit")
-        with torch.inference_mode(), HoldoutStore() as holdout:
-            stats = GaussianStats.from_batches(
-                self._embeddings(embedder, plan.fit_items, loader, bar)
-            )
+        with torch.inference_mode(), HoldoutStore() as holdout, HoldoutStore() as train:
+            batches = self._embeddings(embedder, plan.fit_items, loader, bar)
+            if self._embeddings_on_disk(len(plan.fit_items), embedder.dim):
+                for emb in batches:
+                    train.add(emb)
+                stats = GaussianStats.from_store(train)
+            else:
+                stats = GaussianStats.from_batches(batches)
             # held out: kept on disk, scored by a model that never saw them, then added
             for emb in self._embeddings(embedder, plan.hold_items, loader, bar):
                 holdout.add(emb)
             bar.close()
             return self.finish_fit(plan, embedder, stats, holdout, loader)
+
+    def _embeddings_on_disk(self, n: int, dim: int) -> bool:
+        """Whether to fit from the embeddings kept on disk (two passes, memory of one chunk of
+        positions) rather than from float64 sums held in memory (one pass, memory set by the
+        channels alone): on disk when they take at most twice the memory the sums would, and
+        the sums are not to be kept in the model file."""
+        sums = BlockLayout.for_dim(dim).size * 8  # bytes per position in memory
+        return self.config.statistics != "keep" and n * dim * 4 <= 2 * sums
 
     def _embeddings(
         self,
