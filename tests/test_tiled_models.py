@@ -98,8 +98,8 @@ def test_tiled_model_exports_with_parity(strips, tmp_path):
 
 
 def test_held_out_embeddings_wait_on_disk_and_are_removed(strips, monkeypatch, tmp_path):
-    """The held-out images' embeddings go to a temporary folder while the others are summed;
-    the folder is gone after the fit (and the threshold equals an in-memory fit's)."""
+    """The held-out images' embeddings go to a temporary folder (and so do the fitted images',
+    when they take less than the sums would); the folders are gone after the fit."""
     import tempfile
 
     import padim
@@ -108,16 +108,18 @@ def test_held_out_embeddings_wait_on_disk_and_are_removed(strips, monkeypatch, t
     spill = tmp_path / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    seen = []
+    seen: dict[int, list[list[str]]] = {}
     real_add = holdout.HoldoutStore.add
 
     def add(self, emb):
         real_add(self, emb)
-        seen.append(sorted(p.name for p in self.directory.iterdir()))
+        seen.setdefault(id(self), []).append(sorted(p.name for p in self.directory.iterdir()))
 
     monkeypatch.setattr(holdout.HoldoutStore, "add", add)
     model = padim.Padim(size=(W, H), crop=None, device="cpu", batch_size=2).fit(strips)
-    assert seen and seen[-1] == [f"batch{i:05d}.f32" for i in range(len(seen))]
+    assert seen
+    for listings in seen.values():  # one file per batch, in each store
+        assert listings[-1] == [f"batch{i:05d}.f32" for i in range(len(listings))]
     assert list(spill.iterdir()) == []
     assert model.training_.n_holdout == 2
 

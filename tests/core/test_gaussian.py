@@ -236,3 +236,29 @@ def test_ledoit_wolf_fit_shrinks_towards_the_scaled_identity():
     )
     with pytest.raises(PadimError, match="unknown shrinkage"):
         GaussianModel.fit(GaussianStats.from_batch(emb), shrinkage="oracle")
+
+
+def test_statistics_from_embeddings_on_disk_equal_the_streamed_sums():
+    """Sums made chunk by chunk from a disk store (two-pass) give the streamed sums'
+    covariance and mean, and the same Gaussians and held-out distances."""
+    from padim.core.gaussian import GaussianModel, GaussianStats, position_chunks
+    from padim.core.holdout import HoldoutStore
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(5, 30, 12, 12, generator=gen) * 3 + 1 for _ in range(4)]
+    held = torch.randn(3, 30, 12, 12, generator=gen)
+    streamed = GaussianStats.from_batches(batches)
+    with HoldoutStore() as store:
+        for b in batches:
+            store.add(b)
+        stored = GaussianStats.from_store(store)
+        for i, part in enumerate(position_chunks(stored.positions)):
+            cov = stored._chunk_covariance(i, part, stored.count)
+            torch.testing.assert_close(
+                cov, streamed._chunk_covariance(i, part, streamed.count), rtol=1e-10, atol=1e-10
+            )
+        a, held_a = GaussianModel.fit(GaussianStats.from_store(store), holdout=held, consume=True)
+    b, held_b = GaussianModel.fit(streamed.copy(), holdout=held)
+    torch.testing.assert_close(a.whitening, b.whitening, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(held_a.mahalanobis, held_b.mahalanobis, rtol=1e-6, atol=1e-6)

@@ -276,3 +276,17 @@ def test_semi_orthogonal_model_round_trips_and_exports(category, tmp_path):
     np.testing.assert_allclose(
         OnnxScorer(tmp_path / "so.onnx").score_batch(x)[0], loaded.score(images)[0], rtol=1e-4
     )
+
+
+def test_fit_from_embeddings_on_disk_equals_the_in_memory_fit(category):
+    """Small sets are fitted from embeddings on disk (less than the float64 sums); keeping the
+    statistics forces the in-memory sums. Both give the same model."""
+    on_disk = Padim(size=SIZE, crop=None, device="cpu")
+    assert on_disk._embeddings_on_disk(10, 176)
+    assert not on_disk._embeddings_on_disk(1000, 176)  # many images: the sums are smaller
+    on_disk.fit(category)
+    in_memory = Padim(size=SIZE, crop=None, device="cpu", statistics="keep").fit(category)
+    assert not in_memory._embeddings_on_disk(10, 176)
+    images = sorted((category / "test").rglob("*.png"))
+    np.testing.assert_allclose(on_disk.score(images)[0], in_memory.score(images)[0], rtol=1e-5)
+    assert on_disk.threshold_ == pytest.approx(in_memory.threshold_, rel=1e-5)

@@ -368,13 +368,17 @@ class Padim:
             out["tiling"] = {**grid.describe(), "statistics": self.config.tile_statistics}
         return out
 
-    def check_memory(self, available: int | None = None) -> None:
+    def check_memory(self, available: int | None = None, n_fit: int | None = None) -> None:
         """Refuse, before any work, a geometry whose statistics cannot fit in memory (the sums
         are float64, about 1.2x the model's Gaussians while they are factorised; kept
-        statistics stay beside the Gaussians)."""
+        statistics stay beside the Gaussians; fitted from embeddings on disk (`n_fit` images,
+        see `_embeddings_on_disk`) only the float32 Gaussians and one chunk's sums)."""
         available = available_bytes() if available is None else available
         g = self.geometry()
-        need = int(g["fit_statistics_bytes"] * (1.6 if self.config.statistics == "keep" else 1.25))
+        factor = 1.6 if self.config.statistics == "keep" else 1.25
+        if n_fit is not None and self._embeddings_on_disk(n_fit, g["embedding_dim"]):
+            factor = 0.75
+        need = int(g["fit_statistics_bytes"] * factor)
         if available is not None and need > available:
             raise PadimError(
                 f"this geometry needs about {need / 2**30:.1f} GiB to fit ({g['positions']:,} "
@@ -412,7 +416,7 @@ class Padim:
             then added to the Gaussians.
         """
         plan = self.plan_fit(images)
-        self.check_memory()
+        self.check_memory(n_fit=len(plan.fit_items))
         embedder = self.build_embedder()
         bar = self.progress_bar(plan.n, "fit")
         with torch.inference_mode(), HoldoutStore() as holdout, HoldoutStore() as train:
