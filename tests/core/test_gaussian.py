@@ -238,11 +238,15 @@ def test_ledoit_wolf_fit_shrinks_towards_the_scaled_identity():
         GaussianModel.fit(GaussianStats.from_batch(emb), shrinkage="oracle")
 
 
-def test_statistics_from_embeddings_on_disk_equal_the_streamed_sums():
-    """Sums made chunk by chunk from a disk store (two-pass) give the streamed sums'
-    covariance and mean, and the same Gaussians and held-out distances."""
+@pytest.mark.parametrize("read_positions", [1000, 5])
+def test_statistics_from_embeddings_on_disk_equal_the_streamed_sums(read_positions, monkeypatch):
+    """Sums made chunk by chunk from a disk store (two-pass, read a few positions at a time)
+    give the streamed sums' covariance and mean, and the same Gaussians and distances."""
+    from padim.core import gaussian
     from padim.core.gaussian import GaussianModel, GaussianStats, position_chunks
     from padim.core.holdout import HoldoutStore
+
+    monkeypatch.setattr(gaussian, "STORE_READ_BYTES", read_positions * 20 * 30 * 8)
 
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(5, 30, 12, 12, generator=gen) * 3 + 1 for _ in range(4)]

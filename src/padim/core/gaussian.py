@@ -30,6 +30,7 @@ from padim.memory import release_free_memory
 
 DEFAULT_REGULARISATION: float = options.REGULARISATION.default
 POSITION_CHUNK = 128  # positions per chunk of sums / factorisation
+STORE_READ_BYTES = 32 << 20  # embeddings read from a store at once (float64)
 
 
 def embeddings_by_position(emb: torch.Tensor) -> torch.Tensor:
@@ -84,19 +85,25 @@ class GaussianStats:
         )
 
     def _ensure(self, i: int, part: slice) -> None:
-        """Make chunk i's sums from the store, the first time they are needed."""
+        """Make chunk i's sums from the store, the first time they are needed, a few positions
+        at a time (their float64 embeddings at most STORE_READ_BYTES, whatever the number of
+        images)."""
         if self.store is None or i in self.made:
             return
         self.made.add(i)
-        x = self.store.chunk(part).to(torch.float64)  # (c, n, d)
-        self.shift[part] = x.mean(dim=1)
-        xc = x - self.shift[part, None, :]
-        self.sum[part] = xc.sum(dim=1)
         layout = BlockLayout.for_dim(self.dim)
         chunk = torch.zeros(part.stop - part.start, layout.size, dtype=torch.float64)
-        xt = xc.transpose(1, 2)
-        for (lo, hi, _), block in zip(layout.blocks, layout.views(chunk), strict=True):
-            block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])
+        step = max(1, STORE_READ_BYTES // (self.store.n * self.dim * 8))
+        for start in range(part.start, part.stop, step):
+            sub = slice(start, min(start + step, part.stop))
+            x = self.store.chunk(sub).to(torch.float64)  # (c, n, d)
+            self.shift[sub] = x.mean(dim=1)
+            xc = x.sub_(self.shift[sub, None, :])
+            self.sum[sub] = xc.sum(dim=1)
+            xt = xc.transpose(1, 2)
+            rows = chunk[sub.start - part.start : sub.stop - part.start]
+            for (lo, hi, _), block in zip(layout.blocks, layout.views(rows), strict=True):
+                block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])
         self.scatter[i] = chunk
 
     @classmethod

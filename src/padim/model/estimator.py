@@ -436,10 +436,10 @@ class Padim:
     def _embeddings_on_disk(self, n: int, dim: int) -> bool:
         """Whether to fit from the embeddings kept on disk (two passes, memory of one chunk of
         positions) rather than from float64 sums held in memory (one pass, memory set by the
-        channels alone): on disk when they take at most twice the memory the sums would, and
+        channels alone): on disk when they take at most 4x the memory the sums would, and
         the sums are not to be kept in the model file."""
         sums = BlockLayout.for_dim(dim).size * 8  # bytes per position in memory
-        return self.config.statistics != "keep" and n * dim * 4 <= 2 * sums
+        return self.config.statistics != "keep" and n * dim * 4 <= 4 * sums
 
     def _embeddings(
         self,
