@@ -329,9 +329,11 @@ def create_app(models: Scorer | ModelSources, settings: ServeSettings | None = N
     async def predict_one(request: Request, name: str) -> dict:
         include = parse_include(query(request, "include") or "")
         min_area = parse_min_area(query(request, "min_area"))
+        pool.check(name)
+        # the body first: a slow upload must not hold a model that is being replaced
+        uploads = await read_uploads(request, service.settings, batch=False)  # one at most
         async with pool.use(name) as model:
             threshold = request_threshold(request, model.scorer)
-            uploads = await read_uploads(request, service.settings, batch=False)  # one at most
             return await service.predict(model, uploads[0], include, threshold, min_area)
 
     async def predict_batch(request: Request, name: str) -> dict:
@@ -341,10 +343,11 @@ def create_app(models: Scorer | ModelSources, settings: ServeSettings | None = N
             raise ApiError(
                 415, "unsupported_media_type", "send the images as multipart/form-data files"
             )
+        pool.check(name)
+        started = time.perf_counter()
+        uploads = await read_uploads(request, service.settings, batch=True)
         async with pool.use(name) as model:
             threshold = request_threshold(request, model.scorer)
-            started = time.perf_counter()
-            uploads = await read_uploads(request, service.settings, batch=True)
             results = await service.predict_many(model, uploads, include, threshold, min_area)
             return {
                 "model": model.name,

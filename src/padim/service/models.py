@@ -185,6 +185,19 @@ class ModelPool:
             LOG.info("model %s: its file is gone, unloading it", name)
             self._unload(name)
 
+    def check(self, name: str) -> str:
+        """`name` when it is served (a file added since the last check included), else a 404:
+        asked before a request's body is read, so a wrong name costs no upload."""
+        if name not in self.files and name not in self.fixed:
+            self.rescan()
+        if name not in self.files and name not in self.fixed:
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"no model {name!r} (served: {', '.join(self.names) or 'none'})",
+            )
+        return name
+
     def only(self) -> str:
         """The model name for the single-model routes: there must be exactly one."""
         names = self.names
@@ -242,15 +255,9 @@ class ModelPool:
             await self._load_named(name)
 
     async def _load_named(self, name: str) -> Loaded:
-        if name not in self.files and name not in self.fixed:
-            self.rescan()  # a file added since the last check is served at once
-        path = self.files.get(name)
-        if path is None:
-            raise ApiError(
-                404,
-                "unknown_model",
-                f"no model {name!r} (served: {', '.join(self.names) or 'none'})",
-            )
+        path = self.files.get(self.check(name))
+        if path is None:  # an in-memory model is never unloaded: it cannot be missing
+            raise ApiError(503, "model_unavailable", f"model {name} is not in memory")
         task = self._loading.get(name)
         if task is None:
             failure = self.failures.get(name)
