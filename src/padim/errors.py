@@ -1,6 +1,13 @@
 """The exception types the CLI and the REST service turn into one-line messages."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line (at most `limit` characters), or its type's
+    name when it has none: what a one-line error report shows of a cause."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class PadimError(Exception):
     """A user-facing error: bad input, a missing file, an incompatible model, missing weights."""
 

@@ -46,6 +46,7 @@ def test_f1_optimal_threshold_is_the_brute_force_best():
 
 # ----------------------------------------------------------------------------- the full suite
 from scipy import ndimage  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_auc_score  # noqa: E402
 
 from padim.evaluation.metrics import (  # noqa: E402
     aupro,
@@ -54,6 +55,7 @@ from padim.evaluation.metrics import (  # noqa: E402
     f1_at,
     metric_suite,
     per_type_image_auroc,
+    region_recall,
 )
 
 
@@ -126,6 +128,37 @@ def test_aupro_matches_a_brute_force_computation():
     assert aupro(masks, maps) == pytest.approx(_aupro_brute_force(masks, maps), abs=1e-9)
 
 
+def test_aupro_equals_the_direct_computation():
+    rng = np.random.default_rng(5)
+    masks = np.zeros((3, 24, 24), bool)
+    masks[0, 3:9, 4:12] = True
+    masks[0, 15:18, 15:22] = True
+    masks[2, 10:20, 2:5] = True
+    maps = np.round(rng.normal(masks * 1.5, 1.0), 2).astype(np.float32)
+    for limit in (0.05, 0.3, 1.0):
+        assert aupro(masks, maps, limit) == pytest.approx(
+            _aupro_brute_force(masks, maps, limit), abs=1e-9
+        )
+
+
+def test_suite_shares_one_sort_and_gives_the_separate_numbers():
+    rng = np.random.default_rng(9)
+    masks = np.zeros((6, 32, 32), bool)
+    masks[1, 5:15, 5:12] = True
+    masks[3, 20:30, 2:9] = True
+    masks[4, 0:3, 0:32] = True
+    maps = rng.normal(masks * 2.0, 1.0).astype(np.float32)
+    labels = masks.reshape(6, -1).any(axis=1).astype(int)
+    scores = maps.reshape(6, -1).max(axis=1)
+    suite = metric_suite(labels, scores, 1.5, masks, maps)
+    assert suite["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), 1e-9)
+    assert suite["aupro"] == pytest.approx(_aupro_brute_force(masks, maps), abs=1e-6)
+    assert suite["region_recall"] == region_recall(masks, maps, 1.5)
+    p, r, _ = precision_recall_curve(masks.ravel(), maps.ravel())
+    assert suite["pixel_f1"] == pytest.approx(np.max(2 * p * r / np.clip(p + r, 1e-12, None)))
+    assert suite["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+
+
 def test_aupro_without_regions_or_normals():
     with pytest.raises(PadimError, match=r"no anomalous|there are none"):
         aupro(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4)))
@@ -178,7 +211,6 @@ def test_suite_values_are_consistent():
 
 
 def test_region_recall_counts_each_defect_once_whatever_its_size():
-    from padim.evaluation.metrics import region_recall
 
     masks = np.zeros((2, 40, 40), bool)
     masks[0, 2:30, 2:30] = True  # a large defect, found

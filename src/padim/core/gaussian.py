@@ -56,6 +56,15 @@ def position_chunks(p: int, size: int = POSITION_CHUNK) -> list[slice]:
     return [slice(s, min(s + size, p)) for s in range(0, p, size)]
 
 
+def _add_scatter(buf: torch.Tensor, xc: torch.Tensor) -> None:
+    """Add the products of centred embeddings xc (c, n, d) to the block rows (c, S) of their
+    scatter matrices' lower part, in place."""
+    xt = xc.transpose(1, 2)
+    layout = BlockLayout.for_dim(xc.shape[-1])
+    for (lo, hi, _), block in zip(layout.blocks, layout.views(buf), strict=True):
+        block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])  # (c, hi, m): transposed block row
+
+
 @dataclass
 class GaussianStats:
     """Running sums per patch position, mergeable across batches, processes and machines."""
@@ -100,10 +109,7 @@ class GaussianStats:
             self.shift[sub] = x.mean(dim=1)
             xc = x.sub_(self.shift[sub, None, :])
             self.sum[sub] = xc.sum(dim=1)
-            xt = xc.transpose(1, 2)
-            rows = chunk[sub.start - part.start : sub.stop - part.start]
-            for (lo, hi, _), block in zip(layout.blocks, layout.views(rows), strict=True):
-                block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])
+            _add_scatter(chunk[sub.start - part.start : sub.stop - part.start], xc)
         self.scatter[i] = chunk
 
     @classmethod
@@ -166,10 +172,7 @@ class GaussianStats:
         self._ensure(i, part)
         xc = x.to(torch.float64) - self.shift[part, None, :]
         self.sum[part] += xc.sum(dim=1)
-        xt = xc.transpose(1, 2)
-        layout = BlockLayout.for_dim(self.dim)
-        for (lo, hi, _), block in zip(layout.blocks, layout.views(self.scatter[i]), strict=True):
-            block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])  # (c, hi, m): transposed block row
+        _add_scatter(self.scatter[i], xc)
 
     def merge(self, other: GaussianStats) -> GaussianStats:
         """Exact union of two sets of statistics (re-centred on this object's shift)."""

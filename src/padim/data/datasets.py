@@ -78,8 +78,19 @@ def is_stc(root: Path) -> bool:
     return (root / "training").is_dir() and (root / "testing" / "test_frame_mask").is_dir()
 
 
+def scene_of(video: str) -> str:
+    """An STC video's camera scene: the part of its name before "_" ("01_0014" -> "01")."""
+    return video.split("_")[0]
+
+
 def _in_scene(name: str, scene: str | None) -> bool:
-    return scene is None or name.split("_")[0] == scene
+    return scene is None or scene_of(name) == scene
+
+
+def stc_scenes(root: str | Path) -> list[str]:
+    """The scenes of an STC root that have labelled test videos, sorted."""
+    labels = Path(root) / "testing" / "test_frame_mask"
+    return sorted({scene_of(p.stem) for p in labels.glob("*.npy")})
 
 
 def stc_training_frames(

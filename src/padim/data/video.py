@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from padim.errors import PadimError
+from padim.errors import PadimError, first_line
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -82,7 +82,7 @@ def open_source(source: str | Path) -> Any:
     try:
         container = av.open(text, **kwargs)
     except Exception as exc:
-        raise PadimError(f"cannot open video {text}: {_reason(exc)}") from None
+        raise PadimError(f"cannot open video {text}: {first_line(exc)}") from None
     if not container.streams.video:
         container.close()
         raise PadimError(f"{text} has no video stream")
@@ -108,7 +108,7 @@ def read_frames(source: str | Path, every: int = 1) -> Iterator[Frame]:
                 return
             except Exception as exc:
                 raise PadimError(
-                    f"{source}: decoding failed after frame {index}: {_reason(exc)}"
+                    f"{source}: decoding failed after frame {index}: {first_line(exc)}"
                 ) from None
             index += 1
             if index % every:
@@ -126,7 +126,7 @@ def frame_count(path: str | Path) -> int:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
     except Exception as exc:
-        raise PadimError(f"cannot read video {path}: {_reason(exc)}") from None
+        raise PadimError(f"cannot read video {path}: {first_line(exc)}") from None
     finally:
         container.close()
 
@@ -217,8 +217,3 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -21,13 +21,13 @@ from pathlib import Path
 from PIL import Image
 
 from padim import options
-from padim.data.images import read_image
 from padim.data.pictures import PICTURES
 from padim.data.sources import output_names, source_paths
 from padim.data.video import frame_count, is_video, read_frames
 from padim.deploy.scorers import (
     RESULT_COLUMNS,
     Scorer,
+    read_photo,
     resolve_threshold,
     save_scored_pictures,
     score_images,
@@ -80,13 +80,7 @@ def _photos(paths: list[Path], videos: list[Path], every: int) -> Iterator[_Phot
     that cannot be read (or stops decoding) becomes an error entry and the rest go on."""
     names = dict(zip(paths + videos, output_names(paths + videos), strict=True))
     for path in paths:
-        try:
-            photo: Image.Image | str = read_image(path)
-        except PadimError as exc:
-            photo = f"{getattr(exc, 'code', 'unreadable')}: {exc}"
-        except Exception as exc:  # any decoder failure on one file is that file's problem
-            photo = f"unreadable: {type(exc).__name__}: {exc}"
-        yield _Photo(str(path), names[path], photo)
+        yield _Photo(str(path), names[path], read_photo(path))
     for video in videos:
         try:
             for f in read_frames(video, every):

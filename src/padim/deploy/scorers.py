@@ -96,15 +96,18 @@ def score_files(
     """Read, preprocess and score image files as one batch. A file that cannot be read becomes
     an error (never a failed batch), and so does a non-finite score: a damaged model must never
     give a verdict. `keep_originals` keeps the decoded photos (for pictures at their size)."""
-    photos: list[tuple[str, Image.Image | str]] = []
-    for p in paths:
-        try:
-            photos.append((str(p), read_image(p)))
-        except PadimError as exc:
-            photos.append((str(p), f"{getattr(exc, 'code', 'unreadable')}: {exc}"))
-        except Exception as exc:  # any decoder failure on one file is that file's problem
-            photos.append((str(p), f"unreadable: {type(exc).__name__}: {exc}"))
-    return score_images(scorer, photos, keep_originals)
+    return score_images(scorer, [(str(p), read_photo(p)) for p in paths], keep_originals)
+
+
+def read_photo(path: str | Path) -> Image.Image | str:
+    """An image file decoded, or why it could not be ("code: message"): one unreadable file
+    is that file's problem, never the batch's."""
+    try:
+        return read_image(path)
+    except PadimError as exc:
+        return f"{getattr(exc, 'code', 'unreadable')}: {exc}"
+    except Exception as exc:  # any decoder failure
+        return f"unreadable: {type(exc).__name__}: {exc}"
 
 
 def score_images(

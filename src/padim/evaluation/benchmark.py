@@ -28,6 +28,7 @@ from padim.data.datasets import (
     is_mvtec_category,
     is_stc,
     mvtec_test_set,
+    stc_scenes,
     stc_test_set,
     stc_training_frames,
 )
@@ -182,12 +183,7 @@ def find_categories(
             else []
         )
     else:
-        order = [name for name in wanted if name in present]
-        notes = [
-            f"category {name!r} not found under {root}: skipped"
-            for name in wanted
-            if name not in present
-        ]
+        order, notes = _chosen(list(present), wanted, "category", f"not found under {root}")
     if not order:
         raise PadimError(f"no MVTec AD categories (folders with train/good and test/) under {root}")
     return [(name, present[name]) for name in order], notes
@@ -195,25 +191,26 @@ def find_categories(
 
 def _stc_scenes(root: Path, wanted: list[str] | None) -> tuple[list[tuple[str, Path]], list[str]]:
     """STC's scenes ("scene01", ...) that have test videos; `wanted` as "01" or "scene01"."""
-    present = sorted(
-        {
-            f"scene{p.stem.split('_')[0]}"
-            for p in (root / "testing" / "test_frame_mask").glob("*.npy")
-        }
-    )
+    present = [f"scene{s}" for s in stc_scenes(root)]
+    notes: list[str] = []
     if wanted is None:
-        order, notes = present, []
+        order = present
     else:
         asked = [w if w.startswith("scene") else f"scene{w}" for w in wanted]
-        order = [w for w in asked if w in present]
-        notes = [
-            f"scene {w!r} has no test videos under {root}: skipped"
-            for w in asked
-            if w not in present
-        ]
+        order, notes = _chosen(present, asked, "scene", f"has no test videos under {root}")
     if not order:
         raise PadimError(f"no STC scenes with test videos under {root}")
     return [(name, root) for name in order], notes
+
+
+def _chosen(
+    present: list[str], wanted: list[str], kind: str, missing: str
+) -> tuple[list[str], list[str]]:
+    """The wanted names that are present, in the order asked, and a note for each one that is
+    not ("<kind> 'x' <missing>: skipped")."""
+    order = [name for name in wanted if name in present]
+    notes = [f"{kind} {name!r} {missing}: skipped" for name in wanted if name not in present]
+    return order, notes
 
 
 def category_data(opts: BenchmarkOptions, category: str, folder: Path) -> tuple[Any, list[Sample]]:

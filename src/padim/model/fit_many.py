@@ -21,7 +21,7 @@ from typing import Any
 from padim.data.datasets import training_images
 from padim.data.images import IMAGE_EXTENSIONS
 from padim.data.sources import read_table
-from padim.errors import PadimError
+from padim.errors import PadimError, first_line
 from padim.files import write_text_atomic
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -95,7 +95,7 @@ def fit_one(job: ModelJob, settings: dict[str, Any], out: Path) -> dict[str, Any
 
 
 def failed(name: str, exc: BaseException) -> dict[str, Any]:
-    return summary_row(name, "failed", error=str(exc).strip().splitlines()[0][:500])
+    return summary_row(name, "failed", error=first_line(exc, 500))
 
 
 def fit_locally(

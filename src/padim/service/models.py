@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from padim.deploy.scorers import Scorer
-from padim.errors import PadimError
+from padim.errors import PadimError, first_line
 from padim.service.batching import MicroBatcher
 from padim.service.metrics import ServiceMetrics
 from padim.service.requests import ApiError
@@ -285,8 +285,7 @@ class ModelPool:
             try:
                 scorer = await asyncio.to_thread(self.load, path)
             except Exception as exc:
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                message = f"model {name} ({path.name}) cannot be loaded: {text}"
+                message = f"model {name} ({path.name}) cannot be loaded: {first_line(exc)}"
                 self.failures[name] = (sig, message)
                 self.metrics.loads.labels(model=name, outcome="failed").inc()
                 LOG.error("%s", message)
