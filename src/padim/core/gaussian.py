@@ -16,40 +16,24 @@ half of a full matrix, and scoring one image reads half the bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 from padim import options
-from padim.core.holdout import HoldoutStore
+from padim.core.holdout import HoldoutStore, embeddings_by_position, positions_view
 from padim.core.scoring import chebyshev_by_position
 from padim.errors import PadimError
 from padim.memory import release_free_memory
 
 DEFAULT_REGULARISATION: float = options.REGULARISATION.default
-POSITION_CHUNK = 128  # positions per chunk of sums / factorisation
+POSITION_CHUNK = 64  # positions per chunk of sums / factorisation
 STORE_READ_BYTES = 32 << 20  # embeddings read from a store at once (float64)
-
-
-def embeddings_by_position(emb: torch.Tensor) -> torch.Tensor:
-    """(B, d, h, w) -> (h*w, B, d), contiguous: one row block per patch position."""
-    b, d, h, w = emb.shape
-    return emb.reshape(b, d, h * w).permute(2, 0, 1).contiguous()
-
-
-@lru_cache(maxsize=8)
-def tril_flat_index(d: int) -> torch.Tensor:
-    """Flat indices of the lower triangle of a d x d matrix, row by row."""
-    rows, cols = torch.tril_indices(d, d)
-    return rows * d + cols
-
-
-def pack_tril(full: torch.Tensor) -> torch.Tensor:
-    """(c, d, d) -> (c, d(d+1)/2): the lower triangle, row by row."""
-    d = full.shape[-1]
-    return full.reshape(full.shape[0], d * d).index_select(1, tril_flat_index(d))
+SCORE_CHUNK_BYTES = 8 << 20  # embeddings centred and scored at once
+TRIM_BYTES = 32 << 20  # sums freed between two returns of free memory to the system
 
 
 def position_chunks(p: int, size: int = POSITION_CHUNK) -> list[slice]:
@@ -207,16 +191,20 @@ class GaussianStats:
         )
 
     def _chunk_covariance(
-        self, i: int, part: slice, count: int, lower_only: bool = False
+        self, i: int, part: slice, count: int, scratch: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Chunk i's covariance; with `lower_only` the entries above the diagonal blocks are
-        left as garbage (the Cholesky factorisation reads the lower triangle only)."""
+        """Chunk i's covariance (c, d, d). Given a `scratch` buffer (at least (c, d, d)), it is
+        written there with only the lower triangle meaningful (all a Cholesky factorisation
+        reads; the rest is left over from earlier use): no new memory per chunk."""
         if count < 1:
             raise PadimError("no training images in the statistics")
         self._ensure(i, part)
         s1 = self.sum[part]
         layout = BlockLayout.for_dim(self.dim)
-        scatter = (layout.unpack_blocks if lower_only else layout.unpack_symmetric)(self.scatter[i])
+        if scratch is None:
+            scatter = layout.unpack_symmetric(self.scatter[i])
+        else:
+            scatter = layout.unpack_blocks(self.scatter[i], out=scratch[: part.stop - part.start])
         scatter.baddbmm_(s1[:, :, None], s1[:, None, :], alpha=-1.0 / count)
         return scatter.div_(max(count - 1, 1))  # one image: zero sample covariance
 
@@ -237,7 +225,9 @@ class GaussianStats:
             "count": torch.tensor([self.count], dtype=torch.int64),
             "shift": self.shift,
             "sum": self.sum,
-            "scatter_tril": torch.cat([pack_tril(layout.unpack(c)) for c in self.scatter]),
+            "scatter_tril": torch.cat(
+                [c.index_select(1, layout.tril_positions) for c in self.scatter]
+            ),
         }
 
     @classmethod
@@ -253,14 +243,11 @@ class GaussianStats:
             or int(count.reshape(-1)[0]) < 1
         ):
             raise PadimError("the training statistics do not match each other")
-        layout, lower = BlockLayout.for_dim(d), tril_flat_index(d)
-        chunks = []
-        for part in position_chunks(p):
-            full = tril.new_zeros(part.stop - part.start, d * d, dtype=torch.float64)
-            full[:, lower] = tril[part].to(torch.float64)
-            full = full.view(-1, d, d)
-            full = full + torch.tril(full, -1).transpose(1, 2)  # symmetric, as the sums are
-            chunks.append(layout.pack(full).contiguous())
+        layout = BlockLayout.for_dim(d)
+        chunks = [  # symmetric: the sums' diagonal blocks are whole
+            layout.from_tril_packed(tril[part], torch.float64, symmetric=True)
+            for part in position_chunks(p)
+        ]
         return cls(
             int(count.reshape(-1)[0]),
             shift.to(torch.float64),
@@ -321,6 +308,45 @@ class BlockLayout:
             [w[:, lo:hi, :hi].transpose(1, 2).reshape(c, -1) for lo, hi, _ in self.blocks], dim=1
         )
 
+    def _cells(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column in the d x d matrix of every entry of the block rows, (S,) each."""
+        rows, cols = [], []
+        for lo, hi, _ in self.blocks:
+            c, r = torch.meshgrid(torch.arange(hi), torch.arange(lo, hi), indexing="ij")
+            rows.append(r.reshape(-1))
+            cols.append(c.reshape(-1))
+        return torch.cat(rows), torch.cat(cols)
+
+    @property
+    @lru_cache(maxsize=16)  # noqa: B019 (a few layouts, each asked for on every load and save)
+    def tril_positions(self) -> torch.Tensor:
+        """Where each entry of the packed lower triangle (d(d+1)/2, row by row) lives in the
+        block rows: `buf.index_select(1, tril_positions)` packs them."""
+        rows, cols = self._cells()
+        lower = cols <= rows
+        order = (rows * (rows + 1) // 2 + cols)[lower].argsort()
+        return torch.nonzero(lower).squeeze(1)[order]
+
+    @lru_cache(maxsize=16)  # noqa: B019
+    def tril_sources(self, symmetric: bool) -> torch.Tensor:
+        """For each block-row entry, its index in the packed lower triangle; entries above the
+        diagonal read the mirrored entry (`symmetric`) or index d(d+1)/2, a zero appended by
+        `from_tril_packed`."""
+        rows, cols = self._cells()
+        hi, lo = torch.maximum(rows, cols), torch.minimum(rows, cols)
+        index = hi * (hi + 1) // 2 + lo
+        if not symmetric:
+            index[cols > rows] = self.dim * (self.dim + 1) // 2
+        return index
+
+    def from_tril_packed(
+        self, tril: torch.Tensor, dtype: torch.dtype, symmetric: bool = False
+    ) -> torch.Tensor:
+        """(c, d(d+1)/2) packed lower triangles -> (c, S) block rows in `dtype` (above the
+        diagonal: zeros, or the mirrored entries of a `symmetric` matrix). One gather."""
+        padded = F.pad(tril.to(dtype), (0, 1))
+        return padded[:, self.tril_sources(symmetric)]  # (advanced indexing: faster here)
+
     def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         """(P, S) -> [(P, r_i+1, m_i)] views, no copies."""
         p = buf.shape[0]
@@ -328,11 +354,12 @@ class BlockLayout:
             buf[:, off : off + hi * (hi - lo)].view(p, hi, hi - lo) for lo, hi, off in self.blocks
         ]
 
-    def unpack_blocks(self, buf: torch.Tensor) -> torch.Tensor:
-        """(P, S) -> (P, d, d) with the block rows filled and zeros above them (the lower
-        triangle plus the upper half of each diagonal block: all a Cholesky factorisation
-        reads)."""
-        out = buf.new_zeros(buf.shape[0], self.dim, self.dim)
+    def unpack_blocks(self, buf: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(P, S) -> (P, d, d) with the block rows filled (the lower triangle plus the upper
+        half of each diagonal block: all a Cholesky factorisation reads) and zeros above them,
+        or whatever `out` held there when it is given."""
+        if out is None:
+            out = buf.new_zeros(buf.shape[0], self.dim, self.dim)
         for (lo, hi, _), view in zip(self.blocks, self.views(buf), strict=True):
             out[:, lo:hi, :hi] = view.transpose(1, 2)
         return out
@@ -361,10 +388,12 @@ def cholesky(cov: torch.Tensor, regularisation: float) -> torch.Tensor:
 
 
 def whitening_factor(cov: torch.Tensor, regularisation: float) -> torch.Tensor:
-    """W = L^-1, float64 (c, d, d): a Cholesky factorisation and a triangular solve (no LU
-    inverse: batched `linalg.inv` crashes on some CPUs)."""
-    chol = cholesky(cov, regularisation)
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    """W = L^-1, float32 (c, d, d): a float64 Cholesky factorisation (no LU inverse: batched
+    `linalg.inv` crashes on some CPUs), then a float32 triangular solve. W is kept in float32
+    and stored in float16; solving in float32 moves distances by about 1e-7 (relative), where
+    float16 storage moves them by 1e-4, and is faster."""
+    chol = cholesky(cov, regularisation).to(torch.float32)
+    eye = torch.eye(cov.shape[-1], dtype=torch.float32, device=cov.device)
     return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
 
 
@@ -406,6 +435,11 @@ def _std(cov: torch.Tensor) -> torch.Tensor:
     return cov.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt().clone()
 
 
+def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+    """Per-chunk results (c, ...) as one (P, ...) tensor (no copy when there is one chunk)."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
 @dataclass
 class HeldOut:
     """Patch terms (n, h, w) of held-out good images, scored by Gaussians fitted without them."""
@@ -438,24 +472,27 @@ class GaussianModel:
     @classmethod
     def from_tril(cls, mean: torch.Tensor, tril: torch.Tensor) -> GaussianModel:
         """From packed lower triangles (P, d(d+1)/2), as stored in model files."""
-        d = mean.shape[1]
-        layout = BlockLayout.for_dim(d)
-        lower = tril_flat_index(d)
+        layout = BlockLayout.for_dim(mean.shape[1])
         out = torch.empty(mean.shape[0], layout.size, dtype=torch.float32)
         for part in position_chunks(mean.shape[0], 512):
-            full = tril.new_zeros(part.stop - part.start, d * d, dtype=torch.float32)
-            full[:, lower] = tril[part].float()
-            out[part] = layout.pack(full.view(-1, d, d))
+            out[part] = layout.from_tril_packed(tril[part], torch.float32)
         return cls(mean.float(), out)
 
+    @property
+    def tril_shape(self) -> tuple[int, int]:
+        d = int(self.mean.shape[1])
+        return int(self.whitening.shape[0]), d * (d + 1) // 2
+
+    def tril_chunks(self, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """The packed lower triangles (P, d(d+1)/2) of the whitening matrices in `dtype`, 512
+        positions at a time (a model file is written from these: no whole copy)."""
+        positions = self.layout.tril_positions
+        for part in position_chunks(self.whitening.shape[0], 512):
+            yield self.whitening[part][:, positions].to(dtype)
+
     def tril(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Packed lower triangles (P, d(d+1)/2) of the whitening matrices in `dtype`, converted
-        chunk by chunk into the output (saving a wide model holds no float32 copy of them)."""
-        p, d = self.whitening.shape[0], int(self.mean.shape[1])
-        out = torch.empty(p, d * (d + 1) // 2, dtype=dtype, device=self.whitening.device)
-        for part in position_chunks(p, 512):
-            out[part] = pack_tril(self.layout.unpack(self.whitening[part]))
-        return out
+        """The packed lower triangles (P, d(d+1)/2) in `dtype`, whole."""
+        return torch.cat(list(self.tril_chunks(dtype)))
 
     def full(self) -> torch.Tensor:
         return self.layout.unpack(self.whitening)
@@ -498,10 +535,12 @@ class GaussianModel:
         shrinking = shrinkage == "ledoit-wolf"
         rhos = torch.zeros(p, dtype=torch.float64, device=device) if shrinking else None
         count = stats.count
+        scratch = torch.zeros(POSITION_CHUNK, d, d, dtype=torch.float64, device=device)
+        trim_every = max(1, TRIM_BYTES // (POSITION_CHUNK * layout.size * 8))
         for i, part in enumerate(position_chunks(p)):
             if holdout is not None:
                 held_part = holdout.chunk(part).to(device)  # (c, n, d)
-                cov = stats._chunk_covariance(i, part, count, lower_only=True)
+                cov = stats._chunk_covariance(i, part, count, scratch)
                 chunk_std = _std(cov)
                 if shrinking:
                     shrink_(cov, count)
@@ -512,16 +551,16 @@ class GaussianModel:
                 held_cheb[part] = chebyshev_by_position(x64, chunk_mean, chunk_std)
                 stats._add_chunk(i, part, held_part)
             total = count + n_hold
-            cov = stats._chunk_covariance(i, part, total, lower_only=True)
+            cov = stats._chunk_covariance(i, part, total, scratch)
             std[part] = _std(cov).to(torch.float32)
             if rhos is not None:
                 rhos[part] = shrink_(cov, total)
             w = whitening_factor(cov, regularisation)
-            whitening[part] = layout.pack(w).to(torch.float32)
+            whitening[part] = layout.pack(w)
             mean[part] = stats.shift[part] + stats.sum[part] / total
             if consume:
                 stats.scatter[i] = stats.scatter[i].new_empty(0)
-                if i % 2 == 1:
+                if i % trim_every == trim_every - 1:
                     release_free_memory()
             if on_chunk is not None:
                 on_chunk(part.stop - part.start)
@@ -543,16 +582,48 @@ class GaussianModel:
                 "an older padim): Chebyshev scoring needs a re-fit"
             )
         b, _, h, w = emb.shape
-        x = embeddings_by_position(emb.to(self.mean.dtype))
-        return chebyshev_by_position(x, self.mean, self.std).T.reshape(b, h, w)
+        std = self.std
+        terms = [
+            chebyshev_by_position(x, self._part(self.mean, part), self._part(std, part))
+            for part, x in self._centred_parts(emb, centred=False)
+        ]
+        return _joined(terms).T.reshape(b, h, w)
+
+    def _part(self, values: torch.Tensor, part: slice) -> torch.Tensor:
+        """values[part], or values itself when the part is every position (no slice op in an
+        exported graph)."""
+        return values if part.stop - part.start == values.shape[0] else values[part]
+
+    def _centred_parts(
+        self, emb: torch.Tensor, centred: bool = True
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """The embeddings (B, d, h, w) by position, minus the means when `centred`, a chunk of
+        positions at a time: (part, (c, B, d)). Chunks of about SCORE_CHUNK_BYTES, so scoring
+        memory does not grow with the batch; one piece in exported graphs and small batches."""
+        b, d = emb.shape[0], emb.shape[1]
+        p = self.mean.shape[0]
+        step = max(1, SCORE_CHUNK_BYTES // (b * d * 4))
+        if step >= p or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            x = embeddings_by_position(emb.to(self.mean.dtype))
+            yield slice(0, p), (x - self.mean[:, None, :]) if centred else x
+            return
+        by_pos = positions_view(emb.to(self.mean.dtype))
+        for part in position_chunks(p, step):
+            x = torch.empty(part.stop - part.start, b, d, dtype=self.mean.dtype, device=emb.device)
+            if centred:
+                yield part, torch.sub(by_pos[part], self.mean[part, None, :], out=x)
+            else:
+                yield part, x.copy_(by_pos[part])
 
     def distances(self, emb: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of every patch: (B, d, h, w) -> (B, h, w)."""
         b, _, h, w = emb.shape
-        x = embeddings_by_position(emb.to(self.mean.dtype)) - self.mean[:, None, :]
-        total = torch.zeros(x.shape[0], b, dtype=x.dtype, device=x.device)
-        for (_, hi, _), block in zip(
-            self.layout.blocks, self.layout.views(self.whitening), strict=True
-        ):
-            total += torch.bmm(x[:, :, :hi], block).square().sum(dim=-1)  # (P, B)
+        views = self.layout.views(self.whitening)
+        pieces = []
+        for part, x in self._centred_parts(emb):
+            sq = torch.zeros(x.shape[0], b, dtype=x.dtype, device=x.device)
+            for (_, hi, _), block in zip(self.layout.blocks, views, strict=True):
+                sq += torch.bmm(x[:, :, :hi], self._part(block, part)).square().sum(dim=-1)
+            pieces.append(sq)  # (c, B)
+        total = _joined(pieces)
         return total.clamp_min(0).sqrt().T.reshape(b, h, w)

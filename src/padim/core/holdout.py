@@ -20,6 +20,19 @@ import torch
 from padim.errors import PadimError
 
 
+def positions_view(emb: torch.Tensor) -> torch.Tensor:
+    """(B, d, h, w) -> (h*w, B, d) without copying (a view whatever the memory format)."""
+    b, d, h, w = emb.shape
+    return emb.permute(2, 3, 0, 1).reshape(h * w, b, d)
+
+
+def embeddings_by_position(emb: torch.Tensor) -> torch.Tensor:
+    """(B, d, h, w) -> (h*w, B, d), contiguous: one row block per patch position. A copy of
+    rows of d values for channels-last embeddings (as `Embedder` makes them), a transposition
+    otherwise."""
+    return positions_view(emb).contiguous()
+
+
 class HoldoutStore:
     """Append embedding batches (B, d, h, w); read (c, n, d) position chunks back.
 
@@ -56,13 +69,13 @@ class HoldoutStore:
                 f"held-out embedding shape {tuple(emb.shape)} differs from the earlier batches"
             )
         self.dim, self.grid = d, (h, w)
-        by_pos = emb.detach().to("cpu", torch.float32).reshape(b, d, h * w).permute(2, 0, 1)
+        by_pos = embeddings_by_position(emb.detach().to("cpu", torch.float32))
         if self.in_memory:
-            self._batches.append((b, by_pos.contiguous()))
+            self._batches.append((b, by_pos))
         else:
             assert self.directory is not None
             path = Path(self.directory) / f"batch{len(self._batches):05d}.f32"
-            np.ascontiguousarray(by_pos.numpy()).tofile(path)
+            by_pos.numpy().tofile(path)
             self._batches.append((b, path))
         self.n += b
 

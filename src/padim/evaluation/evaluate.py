@@ -95,41 +95,53 @@ def evaluate(
 ) -> EvaluationRun:
     """Score every sample (optionally perturbed) and compute the metric suite (pixel metrics
     when masks exist; false regions of at least `min_area` pixels of the maps)."""
+    return add_metrics(score_run(model, samples, perturbation), min_area)
+
+
+def score_run(
+    model: Padim, samples: list[Sample], perturbation: RandomRotateCrop | None = None
+) -> EvaluationRun:
+    """The scores, maps and ground truth of a test set, metrics not yet computed: what needs
+    the model (a caller may let the model go before `add_metrics`, whose pooled-pixel sort is
+    the memory peak of an evaluation)."""
     masks = None if perturbation else ground_truth_masks(model, samples)
     started = time.perf_counter()
     if perturbation is None:
         scores, maps = model.score([s.path for s in samples])
     else:
         scores, maps, masks = _score_perturbed(model, samples, perturbation)
-    seconds = time.perf_counter() - started
-    run = EvaluationRun(
+    return EvaluationRun(
         samples,
         scores,
         maps,
         masks,
         float(model.threshold_ or 0.0),
-        score_seconds=seconds,
+        score_seconds=time.perf_counter() - started,
         perturbation=perturbation,
         preprocess=model.preprocess,
         scale=model.score_scale if model.threshold_ is not None else None,
     )
-    labels = run.labels
+
+
+def add_metrics(run: EvaluationRun, min_area: int = 0) -> EvaluationRun:
+    """Fill `run.metrics` with the metric suite (see `metric_suite`); returns the run."""
+    labels, scores = run.labels, run.scores
     predicted = scores > run.threshold
     suite = metric_suite(
         labels,
         scores,
         run.threshold,
-        masks,
-        maps,
-        types=[s.defect_type for s in samples],
+        run.masks,
+        run.maps,
+        types=[s.defect_type for s in run.samples],
         min_area=min_area,
     )
     run.metrics = {
-        "n_images": len(samples),
+        "n_images": len(run.samples),
         "n_anomalous": int(labels.sum()),
         "n_good": int((labels == 0).sum()),
         "threshold": run.threshold,
-        "perturbation": None if perturbation is None else perturbation.name,
+        "perturbation": None if run.perturbation is None else run.perturbation.name,
         "image_auroc": suite.pop("image_auroc"),
         "pixel_auroc": suite.pop("pixel_auroc"),
         "image_accuracy_at_threshold": float((predicted == labels.astype(bool)).mean()),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from padim.core.net import PadimNet
     from padim.model.estimator import Padim
+    from padim.model.tensorfile import Chunked
 
 FORMAT_NAME = "padim-model"
 FORMAT_VERSION = 3  # 3: + per-channel std and score mode; 2: packed lower-triangular
@@ -47,17 +48,21 @@ def json_depth(value: Any) -> int:
     return depth - 1
 
 
-def save_model_file(path: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> None:
+def save_model_file(
+    path: str | Path, tensors: dict[str, torch.Tensor | Chunked], config: dict
+) -> None:
     """Write tensors + config (JSON) as one safetensors file, atomically. A model with a
     projection is format 4, so older padim versions refuse it instead of misreading it."""
-    from safetensors.torch import save_file
+    from padim.model.tensorfile import write_safetensors
 
     version = PROJECTION_VERSION if "embedding.projection" in tensors else FORMAT_VERSION
     header = {"format": FORMAT_NAME, "format_version": version, **config}
-    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    write_atomic(
-        path, lambda tmp: save_file(contiguous, str(tmp), metadata={_META_KEY: json.dumps(header)})
-    )
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            write_safetensors(fh, tensors, {_META_KEY: json.dumps(header)})
+
+    write_atomic(path, write)
 
 
 def read_model_config(path: str | Path) -> dict[str, Any]:
@@ -77,6 +82,12 @@ STATISTICS_PREFIX = "statistics."  # the training sums: read only to add images 
 GOOD_SCORES_PREFIX = "calibration.good_scores."  # held-out good images' scores, per score mode
 
 
+# Tensors read from a file are views of its memory map, whose pages count as the process's
+# memory for as long as one view lives: every tensor is copied out of it but the whitening
+# triangles, which `GaussianModel.from_tril` converts chunk by chunk and then lets go.
+CONVERTED_ON_LOAD = frozenset({"gaussian.whitening_tril"})
+
+
 def load_model_file(
     path: str | Path, statistics: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -88,7 +99,7 @@ def load_model_file(
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             tensors = {
-                key: fh.get_tensor(key)
+                key: fh.get_tensor(key) if key in CONVERTED_ON_LOAD else fh.get_tensor(key).clone()
                 for key in fh.keys()  # noqa: SIM118 (a safetensors handle, not a dict)
                 if statistics or not key.startswith(STATISTICS_PREFIX)
             }
@@ -171,15 +182,22 @@ def write_model(model: Padim, path: str | Path) -> None:
     the whitening matrices in the configured precision) and the JSON header."""
     import torch
 
+    from padim.model.tensorfile import Chunked
+
     net = model.fitted_net()
-    tensors = {f"backbone.{k}": v for k, v in net.embedder.extractor.state_dict().items()}
+    tensors: dict[str, torch.Tensor | Chunked] = {
+        f"backbone.{k}": v for k, v in net.embedder.extractor.state_dict().items()
+    }
     tensors["embedding.channel_idx"] = net.embedder.channel_idx
     projection = net.embedder.projection_matrix()
     if projection is not None:
         tensors["embedding.projection"] = projection
     tensors["gaussian.mean"] = net.gauss_mean
     dtype = getattr(torch, model.config.storage)  # validated: float16 or float32
-    tensors["gaussian.whitening_tril"] = net.gaussian.tril(dtype)  # float16 halves it
+    gaussian = net.gaussian  # float16 halves the triangles; converted block by block
+    tensors["gaussian.whitening_tril"] = Chunked(
+        dtype, gaussian.tril_shape, lambda: gaussian.tril_chunks(dtype)
+    )
     if net.gauss_std is not None:
         tensors["gaussian.std"] = net.gauss_std
     tensors["scoring.term_stats"] = net.term_stats
@@ -291,9 +309,20 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
             f"region of interest {tuple(roi.shape)} is not a 0/1 mask of {out_w}x{out_h} with "
             "something inside"
         )
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not all_finite(t)]
     if bad:
         raise PadimError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in `t`: its extremes are finite (NaN propagates into them). One
+    reduction, no boolean copy of a large tensor."""
+    import torch
+
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
 def _read_calibration(model: Padim, tensors: dict[str, torch.Tensor], statistics: bool) -> None:

@@ -1,0 +1,57 @@
+import io
+import struct
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from padim.errors import PadimError
+from padim.model.tensorfile import Chunked, write_safetensors
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "f64": torch.randn(3, 5, generator=gen, dtype=torch.float64),
+        "f32": torch.randn(7, generator=gen),
+        "f16": torch.randn(2, 3, 4, generator=gen).half(),
+        "bf16": torch.randn(5, generator=gen).bfloat16(),
+        "i64": torch.arange(9),
+        "i32": torch.arange(4, dtype=torch.int32),
+        "u8": torch.tensor([0, 1, 255], dtype=torch.uint8),
+        "flag": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "strided": torch.randn(6, 4, generator=gen).t(),  # not contiguous
+    }
+
+
+def test_safetensors_reads_what_is_written_tensor_for_tensor(tmp_path):
+    tensors = _tensors()
+    big = torch.randn(1000, 33, generator=torch.Generator().manual_seed(1))
+    chunked = Chunked(torch.float16, (1000, 33), lambda: (c for c in big.split(128)))
+    path = tmp_path / "m.safetensors"
+    with open(path, "wb") as fh:
+        write_safetensors(fh, {**tensors, "chunked": chunked}, {"padim": '{"a": 1}'})
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata() == {"padim": '{"a": 1}'}
+        assert set(fh.keys()) == {*tensors, "chunked"}
+        for name, want in tensors.items():
+            got = fh.get_tensor(name)
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            assert torch.equal(got, want), name
+        assert torch.equal(fh.get_tensor("chunked"), big.half())
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    assert n % 8 == 0  # tensors start aligned
+
+
+def test_a_chunked_tensor_that_gives_the_wrong_size_is_an_error():
+    short = Chunked(torch.float32, (10, 2), lambda: iter([torch.zeros(9, 2)]))
+    with pytest.raises(PadimError, match="internal error"):
+        write_safetensors(io.BytesIO(), {"x": short}, {})
+
+
+def test_unsupported_dtypes_are_refused():
+    with pytest.raises(PadimError, match="cannot store"):
+        write_safetensors(io.BytesIO(), {"c": torch.zeros(2, dtype=torch.complex64)}, {})
