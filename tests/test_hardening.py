@@ -161,7 +161,7 @@ def test_serve_refuses_a_model_that_cannot_score(model_file, tmp_path, capsys):
 
     broken = padim.load(model_file, device="cpu")
     with torch.no_grad():
-        broken.fitted_net().gauss_whitening[3, 0] = float("inf")
+        broken.fitted_net().gauss_whitening[0] = float("inf")  # W[0, 0] of position 0
     path = broken.save(tmp_path / "broken.safetensors")
     assert main(["serve", str(path), "--port", "1"]) == 1
     assert "non-finite" in _one_error(capsys)

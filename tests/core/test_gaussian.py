@@ -163,16 +163,16 @@ def test_many_positions_span_several_chunks():
 
 @pytest.mark.parametrize("d", [1, 6, 30, 176])
 def test_packed_triangles_hold_the_lower_triangle_row_by_row(d):
-    w = torch.tril(torch.randn(3, d, d, dtype=torch.float64))
+    w = torch.tril(torch.randn(3, d, d))
     layout = BlockLayout.for_dim(d)
-    packed = GaussianModel(torch.zeros(3, d), layout.pack(w)).tril(torch.float64)
+    packed = GaussianModel.from_rows(torch.zeros(3, d), layout.pack(w)).tril()
     rows, cols = torch.tril_indices(d, d)
     assert packed.shape == (3, d * (d + 1) // 2)
     assert torch.equal(packed, w[:, rows, cols])
     # a symmetric matrix's block rows (whole diagonal blocks, as the sums keep them)
     sym = w + torch.tril(w, -1).transpose(1, 2)
     assert torch.equal(
-        layout.from_tril_packed(packed, torch.float64, symmetric=True), layout.pack(sym)
+        layout.from_tril_packed(packed, torch.float32, symmetric=True), layout.pack(sym)
     )
 
 
@@ -187,9 +187,14 @@ def test_block_rows_hold_exactly_the_lower_triangle(d):
     buf = layout.pack(w)
     assert buf.shape == (2, layout.size)
     assert torch.equal(layout.unpack(buf), w)
-    model = GaussianModel(torch.zeros(2, d), buf)
+    model = GaussianModel.from_rows(torch.zeros(2, d), buf)
     assert torch.equal(model.full(), w)
-    assert torch.equal(GaussianModel.from_tril(model.mean, model.tril()).whitening, buf)
+    assert torch.equal(model.rows(), buf) and torch.equal(model.rows(slice(1, 2)), buf[1:])
+    assert torch.equal(GaussianModel.from_tril(model.mean, model.tril()).whitening, model.whitening)
+    views = layout.block_views(model.whitening, 2)  # block-major: each block one sweep
+    assert all(v.is_contiguous() for v in views)
+    for (lo, hi, _), view in zip(layout.blocks, views, strict=True):
+        assert torch.equal(view, w[:, lo:hi, :hi])
 
 
 def test_holdout_scored_by_the_model_without_it_then_added():

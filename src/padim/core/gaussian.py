@@ -46,7 +46,7 @@ def _add_scatter(buf: torch.Tensor, xc: torch.Tensor) -> None:
     xt = xc.transpose(1, 2)
     layout = BlockLayout.for_dim(xc.shape[-1])
     for (lo, hi, _), block in zip(layout.blocks, layout.views(buf), strict=True):
-        block.baddbmm_(xt[:, :hi, :], xc[:, :, lo:hi])  # (c, hi, m): transposed block row
+        block.baddbmm_(xt[:, lo:hi, :], xc[:, :, :hi])  # (c, m, hi): rows lo..hi, columns ..hi
 
 
 @dataclass
@@ -277,7 +277,9 @@ class GaussianStats:
 class BlockLayout:
     """Where the block rows of a lower-triangular d x d matrix live in a flat (P, S) buffer.
 
-    Block i holds W[r_i:r_i+1, 0:r_i+1] transposed ((r_i+1, m_i), ready for x @ block)."""
+    Block i holds W[r_i:r_i+1, 0:r_i+1] row by row, (m_i, r_i+1): scoring multiplies it by the
+    embeddings' columns (a matrix-vector product per position at batch 1, whose matrix rows
+    are contiguous: about 1.5x faster than the transposed blocks on a CPU)."""
 
     dim: int
     bounds: tuple[int, ...]  # r_0 = 0 < r_1 < ... < r_k = dim
@@ -304,15 +306,13 @@ class BlockLayout:
     def pack(self, w: torch.Tensor) -> torch.Tensor:
         """(c, d, d) -> (c, S): the block rows (entries above the diagonal blocks dropped)."""
         c = w.shape[0]
-        return torch.cat(
-            [w[:, lo:hi, :hi].transpose(1, 2).reshape(c, -1) for lo, hi, _ in self.blocks], dim=1
-        )
+        return torch.cat([w[:, lo:hi, :hi].reshape(c, -1) for lo, hi, _ in self.blocks], dim=1)
 
     def _cells(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column in the d x d matrix of every entry of the block rows, (S,) each."""
         rows, cols = [], []
         for lo, hi, _ in self.blocks:
-            c, r = torch.meshgrid(torch.arange(hi), torch.arange(lo, hi), indexing="ij")
+            r, c = torch.meshgrid(torch.arange(lo, hi), torch.arange(hi), indexing="ij")
             rows.append(r.reshape(-1))
             cols.append(c.reshape(-1))
         return torch.cat(rows), torch.cat(cols)
@@ -348,11 +348,31 @@ class BlockLayout:
         return padded[:, self.tril_sources(symmetric)]  # (advanced indexing: faster here)
 
     def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
-        """(P, S) -> [(P, r_i+1, m_i)] views, no copies."""
+        """(P, S) -> [(P, m_i, r_i+1)] views, no copies."""
         p = buf.shape[0]
         return [
-            buf[:, off : off + hi * (hi - lo)].view(p, hi, hi - lo) for lo, hi, off in self.blocks
+            buf[:, off : off + hi * (hi - lo)].view(p, hi - lo, hi) for lo, hi, off in self.blocks
         ]
+
+    def block_views(self, flat: torch.Tensor, p: int) -> list[torch.Tensor]:
+        """A block-major buffer (P*S,) (block 0 of every position, then block 1, ...) ->
+        [(P, m_i, r_i+1)] contiguous views. Scoring reads each block of every position in one
+        sequential sweep: about 1.5x faster than blocks strided through a (P, S) buffer."""
+        return [
+            flat[p * off : p * (off + hi * (hi - lo))].view(p, hi - lo, hi)
+            for lo, hi, off in self.blocks
+        ]
+
+    def write_rows(self, flat: torch.Tensor, p: int, part: slice, rows: torch.Tensor) -> None:
+        """Store position-major block rows (c, S) of positions `part` in a block-major buffer."""
+        c = part.stop - part.start
+        for (lo, hi, off), view in zip(self.blocks, self.block_views(flat, p), strict=True):
+            view[part] = rows[:, off : off + hi * (hi - lo)].view(c, hi - lo, hi)
+
+    def read_rows(self, flat: torch.Tensor, p: int, part: slice) -> torch.Tensor:
+        """Position-major block rows (c, S) of positions `part` of a block-major buffer."""
+        c = part.stop - part.start
+        return torch.cat([v[part].reshape(c, -1) for v in self.block_views(flat, p)], dim=1)
 
     def unpack_blocks(self, buf: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(P, S) -> (P, d, d) with the block rows filled (the lower triangle plus the upper
@@ -361,7 +381,7 @@ class BlockLayout:
         if out is None:
             out = buf.new_zeros(buf.shape[0], self.dim, self.dim)
         for (lo, hi, _), view in zip(self.blocks, self.views(buf), strict=True):
-            out[:, lo:hi, :hi] = view.transpose(1, 2)
+            out[:, lo:hi, :hi] = view
         return out
 
     def unpack(self, buf: torch.Tensor) -> torch.Tensor:
@@ -453,10 +473,12 @@ class GaussianModel:
     """The fitted Gaussians: mean and whitening matrix W = L^-1 per position, in block rows.
 
     The squared Mahalanobis distance is |W (x - mean)|^2: a few batched matmuls per batch.
+    `whitening` is block-major (`BlockLayout.block_views`); `from_rows` takes the
+    position-major (P, S) rows that `BlockLayout.pack` makes.
     """
 
     mean: torch.Tensor  # (P, d) float32
-    whitening: torch.Tensor  # (P, S) float32, block rows of W (see BlockLayout)
+    whitening: torch.Tensor  # (P*S,) float32, block rows of W, block-major
     std: torch.Tensor | None = None  # (P, d) float32 per-channel std (Chebyshev scoring)
     shrinkage_rho: torch.Tensor | None = None  # (P,) Ledoit-Wolf intensities, when fitted so
 
@@ -464,38 +486,59 @@ class GaussianModel:
     def layout(self) -> BlockLayout:
         return BlockLayout.for_dim(int(self.mean.shape[1]))
 
+    @property
+    def positions(self) -> int:
+        return int(self.mean.shape[0])
+
+    @classmethod
+    def from_rows(cls, mean: torch.Tensor, rows: torch.Tensor) -> GaussianModel:
+        """From position-major block rows (P, S) (`BlockLayout.pack` of the matrices)."""
+        p = mean.shape[0]
+        flat = torch.empty(rows.numel(), dtype=torch.float32, device=rows.device)
+        BlockLayout.for_dim(mean.shape[1]).write_rows(flat, p, slice(0, p), rows.float())
+        return cls(mean.float(), flat)
+
     @classmethod
     def from_full(cls, mean: torch.Tensor, w: torch.Tensor) -> GaussianModel:
         """From full (P, d, d) lower-triangular whitening matrices."""
-        return cls(mean.float(), BlockLayout.for_dim(w.shape[-1]).pack(w.float()).contiguous())
+        return cls.from_rows(mean, BlockLayout.for_dim(w.shape[-1]).pack(w.float()))
 
     @classmethod
     def from_tril(cls, mean: torch.Tensor, tril: torch.Tensor) -> GaussianModel:
-        """From packed lower triangles (P, d(d+1)/2), as stored in model files."""
+        """From packed lower triangles (P, d(d+1)/2), as stored in model files, converted 512
+        positions at a time."""
+        p = mean.shape[0]
         layout = BlockLayout.for_dim(mean.shape[1])
-        out = torch.empty(mean.shape[0], layout.size, dtype=torch.float32)
-        for part in position_chunks(mean.shape[0], 512):
-            out[part] = layout.from_tril_packed(tril[part], torch.float32)
-        return cls(mean.float(), out)
+        flat = torch.empty(p * layout.size, dtype=torch.float32)
+        for part in position_chunks(p, 512):
+            rows = layout.from_tril_packed(tril[part], torch.float32)
+            layout.write_rows(flat, p, part, rows)
+        return cls(mean.float(), flat)
+
+    def rows(self, part: slice | None = None) -> torch.Tensor:
+        """Position-major block rows (c, S) of positions `part` (all by default)."""
+        return self.layout.read_rows(
+            self.whitening, self.positions, part or slice(0, self.positions)
+        )
 
     @property
     def tril_shape(self) -> tuple[int, int]:
         d = int(self.mean.shape[1])
-        return int(self.whitening.shape[0]), d * (d + 1) // 2
+        return self.positions, d * (d + 1) // 2
 
     def tril_chunks(self, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
         """The packed lower triangles (P, d(d+1)/2) of the whitening matrices in `dtype`, 512
         positions at a time (a model file is written from these: no whole copy)."""
         positions = self.layout.tril_positions
-        for part in position_chunks(self.whitening.shape[0], 512):
-            yield self.whitening[part][:, positions].to(dtype)
+        for part in position_chunks(self.positions, 512):
+            yield self.rows(part)[:, positions].to(dtype)
 
     def tril(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The packed lower triangles (P, d(d+1)/2) in `dtype`, whole."""
         return torch.cat(list(self.tril_chunks(dtype)))
 
     def full(self) -> torch.Tensor:
-        return self.layout.unpack(self.whitening)
+        return self.layout.unpack(self.rows())
 
     @classmethod
     def fit(
@@ -522,7 +565,7 @@ class GaussianModel:
         p, d = stats.positions, stats.dim
         layout = BlockLayout.for_dim(d)
         device = stats.shift.device
-        whitening = torch.empty(p, layout.size, dtype=torch.float32, device=device)
+        whitening = torch.empty(p * layout.size, dtype=torch.float32, device=device)
         mean = torch.empty(p, d, dtype=torch.float64, device=device)
         if isinstance(holdout, torch.Tensor):
             holdout = HoldoutStore.from_tensor(holdout)
@@ -556,7 +599,7 @@ class GaussianModel:
             if rhos is not None:
                 rhos[part] = shrink_(cov, total)
             w = whitening_factor(cov, regularisation)
-            whitening[part] = layout.pack(w)
+            layout.write_rows(whitening, p, part, layout.pack(w))
             mean[part] = stats.shift[part] + stats.sum[part] / total
             if consume:
                 stats.scatter[i] = stats.scatter[i].new_empty(0)
@@ -618,12 +661,13 @@ class GaussianModel:
     def distances(self, emb: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of every patch: (B, d, h, w) -> (B, h, w)."""
         b, _, h, w = emb.shape
-        views = self.layout.views(self.whitening)
+        views = self.layout.block_views(self.whitening, self.positions)
         pieces = []
         for part, x in self._centred_parts(emb):
             sq = torch.zeros(x.shape[0], b, dtype=x.dtype, device=x.device)
+            xt = x.transpose(1, 2)  # (c, d, B)
             for (_, hi, _), block in zip(self.layout.blocks, views, strict=True):
-                sq += torch.bmm(x[:, :, :hi], self._part(block, part)).square().sum(dim=-1)
+                sq += torch.bmm(self._part(block, part), xt[:, :hi, :]).square().sum(dim=1)
             pieces.append(sq)  # (c, B)
         total = _joined(pieces)
         return total.clamp_min(0).sqrt().T.reshape(b, h, w)
