@@ -171,9 +171,7 @@ def test_packed_triangles_hold_the_lower_triangle_row_by_row(d):
     assert torch.equal(packed, w[:, rows, cols])
     # a symmetric matrix's block rows (whole diagonal blocks, as the sums keep them)
     sym = w + torch.tril(w, -1).transpose(1, 2)
-    assert torch.equal(
-        layout.from_tril_packed(packed, torch.float32, symmetric=True), layout.pack(sym)
-    )
+    assert torch.equal(layout.symmetric_from_tril(packed, torch.float32), layout.pack(sym))
 
 
 @pytest.mark.parametrize("d", [1, 5, 24, 100, 176, 550])

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from padim import options
 from padim.core.holdout import HoldoutStore, embeddings_by_position, positions_view
@@ -245,8 +244,7 @@ class GaussianStats:
             raise PadimError("the training statistics do not match each other")
         layout = BlockLayout.for_dim(d)
         chunks = [  # symmetric: the sums' diagonal blocks are whole
-            layout.from_tril_packed(tril[part], torch.float64, symmetric=True)
-            for part in position_chunks(p)
+            layout.symmetric_from_tril(tril[part], torch.float64) for part in position_chunks(p)
         ]
         return cls(
             int(count.reshape(-1)[0]),
@@ -327,25 +325,19 @@ class BlockLayout:
         order = (rows * (rows + 1) // 2 + cols)[lower].argsort()
         return torch.nonzero(lower).squeeze(1)[order]
 
+    @property
     @lru_cache(maxsize=16)  # noqa: B019
-    def tril_sources(self, symmetric: bool) -> torch.Tensor:
-        """For each block-row entry, its index in the packed lower triangle; entries above the
-        diagonal read the mirrored entry (`symmetric`) or index d(d+1)/2, a zero appended by
-        `from_tril_packed`."""
+    def mirrored_tril_sources(self) -> torch.Tensor:
+        """For each block-row entry of a symmetric matrix, its index in the packed lower
+        triangle (entries above the diagonal read the mirrored entry)."""
         rows, cols = self._cells()
         hi, lo = torch.maximum(rows, cols), torch.minimum(rows, cols)
-        index = hi * (hi + 1) // 2 + lo
-        if not symmetric:
-            index[cols > rows] = self.dim * (self.dim + 1) // 2
-        return index
+        return hi * (hi + 1) // 2 + lo
 
-    def from_tril_packed(
-        self, tril: torch.Tensor, dtype: torch.dtype, symmetric: bool = False
-    ) -> torch.Tensor:
-        """(c, d(d+1)/2) packed lower triangles -> (c, S) block rows in `dtype` (above the
-        diagonal: zeros, or the mirrored entries of a `symmetric` matrix). One gather."""
-        padded = F.pad(tril.to(dtype), (0, 1))
-        return padded[:, self.tril_sources(symmetric)]  # (advanced indexing: faster here)
+    def symmetric_from_tril(self, tril: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(c, d(d+1)/2) packed lower triangles of symmetric matrices -> their (c, S) block
+        rows in `dtype` (the diagonal blocks whole, as the training sums keep them)."""
+        return tril.to(dtype)[:, self.mirrored_tril_sources]
 
     def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         """(P, S) -> [(P, m_i, r_i+1)] views, no copies."""
@@ -362,6 +354,24 @@ class BlockLayout:
             flat[p * off : p * (off + hi * (hi - lo))].view(p, hi - lo, hi)
             for lo, hi, off in self.blocks
         ]
+
+    def tril_into(self, tril: torch.Tensor, views: list[torch.Tensor]) -> None:
+        """Packed lower triangles (c, d(d+1)/2) -> block views [(c, m_i, r_i+1)], one row copy
+        (and dtype conversion) at a time; the entries above the diagonal are left as they are
+        (zeros in a buffer made by `torch.zeros`)."""
+        for (lo, hi, _), view in zip(self.blocks, views, strict=True):
+            for r in range(lo, hi):
+                start = r * (r + 1) // 2
+                view[:, r - lo, : r + 1].copy_(tril[:, start : start + r + 1])
+
+    def tril_from(self, views: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Block views [(c, m_i, r_i+1)] -> their packed lower triangles, written into `out`
+        (c, d(d+1)/2) of any dtype; returns `out`."""
+        for (lo, hi, _), view in zip(self.blocks, views, strict=True):
+            for r in range(lo, hi):
+                start = r * (r + 1) // 2
+                out[:, start : start + r + 1].copy_(view[:, r - lo, : r + 1])
+        return out
 
     def write_rows(self, flat: torch.Tensor, p: int, part: slice, rows: torch.Tensor) -> None:
         """Store position-major block rows (c, S) of positions `part` in a block-major buffer."""
@@ -509,10 +519,10 @@ class GaussianModel:
         positions at a time."""
         p = mean.shape[0]
         layout = BlockLayout.for_dim(mean.shape[1])
-        flat = torch.empty(p * layout.size, dtype=torch.float32)
+        flat = torch.zeros(p * layout.size, dtype=torch.float32)
+        views = layout.block_views(flat, p)
         for part in position_chunks(p, 512):
-            rows = layout.from_tril_packed(tril[part], torch.float32)
-            layout.write_rows(flat, p, part, rows)
+            layout.tril_into(tril[part], [v[part] for v in views])
         return cls(mean.float(), flat)
 
     def rows(self, part: slice | None = None) -> torch.Tensor:
@@ -529,9 +539,11 @@ class GaussianModel:
     def tril_chunks(self, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
         """The packed lower triangles (P, d(d+1)/2) of the whitening matrices in `dtype`, 512
         positions at a time (a model file is written from these: no whole copy)."""
-        positions = self.layout.tril_positions
-        for part in position_chunks(self.positions, 512):
-            yield self.rows(part)[:, positions].to(dtype)
+        layout, (p, t) = self.layout, self.tril_shape
+        views = layout.block_views(self.whitening, p)
+        for part in position_chunks(p, 512):
+            out = torch.empty(part.stop - part.start, t, dtype=dtype, device=self.whitening.device)
+            yield layout.tril_from([v[part] for v in views], out)
 
     def tril(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The packed lower triangles (P, d(d+1)/2) in `dtype`, whole."""
