@@ -25,20 +25,28 @@ def check_both_classes(labels: np.ndarray, what: str) -> None:
 
 class Ranking:
     """Scores sorted once, highest first, with their labels: at each distinct score t (the
-    rule: anomalous when score >= t), the true and false positives."""
+    rule: anomalous when score >= t), the true and false positives. `regions` (a label per
+    score, 1..n for anomalous regions, 0 normal) are carried along for `overlap_curve`."""
 
-    def __init__(self, labels: np.ndarray, scores: np.ndarray, what: str = "the curve") -> None:
+    def __init__(
+        self,
+        labels: np.ndarray,
+        scores: np.ndarray,
+        what: str = "the curve",
+        regions: np.ndarray | None = None,
+    ) -> None:
         truth = np.asarray(labels).astype(bool, copy=False).ravel()
         values = np.asarray(scores).ravel()
         if values.dtype not in (np.float32, np.float64):
             values = values.astype(np.float64)
         if truth.shape != values.shape:
             raise PadimError(f"{truth.size} labels for {values.size} scores")
+        if regions is not None and np.asarray(regions).size != values.size:
+            raise PadimError(f"{np.asarray(regions).size} region labels for {values.size} scores")
         check_both_classes(truth, what)
-        self.order = np.argsort(-values)  # ties are read as one threshold: any order in them
-        self.sorted = values[self.order]
+        self.sorted, hit, self.regions = _sorted_descending(values, truth, regions)
         self.ends = np.flatnonzero(np.r_[self.sorted[1:] != self.sorted[:-1], True])
-        hits = np.cumsum(truth[self.order], dtype=np.int64)
+        hits = np.cumsum(hit, dtype=np.int64)
         self.tp = hits[self.ends]
         self.fp = self.ends + 1 - self.tp
         self.thresholds = self.sorted[self.ends]  # descending, distinct
@@ -70,11 +78,13 @@ class Ranking:
         precision, recall, thresholds = self.precision_recall()
         return 2 * precision * recall / np.clip(precision + recall, 1e-12, None), thresholds
 
-    def overlap_curve(self, regions: np.ndarray, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+    def overlap_curve(self, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
         """(FPR, PRO) at every distinct threshold, from (0, 0): PRO is the mean over the
-        `regions` (a label per pixel, 1..n, 0 normal) of the share of the region's pixels at or
-        above the threshold; FPR the share of normal pixels at or above it."""
-        flat = np.asarray(regions).ravel()[self.order]
+        regions given to the ranking of the share of the region's pixels at or above the
+        threshold; FPR the share of normal pixels at or above it."""
+        if self.regions is None:
+            raise PadimError("the overlap curve needs the ranking made with region labels")
+        flat = self.regions
         sizes = np.bincount(flat, minlength=n_regions + 1).astype(np.float64)
         normal = flat == 0
         n_normal = int(np.count_nonzero(normal))
@@ -87,6 +97,44 @@ class Ranking:
         pro = np.cumsum(weights[flat])[self.ends]
         fpr = np.cumsum(normal, dtype=np.int64)[self.ends] / n_normal
         return np.r_[0.0, fpr], np.r_[0.0, pro]
+
+
+KEY_TAG_LIMIT = 1 << 31  # region labels below this fit the low half of a 64-bit sort key
+
+
+def _sorted_descending(
+    values: np.ndarray, truth: np.ndarray, regions: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Values in descending order, with their labels (and region labels) in the same order.
+    Ties may come in any order: every curve reads the counts at the ends of tied runs.
+
+    float32 values (pixel maps: millions) are sorted as one 64-bit integer each, the value's
+    bits made order-preserving (descending) above the region label and the label: a plain
+    integer sort, about 3x faster than an argsort followed by the gathers it needs."""
+    tags = truth.astype(np.uint64)
+    if regions is not None:
+        flat = np.asarray(regions).ravel()
+        if flat.size and (flat.min() < 0 or flat.max() >= KEY_TAG_LIMIT):
+            raise PadimError("region labels must be in 0..2^31")
+        tags |= flat.astype(np.uint64) << np.uint64(1)
+    if values.dtype != np.float32:
+        order = np.argsort(-values)
+        return (
+            values[order],
+            truth[order],
+            None if regions is None else np.asarray(regions).ravel()[order],
+        )
+    bits = values.view(np.uint32)
+    key = np.where(bits >> 31, bits, ~bits & 0x7FFFFFFF).astype(np.uint64)  # larger: lower
+    key <<= np.uint64(32)
+    key |= tags
+    key.sort()
+    high = (key >> np.uint64(32)).astype(np.uint32)
+    ordered = np.where(high >> 31, high, ~high & 0x7FFFFFFF).view(np.float32)  # (its own inverse)
+    low = key.astype(np.uint32)  # the tags
+    del key
+    hit = (low & 1).astype(bool)
+    return ordered, hit, None if regions is None else (low >> 1).astype(np.int64)
 
 
 def area_up_to(fpr: np.ndarray, tpr: np.ndarray, limit: float) -> float:

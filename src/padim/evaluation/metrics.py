@@ -21,13 +21,19 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     return _pixel_ranking(masks, np.asarray(maps, dtype=np.float32)).auroc()
 
 
-def _pixel_ranking(masks: np.ndarray, maps: np.ndarray, what: str = "pixel AUROC") -> Ranking:
+def _pixel_ranking(
+    masks: np.ndarray,
+    maps: np.ndarray,
+    what: str = "pixel AUROC",
+    regions: np.ndarray | None = None,
+) -> Ranking:
     """Pooled pixels ranked once; maps keep their precision (float32 from a model)."""
     maps = np.asarray(maps)
     return Ranking(
         np.asarray(masks),
         maps if maps.dtype == np.float64 else maps.astype(np.float32, copy=False),
         what,
+        regions,
     )
 
 
@@ -70,11 +76,11 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
         raise PadimError("AUPRO needs anomalous regions in the ground truth; there are none")
     if masks.all():
         raise PadimError("AUPRO needs normal pixels in the ground truth; there are none")
-    return _aupro(_pixel_ranking(masks, maps, "AUPRO"), regions, n_regions, fpr_limit)
+    return _aupro(_pixel_ranking(masks, maps, "AUPRO", regions), n_regions, fpr_limit)
 
 
-def _aupro(ranking: Ranking, regions: np.ndarray, n_regions: int, fpr_limit: float) -> float:
-    fpr, pro = ranking.overlap_curve(regions, n_regions)
+def _aupro(ranking: Ranking, n_regions: int, fpr_limit: float) -> float:
+    fpr, pro = ranking.overlap_curve(n_regions)
     return area_up_to(fpr, pro, fpr_limit)
 
 
@@ -90,7 +96,7 @@ REGION_MIN_OVERLAP = 0.3  # a defect region counts as found when the mask covers
 
 def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected regions (8-connectivity) of every mask, numbered 1..n across the stack."""
-    regions = np.zeros(masks.shape, dtype=np.int64)
+    regions = np.zeros(masks.shape, dtype=np.int32)
     n_regions = 0
     for i, mask in enumerate(masks):
         lab, n = label_mask(mask)
@@ -192,14 +198,14 @@ def metric_suite(
 
     def ranked() -> Ranking:
         nonlocal ranking
-        ranking = ranking or _pixel_ranking(masks, maps)
+        ranking = ranking or _pixel_ranking(masks, maps, regions=labelled[0])
         return ranking
 
     labelled = label_regions(masks)
     attempt("pixel_auroc", lambda: ranked().auroc())
     attempt("pixel_f1", lambda: float(ranked().f1()[0].max()))
     out["pixel_f1_at_threshold"] = f1_at(masks, maps > threshold)
-    attempt("aupro", lambda: _aupro(ranked(), *labelled, 0.3))
+    attempt("aupro", lambda: _aupro(ranked(), labelled[1], 0.3))
     attempt("region_recall", lambda: region_recall(masks, maps, threshold, labelled=labelled))
     return out
 
