@@ -165,7 +165,7 @@ def test_many_positions_span_several_chunks():
 def test_packed_triangles_hold_the_lower_triangle_row_by_row(d):
     w = torch.tril(torch.randn(3, d, d))
     layout = BlockLayout.for_dim(d)
-    packed = GaussianModel.from_rows(torch.zeros(3, d), layout.pack(w)).tril()
+    packed = GaussianModel.from_full(torch.zeros(3, d), w).tril()
     rows, cols = torch.tril_indices(d, d)
     assert packed.shape == (3, d * (d + 1) // 2)
     assert torch.equal(packed, w[:, rows, cols])
@@ -185,7 +185,7 @@ def test_block_rows_hold_exactly_the_lower_triangle(d):
     buf = layout.pack(w)
     assert buf.shape == (2, layout.size)
     assert torch.equal(layout.unpack(buf), w)
-    model = GaussianModel.from_rows(torch.zeros(2, d), buf)
+    model = GaussianModel.from_full(torch.zeros(2, d), w)
     assert torch.equal(model.full(), w)
     assert torch.equal(model.rows(), buf) and torch.equal(model.rows(slice(1, 2)), buf[1:])
     assert torch.equal(GaussianModel.from_tril(model.mean, model.tril()).whitening, model.whitening)

@@ -35,6 +35,11 @@ SCORE_CHUNK_BYTES = 8 << 20  # embeddings centred and scored at once
 TRIM_BYTES = 32 << 20  # sums freed between two returns of free memory to the system
 
 
+def tril_size(d: int) -> int:
+    """Entries in the lower triangle of a d x d matrix (diagonal included)."""
+    return d * (d + 1) // 2
+
+
 def position_chunks(p: int, size: int = POSITION_CHUNK) -> list[slice]:
     return [slice(s, min(s + size, p)) for s in range(0, p, size)]
 
@@ -225,7 +230,10 @@ class GaussianStats:
             "shift": self.shift,
             "sum": self.sum,
             "scatter_tril": torch.cat(
-                [c.index_select(1, layout.tril_positions) for c in self.scatter]
+                [
+                    layout.tril_from(layout.views(c), c.new_empty(c.shape[0], tril_size(self.dim)))
+                    for c in self.scatter
+                ]
             ),
         }
 
@@ -237,7 +245,7 @@ class GaussianStats:
         p, d = shift.shape
         if (
             total.shape != (p, d)
-            or tril.shape != (p, d * (d + 1) // 2)
+            or tril.shape != (p, tril_size(d))
             or count.numel() != 1
             or int(count.reshape(-1)[0]) < 1
         ):
@@ -316,16 +324,6 @@ class BlockLayout:
         return torch.cat(rows), torch.cat(cols)
 
     @property
-    @lru_cache(maxsize=16)  # noqa: B019 (a few layouts, each asked for on every load and save)
-    def tril_positions(self) -> torch.Tensor:
-        """Where each entry of the packed lower triangle (d(d+1)/2, row by row) lives in the
-        block rows: `buf.index_select(1, tril_positions)` packs them."""
-        rows, cols = self._cells()
-        lower = cols <= rows
-        order = (rows * (rows + 1) // 2 + cols)[lower].argsort()
-        return torch.nonzero(lower).squeeze(1)[order]
-
-    @property
     @lru_cache(maxsize=16)  # noqa: B019
     def mirrored_tril_sources(self) -> torch.Tensor:
         """For each block-row entry of a symmetric matrix, its index in the packed lower
@@ -373,11 +371,11 @@ class BlockLayout:
                 out[:, start : start + r + 1].copy_(view[:, r - lo, : r + 1])
         return out
 
-    def write_rows(self, flat: torch.Tensor, p: int, part: slice, rows: torch.Tensor) -> None:
-        """Store position-major block rows (c, S) of positions `part` in a block-major buffer."""
-        c = part.stop - part.start
-        for (lo, hi, off), view in zip(self.blocks, self.block_views(flat, p), strict=True):
-            view[part] = rows[:, off : off + hi * (hi - lo)].view(c, hi - lo, hi)
+    def write_matrices(self, flat: torch.Tensor, p: int, part: slice, w: torch.Tensor) -> None:
+        """Store the block rows of lower-triangular matrices w (c, d, d), positions `part`, in a
+        block-major buffer."""
+        for (lo, hi, _), view in zip(self.blocks, self.block_views(flat, p), strict=True):
+            view[part] = w[:, lo:hi, :hi]
 
     def read_rows(self, flat: torch.Tensor, p: int, part: slice) -> torch.Tensor:
         """Position-major block rows (c, S) of positions `part` of a block-major buffer."""
@@ -483,8 +481,8 @@ class GaussianModel:
     """The fitted Gaussians: mean and whitening matrix W = L^-1 per position, in block rows.
 
     The squared Mahalanobis distance is |W (x - mean)|^2: a few batched matmuls per batch.
-    `whitening` is block-major (`BlockLayout.block_views`); `from_rows` takes the
-    position-major (P, S) rows that `BlockLayout.pack` makes.
+    `whitening` is block-major (`BlockLayout.block_views`); `rows` gives the position-major
+    (P, S) rows that `BlockLayout.pack` makes.
     """
 
     mean: torch.Tensor  # (P, d) float32
@@ -501,17 +499,12 @@ class GaussianModel:
         return int(self.mean.shape[0])
 
     @classmethod
-    def from_rows(cls, mean: torch.Tensor, rows: torch.Tensor) -> GaussianModel:
-        """From position-major block rows (P, S) (`BlockLayout.pack` of the matrices)."""
-        p = mean.shape[0]
-        flat = torch.empty(rows.numel(), dtype=torch.float32, device=rows.device)
-        BlockLayout.for_dim(mean.shape[1]).write_rows(flat, p, slice(0, p), rows.float())
-        return cls(mean.float(), flat)
-
-    @classmethod
     def from_full(cls, mean: torch.Tensor, w: torch.Tensor) -> GaussianModel:
         """From full (P, d, d) lower-triangular whitening matrices."""
-        return cls.from_rows(mean, BlockLayout.for_dim(w.shape[-1]).pack(w.float()))
+        p, layout = mean.shape[0], BlockLayout.for_dim(w.shape[-1])
+        flat = torch.empty(p * layout.size, dtype=torch.float32, device=w.device)
+        layout.write_matrices(flat, p, slice(0, p), w.float())
+        return cls(mean.float(), flat)
 
     @classmethod
     def from_tril(cls, mean: torch.Tensor, tril: torch.Tensor) -> GaussianModel:
@@ -527,14 +520,12 @@ class GaussianModel:
 
     def rows(self, part: slice | None = None) -> torch.Tensor:
         """Position-major block rows (c, S) of positions `part` (all by default)."""
-        return self.layout.read_rows(
-            self.whitening, self.positions, part or slice(0, self.positions)
-        )
+        part = slice(0, self.positions) if part is None else part
+        return self.layout.read_rows(self.whitening, self.positions, part)
 
     @property
     def tril_shape(self) -> tuple[int, int]:
-        d = int(self.mean.shape[1])
-        return self.positions, d * (d + 1) // 2
+        return self.positions, tril_size(int(self.mean.shape[1]))
 
     def tril_chunks(self, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
         """The packed lower triangles (P, d(d+1)/2) of the whitening matrices in `dtype`, 512
@@ -611,7 +602,7 @@ class GaussianModel:
             if rhos is not None:
                 rhos[part] = shrink_(cov, total)
             w = whitening_factor(cov, regularisation)
-            layout.write_rows(whitening, p, part, layout.pack(w))
+            layout.write_matrices(whitening, p, part, w)
             mean[part] = stats.shift[part] + stats.sum[part] / total
             if consume:
                 stats.scatter[i] = stats.scatter[i].new_empty(0)

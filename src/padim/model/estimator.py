@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from padim import options
 from padim.core.backbones import get_backbone
 from padim.core.features import Embedder, select_channels, semi_orthogonal
-from padim.core.gaussian import BlockLayout, GaussianModel, GaussianStats, HeldOut
+from padim.core.gaussian import BlockLayout, GaussianModel, GaussianStats, HeldOut, tril_size
 from padim.core.holdout import HoldoutStore
 from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
@@ -353,7 +353,7 @@ class Padim:
             gh, gw = grid.tile_grid_hw if self.config.tile_statistics == "shared" else grid.grid_hw
         positions = gh * gw
         stored = 2 if self.config.storage == "float16" else 4
-        tril = dim * (dim + 1) // 2
+        tril = tril_size(dim)
         out: dict[str, Any] = {
             "input": list(self.preprocess.output_wh),
             "positions": positions,

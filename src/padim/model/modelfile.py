@@ -380,7 +380,7 @@ def _from_header(cls: type[Padim], header: dict[str, Any], device: str, batch_si
 def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> PadimNet:
     from padim.core.backbones import Normalisation, fuse_batchnorm, get_backbone
     from padim.core.features import Embedder
-    from padim.core.gaussian import GaussianModel
+    from padim.core.gaussian import GaussianModel, tril_size
     from padim.core.net import PadimNet
 
     spec = get_backbone(model.config.backbone)
@@ -405,7 +405,7 @@ def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str,
         raise PadimError("model file tensors do not match its config (embedding size)")
     if "gaussian.whitening_tril" in tensors:
         tril = tensors["gaussian.whitening_tril"]
-        if tril.shape != (mean.shape[0], dim * (dim + 1) // 2):
+        if tril.shape != (mean.shape[0], tril_size(dim)):
             raise PadimError("model file tensors do not match each other (whitening)")
         gaussian = GaussianModel.from_tril(mean, tril)
     else:  # format 1: full float32 whitening matrices
