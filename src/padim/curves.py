@@ -111,19 +111,15 @@ def _sorted_descending(
     float32 values (pixel maps: millions) are sorted as one 64-bit integer each, the value's
     bits made order-preserving (descending) above the region label and the label: a plain
     integer sort, about 3x faster than an argsort followed by the gathers it needs."""
-    tags = truth.astype(np.uint64)
-    if regions is not None:
-        flat = np.asarray(regions).ravel()
-        if flat.size and (flat.min() < 0 or flat.max() >= KEY_TAG_LIMIT):
-            raise PadimError("region labels must be in 0..2^31")
-        tags |= flat.astype(np.uint64) << np.uint64(1)
+    flat = None if regions is None else np.asarray(regions).ravel()
+    if flat is not None and flat.size and (flat.min() < 0 or flat.max() >= KEY_TAG_LIMIT):
+        raise PadimError("region labels must be in 0..2^31")
     if values.dtype != np.float32:
         order = np.argsort(-values)
-        return (
-            values[order],
-            truth[order],
-            None if regions is None else np.asarray(regions).ravel()[order],
-        )
+        return values[order], truth[order], None if flat is None else flat[order]
+    tags = truth.astype(np.uint64)
+    if flat is not None:
+        tags |= flat.astype(np.uint64) << np.uint64(1)
     bits = values.view(np.uint32)
     key = np.where(bits >> 31, bits, ~bits & 0x7FFFFFFF).astype(np.uint64)  # larger: lower
     key <<= np.uint64(32)
@@ -134,7 +130,7 @@ def _sorted_descending(
     low = key.astype(np.uint32)  # the tags
     del key
     hit = (low & 1).astype(bool)
-    return ordered, hit, None if regions is None else (low >> 1).astype(np.int64)
+    return ordered, hit, None if flat is None else (low >> 1).astype(np.int64)
 
 
 def area_up_to(fpr: np.ndarray, tpr: np.ndarray, limit: float) -> float:

@@ -118,24 +118,28 @@ def _aupro_brute_force(masks, maps, limit=0.3):
     return np.trapezoid(p, f) / limit
 
 
-def test_aupro_matches_a_brute_force_computation():
+def _aupro_cases() -> list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """(masks, maps, FPR limits): float64 maps with ties on purpose at the default limit;
+    float32 maps (as models make them) at three limits."""
     rng = np.random.default_rng(0)
     masks = np.zeros((3, 16, 16), bool)
     masks[0, 2:6, 3:9] = True
     masks[1, 10:12, 10:15] = True
     masks[1, 1:3, 1:3] = True
-    maps = rng.random((3, 16, 16)).round(2) + masks * 0.3  # ties on purpose
-    assert aupro(masks, maps) == pytest.approx(_aupro_brute_force(masks, maps), abs=1e-9)
-
-
-def test_aupro_equals_the_direct_computation():
+    ties = (masks, rng.random((3, 16, 16)).round(2) + masks * 0.3, (0.3,))
     rng = np.random.default_rng(5)
     masks = np.zeros((3, 24, 24), bool)
     masks[0, 3:9, 4:12] = True
     masks[0, 15:18, 15:22] = True
     masks[2, 10:20, 2:5] = True
     maps = np.round(rng.normal(masks * 1.5, 1.0), 2).astype(np.float32)
-    for limit in (0.05, 0.3, 1.0):
+    return [ties, (masks, maps, (0.05, 0.3, 1.0))]
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_aupro_matches_a_brute_force_computation(case):
+    masks, maps, limits = _aupro_cases()[case]
+    for limit in limits:
         assert aupro(masks, maps, limit) == pytest.approx(
             _aupro_brute_force(masks, maps, limit), abs=1e-9
         )

@@ -263,7 +263,7 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
     semi = cfg.embedding == "semi-orthogonal"
     if semi != (projection is not None) or (
         projection is not None
-        and (projection.shape != (spec.total_channels, dim) or not projection.isfinite().all())
+        and (projection.shape != (spec.total_channels, dim) or not all_finite(projection))
     ):
         raise PadimError(
             f"the {cfg.embedding} embedding's projection does not fit "

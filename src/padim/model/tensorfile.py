@@ -61,18 +61,19 @@ def write_safetensors(
         raise PadimError("writing model files needs a little-endian machine")
     order = sorted(tensors, key=lambda k: (-_spec(tensors[k])[0].itemsize, k))
     header: dict[str, object] = {"__metadata__": metadata}
+    sizes: dict[str, int] = {}
     offset = 0
     for name in order:
         dtype, shape = _spec(tensors[name])
         if dtype not in DTYPES:
             raise PadimError(f"cannot store {name} of type {dtype} in a model file")
-        size = math.prod(shape) * dtype.itemsize
+        sizes[name] = math.prod(shape) * dtype.itemsize
         header[name] = {
             "dtype": DTYPES[dtype],
             "shape": list(shape),
-            "data_offsets": [offset, offset + size],
+            "data_offsets": [offset, offset + sizes[name]],
         }
-        offset += size
+        offset += sizes[name]
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
     fh.write(struct.pack("<Q", len(blob)))
@@ -86,5 +87,5 @@ def write_safetensors(
             data = piece.detach().to("cpu", dtype).contiguous().reshape(-1)
             fh.write(data.view(torch.uint8).numpy().data)
             written += data.numel() * dtype.itemsize
-        if written != math.prod(shape) * dtype.itemsize:
+        if written != sizes[name]:
             raise PadimError(f"internal error: {name} gave {written} bytes for shape {shape}")
