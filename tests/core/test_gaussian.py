@@ -124,6 +124,22 @@ def test_whitening_is_lower_triangular_and_inverts_the_covariance():
     assert torch.allclose(eye, torch.eye(4, dtype=torch.float64).expand_as(eye), atol=1e-5)
 
 
+@pytest.mark.parametrize("d", [1, 7, 48, 49, 100, 203])
+def test_triangular_inverse_by_halves_equals_a_solve(d):
+    """The block inverse (direct below INVERSE_BLOCK rows, halves above, odd sizes) is the
+    triangular solve's answer, lower-triangular with exact zeros above the diagonal."""
+    from padim.core.gaussian import triangular_inverse
+
+    gen = torch.Generator().manual_seed(d)
+    a = torch.randn(3, d, d + 5, generator=gen, dtype=torch.float64)
+    lower = torch.linalg.cholesky(a @ a.transpose(1, 2) / d + 0.1 * torch.eye(d))
+    inv = triangular_inverse(lower)
+    eye = torch.eye(d, dtype=torch.float64).expand_as(lower)
+    torch.testing.assert_close(inv, torch.linalg.solve_triangular(lower, eye, upper=False))
+    torch.testing.assert_close(lower @ inv, eye)
+    assert torch.equal(torch.triu(inv, 1), torch.zeros_like(inv))
+
+
 def test_one_image_means_zero_covariance_plus_regularisation():
     rng = np.random.default_rng(6)
     one = _emb(rng, 1)
