@@ -61,10 +61,9 @@ def measure(path: Path, runs: int, threads: int) -> list[dict]:
             runtimes["openvino"] = OpenVinoScorer(xml, threads)
         except Exception as exc:  # optional
             print(f"openvino skipped: {exc}", file=sys.stderr)
-        b1 = interleaved({n: sc.score_batch for n, sc in runtimes.items()}, one, runs)
-        b8 = interleaved(
-            {n: sc.score_batch for n, sc in runtimes.items()}, eight, max(3, runs // 4)
-        )
+        calls = {n: sc.score_batch for n, sc in runtimes.items()}
+        b1 = interleaved(calls, one, runs)
+        b8 = interleaved(calls, eight, max(3, runs // 4))
         for name in runtimes:
             rows.append(
                 {

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from padim.core.graphs import in_graph
+
 ROW_GROUPS = 16  # channels the rows of a blur are dealt to (see `_blur_rows`)
 
 
@@ -40,7 +42,7 @@ class AnomalyMapper(nn.Module):
         k = self.kernel
         pad = (k.numel() - 1) // 2
         mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # fixed shapes in graphs
+        if in_graph():  # fixed shapes in graphs
             x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode=mode), k.view(1, 1, 1, -1))
             return F.conv2d(F.pad(x, (0, 0, pad, pad), mode=mode), k.view(1, 1, -1, 1))
         b, c, h, w = x.shape

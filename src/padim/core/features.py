@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from padim.core.backbones import Normalisation, StagedExtractor
+from padim.core.graphs import in_graph
 
 
 def semi_orthogonal(total: int, keep: int, seed: int) -> torch.Tensor:
@@ -30,11 +31,7 @@ def select_channels(total: int, keep: int, seed: int) -> torch.Tensor:
 def _select_channels(fmap: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """fmap[:, idx], channels-last in and out on a CPU (the embedding then reaches the
     position-major layout of the Gaussians with no transposition); a plain gather in graphs."""
-    if (
-        fmap.is_contiguous(memory_format=torch.channels_last)
-        and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export()
-    ):
+    if fmap.is_contiguous(memory_format=torch.channels_last) and not in_graph():
         return fmap.permute(0, 2, 3, 1).index_select(3, idx).permute(0, 3, 1, 2)
     return fmap.index_select(1, idx)
 
@@ -94,13 +91,7 @@ class Embedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         n = self.cpu_batch
-        if (
-            n
-            and images.shape[0] > n
-            and images.device.type == "cpu"
-            and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export()
-        ):
+        if n and images.shape[0] > n and images.device.type == "cpu" and not in_graph():
             chunks = images.split(n)
             first = self._embed(chunks[0])  # the batch's embeddings filled in place: no list
             out = torch.empty(  # of pieces beside a concatenated copy

@@ -23,6 +23,7 @@ from functools import lru_cache
 import torch
 
 from padim import options
+from padim.core.graphs import in_graph
 from padim.core.holdout import HoldoutStore, embeddings_by_position, positions_view
 from padim.core.scoring import chebyshev_by_position
 from padim.errors import PadimError
@@ -220,15 +221,15 @@ class GaussianStats:
         self._ensure(i, part)
         s1 = self.sum[part]
         layout = BlockLayout.for_dim(self.dim)
-        sums = self.scatter[i]
+        sums, c = self.scatter[i], part.stop - part.start
         if sums.dim() == 3 and spend:
             scatter = sums
         elif sums.dim() == 3:
-            scatter = sums.clone() if scratch is None else scratch[: len(sums)].copy_(sums)
+            scatter = sums.clone() if scratch is None else scratch[:c].copy_(sums)
         elif scratch is None:
             scatter = layout.unpack_symmetric(sums)
         else:
-            scatter = layout.unpack_blocks(sums, out=scratch[: part.stop - part.start])
+            scatter = layout.unpack_blocks(sums, out=scratch[:c])
         scatter.baddbmm_(s1[:, :, None], s1[:, None, :], alpha=-1.0 / count)
         return scatter.div_(max(count - 1, 1))  # one image: zero sample covariance
 
@@ -691,7 +692,7 @@ class GaussianModel:
         b, d = emb.shape[0], emb.shape[1]
         p = self.mean.shape[0]
         step = max(1, SCORE_CHUNK_BYTES // (b * d * 4))
-        if step >= p or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if step >= p or in_graph():
             x = embeddings_by_position(emb.to(self.mean.dtype))
             yield slice(0, p), (x - self.mean[:, None, :]) if centred else x
             return

@@ -24,7 +24,7 @@ from padim.data.pictures import PICTURES, save_pictures
 from padim.data.preprocess import Preprocess, as_wh, to_json
 from padim.data.regions import Region
 from padim.deploy.export import model_metadata, parse_metadata
-from padim.errors import PadimError
+from padim.errors import PadimError, first_line
 from padim.normalise import ScoreScale
 
 
@@ -366,8 +366,7 @@ class OnnxScorer(ExportedScorer):
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc)
-            raise PadimError(f"cannot load ONNX model {path}: {reason}") from None
+            raise PadimError(f"cannot load ONNX model {path}: {first_line(exc)}") from None
         meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         super().__init__(path, meta)
         self._check_io(
