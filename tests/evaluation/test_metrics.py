@@ -215,7 +215,6 @@ def test_suite_values_are_consistent():
 
 
 def test_region_recall_counts_each_defect_once_whatever_its_size():
-
     masks = np.zeros((2, 40, 40), bool)
     masks[0, 2:30, 2:30] = True  # a large defect, found
     masks[0, 35:37, 35:37] = True  # a 4-pixel pit, missed
