@@ -404,7 +404,11 @@ class OpenVinoScorer(ExportedScorer):
             ) from None
         meta = parse_metadata({"padim": raw}, path)
         super().__init__(path, meta)
-        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        # f32 on every CPU: OpenVINO's default on CPUs with bf16 (AMX, AVX-512 BF16) is bf16,
+        # which moves scores by ~1e-3 and fails the export's own parity check
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
         self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
         self._check_io(
