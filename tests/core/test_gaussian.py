@@ -2,15 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from padim.core.gaussian import (
-    POSITION_CHUNK,
-    BlockLayout,
-    GaussianModel,
-    GaussianStats,
-    embeddings_by_position,
-    shrink_,
-    shrinkage_intensity,
-)
+from padim.core.gaussian import GaussianModel, GaussianStats
+from padim.core.holdout import embeddings_by_position
+from padim.core.layout import POSITION_CHUNK, BlockLayout
+from padim.core.linalg import shrink_, shrinkage_intensity
 from padim.errors import PadimError
 
 
@@ -128,7 +123,7 @@ def test_whitening_is_lower_triangular_and_inverts_the_covariance():
 def test_triangular_inverse_by_halves_equals_a_solve(d):
     """The block inverse (direct below INVERSE_BLOCK rows, halves above, odd sizes) is the
     triangular solve's answer, lower-triangular with exact zeros above the diagonal."""
-    from padim.core.gaussian import triangular_inverse
+    from padim.core.linalg import triangular_inverse
 
     gen = torch.Generator().manual_seed(d)
     a = torch.randn(3, d, d + 5, generator=gen, dtype=torch.float64)
@@ -290,11 +285,11 @@ def test_ledoit_wolf_fit_shrinks_towards_the_scaled_identity():
 def test_statistics_from_embeddings_on_disk_equal_the_streamed_sums(read_positions, monkeypatch):
     """Sums made chunk by chunk from a disk store (two-pass, read a few positions at a time)
     give the streamed sums' covariance and mean, and the same Gaussians and distances."""
-    from padim.core import gaussian
-    from padim.core.gaussian import GaussianModel, GaussianStats, position_chunks
+    from padim.core import statistics
     from padim.core.holdout import HoldoutStore
+    from padim.core.layout import position_chunks
 
-    monkeypatch.setattr(gaussian, "STORE_READ_BYTES", read_positions * 20 * 30 * 8)
+    monkeypatch.setattr(statistics, "STORE_READ_BYTES", read_positions * 20 * 30 * 8)
 
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(5, 30, 12, 12, generator=gen) * 3 + 1 for _ in range(4)]

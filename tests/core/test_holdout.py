@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from padim.core.gaussian import GaussianModel, GaussianStats, position_chunks
+from padim.core.gaussian import GaussianModel, GaussianStats
 from padim.core.holdout import HoldoutStore
+from padim.core.layout import position_chunks
 
 
 def test_chunks_read_back_what_was_added(tmp_path):

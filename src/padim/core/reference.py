@@ -1,0 +1,35 @@
+"""The paper's formulae (Defard et al. 2020, section 3), written as plainly as possible.
+
+Nothing calls this in production: it is the definition the engineered code (`GaussianStats`,
+`GaussianModel`, `PadimNet`) is tested against, and what `docs/design.md` shows first. Given
+embeddings X of N good images, (N, d, H, W), one Gaussian per patch position (i, j):
+
+    mu_ij    = 1/N sum_k x_kij
+    Sigma_ij = 1/(N-1) sum_k (x_kij - mu_ij)(x_kij - mu_ij)^T + eps I        (eps = 0.01)
+    M(x_ij)  = sqrt((x_ij - mu_ij)^T Sigma_ij^-1 (x_ij - mu_ij))
+
+The anomaly map is M upsampled to the input size and blurred (Gaussian, sigma 4); the image
+score is its maximum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def fit(embeddings: torch.Tensor, eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, d, H, W) good embeddings -> means (H*W, d) and inverse covariances (H*W, d, d)."""
+    n, d, h, w = embeddings.shape
+    x = embeddings.double().reshape(n, d, h * w).permute(2, 0, 1)  # (P, N, d)
+    mean = x.mean(dim=1)
+    centred = x - mean[:, None, :]
+    cov = centred.transpose(1, 2) @ centred / max(n - 1, 1) + eps * torch.eye(d, dtype=x.dtype)
+    return mean, torch.linalg.inv(cov)
+
+
+def distances(embeddings: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor) -> torch.Tensor:
+    """(B, d, H, W) embeddings -> Mahalanobis distances (B, H, W) to the fitted Gaussians."""
+    b, d, h, w = embeddings.shape
+    x = embeddings.double().reshape(b, d, h * w).permute(2, 0, 1) - mean[:, None, :]  # (P, B, d)
+    squared = torch.einsum("pbi,pij,pbj->pb", x, inv_cov, x)
+    return squared.clamp_min(0).sqrt().T.reshape(b, h, w)
