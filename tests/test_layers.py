@@ -59,6 +59,8 @@ TORCH_FREE = {
     "padim.deploy.predict",
     "padim.deploy.bulk",
     "padim.model.calibration",
+    "padim.model.thresholds",
+    "padim.data.decision",
     "padim.model.config",
     "padim.model.modelfile",
     "padim.model.fit_many",

@@ -143,4 +143,4 @@ def test_a_non_integer_overlap_is_one_clear_error():
     from padim.errors import PadimError
 
     with pytest.raises(PadimError, match="--tile-overlap must be a whole number"):
-        padim.Padim(size=(W, H), crop=None, tile=64, tile_overlap="16")
+        padim.Padim(size=(W, H), crop=None, tile=64, tile_overlap="16").fit([])

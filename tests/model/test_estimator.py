@@ -171,15 +171,44 @@ def test_mixed_sizes_and_modes_train_together(tmp_path):
     assert model.info["n_train"] == 3
 
 
-def test_invalid_configuration_is_rejected():
-    with pytest.raises(PadimError, match="--channels"):
-        Padim(channels=5000)
-    with pytest.raises(PadimError, match="unknown backbone"):
-        Padim(backbone="nope")
-    with pytest.raises(PadimError, match="batch-size"):
-        Padim(batch_size=0)
+def test_invalid_configuration_is_rejected_by_fit(tmp_path):
+    """The constructor only stores (scikit-learn's rule); fit validates, before any work."""
+    images = [np.zeros((8, 8, 3), np.uint8)]
+    for params, message in [
+        ({"channels": 5000}, "--channels"),
+        ({"backbone": "nope"}, "unknown backbone"),
+        ({"batch_size": 0}, "batch-size"),
+        ({"device": "tpu"}, "unknown device"),
+    ]:
+        model = Padim(**params)
+        assert all(getattr(model, k) == v for k, v in params.items())
+        with pytest.raises(PadimError, match=message):
+            model.fit(images)
     with pytest.raises(PadimError, match="not fitted"):
-        Padim().predict([np.zeros((8, 8, 3), np.uint8)])
+        Padim().predict(images)
+
+
+def test_parameters_follow_scikit_learns_contract():
+    """get_params/set_params/clone work; a fit learns `config_` without touching the
+    parameters, so a second fit of an "auto" model chooses its size again."""
+    from sklearn.base import clone
+
+    model = Padim(size="auto", crop=None, device="cpu", batch_size=5)
+    params = model.get_params()
+    assert params["size"] == "auto" and params["batch_size"] == 5 and len(params) == 22
+    twin = clone(model)
+    assert twin.get_params() == params and twin is not model
+    assert model.set_params(seed=3) is model and model.seed == 3
+    with pytest.raises(PadimError, match="unknown parameter"):
+        model.set_params(colour="red")
+    rng = np.random.default_rng(0)
+    model.fit([texture(rng, SIZE) for _ in range(3)])
+    square = model.config_.size
+    assert model.size == "auto" and square[0] == square[1]
+    wide = [np.concatenate([texture(rng, SIZE)] * 2, axis=1) for _ in range(3)]
+    model.fit(wide)  # 2:1 images: "auto" chooses again
+    width, height = model.config_.size
+    assert model.size == "auto" and abs(width / height - 2) < 0.15
 
 
 def test_calibrate_from_labelled_data(fitted, category):
@@ -282,11 +311,11 @@ def test_fit_from_embeddings_on_disk_equals_the_in_memory_fit(category):
     """Small sets are fitted from embeddings on disk (less than the float64 sums); keeping the
     statistics forces the in-memory sums. Both give the same model."""
     on_disk = Padim(size=SIZE, crop=None, device="cpu")
-    assert on_disk._embeddings_on_disk(10, 176)
-    assert not on_disk._embeddings_on_disk(1000, 176)  # many images: the sums are smaller
+    assert on_disk.sizing.embeddings_on_disk(10)
+    assert not on_disk.sizing.embeddings_on_disk(1000)  # many images: the sums are smaller
     on_disk.fit(category)
     in_memory = Padim(size=SIZE, crop=None, device="cpu", statistics="keep").fit(category)
-    assert not in_memory._embeddings_on_disk(10, 176)
+    assert not in_memory.sizing.embeddings_on_disk(10)
     images = sorted((category / "test").rglob("*.png"))
     np.testing.assert_allclose(on_disk.score(images)[0], in_memory.score(images)[0], rtol=1e-5)
     assert on_disk.threshold_ == pytest.approx(in_memory.threshold_, rel=1e-5)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from padim import Padim
 from padim.cli import main
 from padim.core.gaussian import GaussianStats
 from padim.errors import PadimError
+from padim.model.fitting import Fitter, build_embedder
 
 if os.environ.get("PADIM_REQUIRE_RAY") == "1":
     import ray
@@ -75,13 +77,13 @@ def test_unreachable_address_fails_fast():
     ray_engine.check_reachable("auto")  # left to Ray
 
 
-def _local_stats(model: Padim, plan, embedder) -> tuple[GaussianStats, torch.Tensor]:
+def _local_stats(fitter: Fitter, plan, embedder) -> tuple[GaussianStats, torch.Tensor]:
     """The local fit's accumulation, batch by batch."""
     with torch.inference_mode():
         stats = GaussianStats.from_batches(
-            embedder(x) for x in model.tensor_batches(plan.fit_items)
+            embedder(x) for x in fitter.tensor_batches(plan.fit_items)
         )
-        held = torch.cat([embedder(x) for x in model.tensor_batches(plan.hold_items)])
+        held = torch.cat([embedder(x) for x in fitter.tensor_batches(plan.hold_items)])
     return stats, held
 
 
@@ -89,16 +91,16 @@ def _local_stats(model: Padim, plan, embedder) -> tuple[GaussianStats, torch.Ten
 def test_sharded_statistics_equal_local(cluster, data, one_thread, shards):
     """23 images, 5 held out, batches of 4: 5 batches (the last one of 2 images) over uneven
     shards; mean and covariance equal to float64 round-off, held-out embeddings exactly."""
-    model = Padim(size=SIZE, crop=None, batch_size=4, device="cpu")
-    plan = model.plan_fit(data)
-    embedder = model.build_embedder().eval()
-    local, local_held = _local_stats(model, plan, embedder)
-    merged, held = ray_engine.sharded_statistics(model, plan, embedder, shards=shards)
-    assert merged.count == local.count == 18
-    torch.testing.assert_close(merged.mean(), local.mean(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(merged.covariance(), local.covariance(), rtol=1e-10, atol=1e-12)
-    with held:  # on disk, in input order, like the local fit's
-        n, d, h, w = local_held.shape
+    fitter = Padim(size=SIZE, crop=None, batch_size=4, device="cpu").fitter()
+    plan = fitter.plan(data)
+    embedder = build_embedder(fitter.config, None).eval()
+    local, local_held = _local_stats(fitter, plan, embedder)
+    with ExitStack() as stores:
+        merged, held = ray_engine.sharded_statistics(fitter, plan, embedder, stores, shards)
+        assert merged.count == local.count == 18
+        torch.testing.assert_close(merged.mean(), local.mean(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(merged.covariance(), local.covariance(), rtol=1e-10, atol=1e-12)
+        n, d, h, w = local_held.shape  # on disk, in input order, like the local fit's
         by_position = local_held.reshape(n, d, h * w).permute(2, 0, 1)
         assert held.n == n and torch.equal(held.chunk(slice(0, h * w)), by_position)
     assert not held.directory.exists()

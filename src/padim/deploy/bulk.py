@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from padim import options
+from padim.data.decision import decide
 from padim.data.pictures import PICTURES
 from padim.data.sources import pyarrow_modules
 from padim.deploy.scorers import RESULT_COLUMNS, Scorer, save_scored_pictures, score_files
@@ -60,11 +61,14 @@ def score_part(
             found.append(row)
             continue
         assert item.size is not None
-        regions = scorer.geometry.regions(item.anomaly_map, threshold, item.size, min_area)
+        decision = decide(
+            item.score, item.anomaly_map, threshold, scale, scorer.geometry, item.size, min_area
+        )
+        regions = decision.regions
         row.update(
-            score=item.score,
-            normalised_score=scale.one(item.score),
-            label=int(item.score > threshold),
+            score=decision.score,
+            normalised_score=decision.normalised_score,
+            label=int(decision.is_anomalous),
             regions=len(regions),
         )
         if maps_dir is not None:

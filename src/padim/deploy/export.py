@@ -36,7 +36,7 @@ DEFAULT_OPSET = 17
 def model_metadata(model: Any, model_id: str) -> dict[str, Any]:
     """What a runtime needs besides the graph (stored in exports; describes torch models)."""
     cfg = model.config
-    header = model_header(model)
+    header = model_header(model.state())
     return {
         "format": ONNX_FORMAT,
         "format_version": ONNX_FORMAT_VERSION,

@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from padim import options
+from padim.data.decision import decide
 from padim.data.pictures import PICTURES
 from padim.data.sources import output_names, source_paths
 from padim.data.video import frame_count, is_video, read_frames
@@ -138,11 +139,18 @@ def write_predictions(
                     row.error = scored.error or "unknown"
                     continue
                 assert scored.size is not None
-                regions = scorer.geometry.regions(
-                    scored.anomaly_map, thr, scored.size, min_area, scale
+                decision = decide(
+                    scored.score,
+                    scored.anomaly_map,
+                    thr,
+                    scale,
+                    scorer.geometry,
+                    scored.size,
+                    min_area,
                 )
-                row.score, row.is_anomalous = scored.score, scored.score > thr
-                row.normalised_score = scale.one(scored.score)
+                regions = decision.regions
+                row.score, row.is_anomalous = decision.score, decision.is_anomalous
+                row.normalised_score = decision.normalised_score
                 row.n_regions = len(regions)
                 row.regions = [r.to_dict() for r in regions[: options.MAX_REGIONS]]
                 if images:  # at the photo's own resolution

@@ -25,6 +25,7 @@ from padim.data.preprocess import Preprocess, as_wh, to_json
 from padim.data.regions import Region
 from padim.deploy.export import model_metadata, parse_metadata
 from padim.errors import PadimError, first_line
+from padim.model.thresholds import Thresholds
 from padim.normalise import ScoreScale
 
 
@@ -34,6 +35,7 @@ class Scorer(Protocol):
     input_size: int | list[int]  # a side when square, else [width, height] (for people)
     input_hw: tuple[int, int]  # (height, width) of the model input
     geometry: Preprocess  # how images are brought to the model input (and maps back)
+    thresholds: Thresholds  # the threshold, operating points and normalised score's spreads
     score_scale: ScoreScale  # raw score -> normalised, at the model's threshold
     operating_points: dict[str, float]  # named thresholds usable with this model's score mode
 
@@ -147,15 +149,8 @@ def score_images(
 def resolve_threshold(
     scorer: Scorer, threshold: float | None = None, operating_point: str | None = None
 ) -> float:
-    """A given threshold, a named operating point's, or the model's."""
-    if operating_point is None:
-        return scorer.threshold if threshold is None else float(threshold)
-    if threshold is not None:
-        raise PadimError("give either --threshold or --operating-point, not both")
-    if operating_point not in scorer.operating_points:
-        known = ", ".join(sorted(scorer.operating_points)) or "none"
-        raise PadimError(f"no operating point {operating_point!r} in this model (it has: {known})")
-    return scorer.operating_points[operating_point]
+    """A given threshold, a named operating point's, or the model's (`Thresholds.resolve`)."""
+    return scorer.thresholds.resolve(threshold, operating_point)
 
 
 def native_map(scorer: Scorer, item: Scored) -> np.ndarray:
@@ -184,20 +179,11 @@ def save_scored_pictures(
     )
 
 
-def scale_and_points(meta: dict[str, Any], threshold: float) -> tuple[ScoreScale, dict[str, float]]:
-    """The normalised score's mapping and the operating points of the score mode a model
-    (or an export) scores with, from its metadata."""
-    info = meta.get("info") or {}
+def thresholds_of(meta: dict[str, Any], threshold: float) -> Thresholds:
+    """The thresholds a model (or an export) scores with, from its metadata: the operating
+    points of its score mode and the normalised score's spread."""
     mode = meta.get("score_mode", "mahalanobis")
-    spread = (info.get("score_scales") or {}).get(mode)
-    if spread is None:  # files before normalised scores: the fitted mode's spread
-        spread = (info.get("good_score_summary") or {}).get("std")
-    points = {
-        name: float(p["threshold"])
-        for name, p in (info.get("operating_points") or {}).items()
-        if isinstance(p, dict) and p.get("score_mode") == mode
-    }
-    return ScoreScale.of(threshold, spread), points
+    return Thresholds.from_info(meta.get("info") or {}, threshold, mode)
 
 
 def check_scorer(scorer: Scorer) -> None:
@@ -241,7 +227,7 @@ def describe(
         "weights": info.get("weights"),
         "sigma": meta.get("sigma"),
         "score_mode": meta.get("score_mode", "mahalanobis"),
-        "score_scale": scale_and_points(meta, threshold)[0].to_dict(),
+        "score_scale": thresholds_of(meta, threshold).scale().to_dict(),
         "operating_point": info.get("operating_point"),
         "operating_points": {
             name: {k: p.get(k) for k in ("threshold", "rule", "data", "false_alarms", "misses")}
@@ -265,12 +251,9 @@ class TorchScorer:
         self.geometry = model.preprocess
         self.input_hw = model.preprocess.output_hw
         self.input_size = to_json(model.preprocess.output_wh)
-        self.score_scale = model.score_scale
-        self.operating_points = {
-            name: p.threshold
-            for name, p in model.operating_points_.items()
-            if p.score_mode == model.config.score_mode
-        }
+        self.thresholds = model.calibration
+        self.score_scale = self.thresholds.scale()
+        self.operating_points = self.thresholds.usable()
 
     @classmethod
     def from_file(
@@ -313,11 +296,13 @@ class ExportedScorer:
             w, h = as_wh(meta["input_size"])
             self.input_hw, self.input_size = (h, w), to_json((w, h))
             self.geometry = Preprocess(meta["resize"], meta["crop"])  # whole numbers in range
+            self.thresholds = thresholds_of(meta, self.threshold)
         except (KeyError, TypeError, ValueError, PadimError) as exc:
             raise PadimError(f"exported model's metadata is damaged: {path} ({exc})") from None
         if not math.isfinite(self.threshold):
             raise PadimError(f"exported model's threshold is not finite: {path}")
-        self.score_scale, self.operating_points = scale_and_points(meta, self.threshold)
+        self.score_scale = self.thresholds.scale()
+        self.operating_points = self.thresholds.usable()
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.geometry.image(image)

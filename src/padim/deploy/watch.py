@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from padim import options
+from padim.data.decision import decide
 from padim.data.pictures import render_pictures
 from padim.data.video import Frame, is_live, read_frames
 from padim.deploy.scorers import Scorer, native_map, score_images
@@ -305,13 +306,19 @@ def watch(
                 stats.errors += 1
                 continue
             stats.scored += 1
-            anomalous = scored.score > opts.threshold
-            if not anomalous:
+            if not scored.score > opts.threshold:  # good frames: no regions to look for
                 continue
             stats.anomalous += 1
-            regions = scorer.geometry.regions(
-                scored.anomaly_map, opts.threshold, scored.size, opts.min_area, scale
+            decision = decide(
+                scored.score,
+                scored.anomaly_map,
+                opts.threshold,
+                scale,
+                scorer.geometry,
+                scored.size,
+                opts.min_area,
             )
+            regions = decision.regions
             wall = datetime.now(UTC)
             event = {
                 "id": f"{wall.strftime('%Y%m%dT%H%M%S.%f')[:-3]}Z_f{frame.index:06d}",
@@ -320,7 +327,7 @@ def watch(
                 "time": frame.time,
                 "at": wall.isoformat(timespec="milliseconds"),
                 "score": scored.score,
-                "normalised_score": scale.one(scored.score),
+                "normalised_score": decision.normalised_score,
                 "threshold": opts.threshold,
                 "verdict": "anomalous",
                 "model_id": scorer.model_id,

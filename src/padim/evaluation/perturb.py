@@ -25,7 +25,7 @@ from padim.data.datasets import read_mask
 from padim.data.images import ImageInput, as_image, read_image
 from padim.data.preprocess import Preprocess
 from padim.errors import PadimError
-from padim.model.estimator import Loader
+from padim.model.fitting import Loader
 
 PERTURBATIONS = ("rd-mvtec", "rd-mvtec-test")
 TEST_STREAM, TRAIN_STREAM = 0, 1

@@ -1,15 +1,17 @@
 """`Padim`: the estimator users call (fit / predict / save / load), scikit-learn style.
 
-It orchestrates data, the torch model (`padim.core.net.PadimNet`) and the threshold. What a fit
-learns lives in attributes with a trailing underscore (`net_`, `threshold_`, `thresholds_`,
-`threshold_source_`, `training_`); persistence is `padim.model.modelfile`.
+`__init__` only stores its parameters (so `get_params`, `set_params` and `sklearn.base.clone`
+work); `fit` validates them and hands the work to a `Fitter` (`padim.model.fitting`). What a
+fit learns lives in attributes with a trailing underscore: `config_` (the resolved config: the
+input size "auto" chose, the channels), `net_` (the torch model), `calibration_` (thresholds and
+operating points, `padim.model.thresholds`), `training_`, `statistics_`; `threshold_` and its
+kin read `calibration_`. Persistence is `padim.model.modelfile` over a `ModelState`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import inspect
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,100 +21,30 @@ from tqdm.auto import tqdm
 
 from padim import options
 from padim.core.backbones import get_backbone
-from padim.core.features import Embedder, select_channels, semi_orthogonal
-from padim.core.gaussian import BlockLayout, GaussianModel, GaussianStats, HeldOut, tril_size
-from padim.core.holdout import HoldoutStore
 from padim.core.net import PadimNet
-from padim.core.scoring import SCORE_MODES, term_statistics
-from padim.core.tiling import TiledEmbedder, TileGrid, Tiler
-from padim.data.datasets import read_mask, training_images
+from padim.core.tiling import TileGrid
+from padim.data.decision import Prediction, decide
 from padim.data.images import ImageInput
-from padim.data.preprocess import (
-    AUTO_SAMPLE,
-    Preprocess,
-    as_wh,
-    auto_size,
-    batches,
-    image_shape,
-    native_size,
-    resolve_crop,
-)
-from padim.data.regions import Region
+from padim.data.preprocess import Preprocess, batches, image_shape, resolve_crop
 from padim.data.sources import expand_inputs
 from padim.errors import PadimError
-from padim.memory import available_bytes
-from padim.model.calibration import (
-    OperatingPoint,
-    f1_optimal_threshold,
-    measured_point,
-    now_iso,
-    quantile_threshold,
-    score_summary,
-    target_fpr_threshold,
-    target_recall_threshold,
-)
-from padim.model.config import (
-    MIN_IMAGES_FOR_HOLDOUT,
-    MIN_TRAIN_IMAGES,
-    PadimConfig,
-    TrainingSummary,
-)
+from padim.model.calibration import OperatingPoint
+from padim.model.config import PadimConfig
+from padim.model.fitting import Fitter, Gather, Loader
+from padim.model.sizing import Sizing
+from padim.model.state import ModelState
+from padim.model.thresholds import Thresholds
 from padim.normalise import ScoreScale
 from padim.progress import progress_bar
 
-EMBED_BATCH_BYTES = 768 * 2**20
-HELD_OUT = "held-out good training images"  # the data of thresholds an update re-estimates
-
-Loader = Callable[[int, ImageInput], torch.Tensor]
-"""`loader(index, item)` -> (3, S, S) tensor at the model's input geometry: replaces the usual
-read + resize + crop of training item number `index` (seeded augmentations)."""
+CONFIG_FIELDS = tuple(PadimConfig.__dataclass_fields__)
+__all__ = ["Padim", "Prediction", "load", "resolve_device"]
 
 
-@dataclass
-class FitPlan:
-    """Which training items are fitted and which are held out to calibrate the threshold
-    ((index, item) pairs in input order)."""
-
-    n: int
-    fit_items: list[tuple[int, ImageInput]]
-    hold_items: list[tuple[int, ImageInput]]
-    started: float  # perf_counter() when fitting began
-
-
-@dataclass
-class Prediction:
-    """One image's result. `anomaly_map` and `mask` are at the model's input geometry;
-    `regions` (largest peak first) are in pixels of the image itself (`image_size`)."""
-
-    score: float
-    is_anomalous: bool
-    threshold: float
-    anomaly_map: np.ndarray  # (H, W) float32
-    mask: np.ndarray  # (H, W) bool: anomaly_map > threshold
-    path: str | None = None
-    normalised_score: float = float("nan")  # in [0, 1], 0.5 at the threshold (ScoreScale)
-    regions: list[Region] = field(default_factory=list)
-    image_size: tuple[int, int] | None = None  # (width, height) of the image scored
-
-    @property
-    def label(self) -> int:
-        return int(self.is_anomalous)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The verdict, scores and regions as JSON-ready values (no maps)."""
-        return {
-            "path": self.path,
-            "score": self.score,
-            "normalised_score": self.normalised_score,
-            "threshold": self.threshold,
-            "is_anomalous": self.is_anomalous,
-            "image_size": None if self.image_size is None else list(self.image_size),
-            "regions": [r.to_dict() for r in self.regions],
-        }
-
-
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     """ "auto" (a CUDA GPU if there is one), "cpu", "cuda" or "cuda:N" as a torch device."""
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -122,6 +54,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def validated_config(params: dict[str, Any]) -> PadimConfig:
+    """The `PadimConfig` a model's parameters describe, checked: one clear line on any value a
+    model cannot be built with (the size may still be "auto" or "native")."""
+    channels = params["channels"]
+    if channels == "all":
+        channels = get_backbone(params["backbone"]).total_channels
+    if isinstance(channels, str):
+        raise PadimError(f"--channels must be a number or 'all', got {channels!r}")
+    if params["batch_size"] < 1:
+        raise PadimError(f"--batch-size must be at least 1, got {params['batch_size']}")
+    values = {k: params[k] for k in CONFIG_FIELDS}
+    values.update(channels=channels, crop=resolve_crop(params["size"], params["crop"]))
+    config = PadimConfig(**values)
+    config.validate()
+    return config
+
+
 class Padim:
     """PaDiM anomaly detector: per-patch Gaussians over a frozen CNN's features.
 
@@ -129,7 +78,7 @@ class Padim:
     ----------
     backbone : str
         Registered feature extractor (`padim backbones` lists them).
-    size, crop : int, (width, height), "auto", "native"; crop also None
+    size, crop : int, (width, height), "auto", "native"; crop also None or "default"
         Resize to `size`, then centre-crop to `crop` (None: no crop). "auto": the training
         images' aspect ratio at about 256x256 pixels; "native": their own size.
     tile, tile_overlap, tile_statistics : int or (width, height) or None, int, str
@@ -150,7 +99,9 @@ class Padim:
     device : str
         "auto", "cpu" or "cuda".
     regularisation, sigma, holdout_fraction, threshold_quantile, storage, score_mode, shrinkage
-        See `PadimConfig` and `padim.options` for their meaning and defaults.
+        See `PadimConfig` and `padim.options` (`padim fit --help`) for meaning and defaults.
+    roi : mask file, array or None
+        Region of interest at the training images' geometry; outside it nothing is scored.
     statistics : str
         "keep": keep the training sums (in memory and in the model file) so `partial_fit` can
         add good images later; "drop": the Gaussians only (a smaller file).
@@ -159,27 +110,23 @@ class Padim:
 
     Attributes
     ----------
-    net_ : PadimNet or None
+    config_ : PadimConfig
+        The resolved configuration (the input size chosen by "auto", crop and channels).
+    net_ : PadimNet
         The fitted torch model (backbone, Gaussians, anomaly-map smoothing).
-    threshold_ : float or None
-        Images (and pixels) scoring above it are anomalous, for the current score mode.
-    thresholds_ : dict of str to float
-        The calibrated threshold of every score mode.
-    threshold_source_ : str or None
-        How `threshold_` was chosen.
-    operating_points_ : dict of str to OperatingPoint
-        Named thresholds with their rule, data and measured rates ("fit", "f1", "fpr-0.01", ...).
-    operating_point_ : str or None
-        The name of the operating point `threshold_` comes from.
-    score_scales_ : dict of str to float
-        Per score mode, the spread of the held-out good scores: the width of the normalised
-        score (`score_scale`).
-    holdout_scores_ : dict of str to ndarray
-        Per score mode, the held-out good images' scores (for `calibrate_fpr`, `partial_fit`).
+    calibration_ : Thresholds
+        Thresholds and named operating points, with the held-out scores they rest on.
+    threshold_, thresholds_, threshold_source_, operating_points_, operating_point_,
+    score_scales_, holdout_scores_
+        Views of `calibration_`: the current threshold, one per score mode, how it was chosen,
+        the operating points and the current one's name, the held-out good scores' spread and
+        the scores themselves, per score mode.
     statistics_ : GaussianStats or None
         The training sums (statistics="keep"): what `partial_fit` adds new images to.
     training_ : TrainingSummary or None
         Training-set size, fit time, weights, score summary of the held-out good images.
+    device_ : torch.device
+        Where the model runs.
 
     Examples
     --------
@@ -212,47 +159,47 @@ class Padim:
         embedding: str = options.EMBEDDING.default,
         progress: bool = False,
     ) -> None:
-        if channels == "all":
-            channels = get_backbone(backbone).total_channels
-        if isinstance(channels, str):
-            raise PadimError(f"--channels must be a number or 'all', got {channels!r}")
-        self.config = PadimConfig(
-            backbone=backbone,
-            size=size,
-            crop=resolve_crop(size, crop),
-            channels=channels,
-            seed=seed,
-            regularisation=regularisation,
-            sigma=sigma,
-            holdout_fraction=holdout_fraction,
-            threshold_quantile=threshold_quantile,
-            storage=storage,
-            score_mode=score_mode,
-            shrinkage=shrinkage,
-            tile=tile,
-            tile_overlap=tile_overlap,
-            tile_statistics=tile_statistics,
-            statistics=statistics,
-            embedding=embedding,
-        )
-        self.config.validate()
-        if batch_size < 1:
-            raise PadimError(f"--batch-size must be at least 1, got {batch_size}")
+        self.backbone = backbone
+        self.size = size
+        self.crop = crop
+        self.channels = channels
+        self.seed = seed
         self.weights = weights
-        self.roi = roi  # the region of interest as given (a mask file or array); see _roi_mask
         self.batch_size = batch_size
-        self.device = resolve_device(device)
+        self.device = device
+        self.regularisation = regularisation
+        self.sigma = sigma
+        self.holdout_fraction = holdout_fraction
+        self.threshold_quantile = threshold_quantile
+        self.storage = storage
+        self.score_mode = score_mode
+        self.shrinkage = shrinkage
+        self.roi = roi
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.tile_statistics = tile_statistics
+        self.statistics = statistics
+        self.embedding = embedding
         self.progress = progress
-        self.net_: PadimNet | None = None
-        self.threshold_: float | None = None
-        self.thresholds_: dict[str, float] = {}
-        self.threshold_source_: str | None = None
-        self.training_: TrainingSummary | None = None
-        self.operating_points_: dict[str, OperatingPoint] = {}
-        self.operating_point_: str | None = None
-        self.score_scales_: dict[str, float] = {}
-        self.holdout_scores_: dict[str, np.ndarray] = {}
-        self.statistics_: GaussianStats | None = None
+
+    # ------------------------------------------------------------------ parameters
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters by name (scikit-learn's contract)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Padim:
+        """Change constructor parameters (a later `fit` uses them); returns self."""
+        names = set(self._param_names())
+        for key, value in params.items():
+            if key not in names:
+                raise PadimError(f"unknown parameter {key!r} for Padim")
+            setattr(self, key, value)
+        return self
 
     @classmethod
     def from_config(cls, config: PadimConfig, **kwargs: Any) -> Padim:
@@ -260,145 +207,31 @@ class Padim:
         batch_size, device, progress)."""
         return cls(**config.to_dict(), **kwargs)
 
-    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> PadimConfig:
+        """The fitted model's resolved config, or the parameters' (validated) before a fit."""
+        fitted = getattr(self, "config_", None)
+        return fitted if fitted is not None else validated_config(self.get_params())
 
     @property
-    def preprocess(self) -> Preprocess:
-        """The input geometry (chosen from the training images by `fit` with size "auto")."""
-        size = self.config.size
-        if isinstance(size, str):
-            raise PadimError(
-                "the input size is chosen from the training images when fitting "
-                f"(--size {size}): fit the model first"
-            )
-        return Preprocess(size, self.config.crop)
+    def sizing(self) -> Sizing:
+        """Geometry, memory and batch sizing of this model's config."""
+        return Sizing(self.config)
 
-    @property
-    def is_fitted(self) -> bool:
-        return self.net_ is not None
-
-    def fitted_net(self) -> PadimNet:
-        """The fitted torch model, or a clear error if there is none yet."""
-        if self.net_ is None:
-            raise PadimError("the model is not fitted yet: call fit() or padim.load()")
-        return self.net_
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The learned state as one JSON-ready dict (the model file's `info`; read-only)."""
-        out = self.training_.to_dict() if self.training_ is not None else {}
-        if self.threshold_source_ is not None:
-            out["threshold_source"] = self.threshold_source_
-        if self.thresholds_:
-            out["thresholds"] = dict(self.thresholds_)
-        if self.score_scales_:
-            out["score_scales"] = dict(self.score_scales_)
-        if self.operating_points_:
-            out["operating_points"] = {k: p.to_dict() for k, p in self.operating_points_.items()}
-            out["operating_point"] = self.operating_point_
-        return out
-
-    @property
-    def score_scale(self) -> ScoreScale:
-        """The normalised score's mapping at the current threshold (see `padim.normalise`)."""
-        return ScoreScale.of(self._threshold(None), self.score_scales_.get(self.config.score_mode))
-
-    def progress_bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
-        """A progress bar shown when this model was made with `progress=True`."""
-        return progress_bar(total, desc, unit, self.progress)
+    def fitter(self) -> Fitter:
+        """A `Fitter` for this model's (validated) parameters."""
+        config = validated_config(self.get_params())
+        device = resolve_device(self.device)
+        return Fitter(config, self.weights, device, self.batch_size, self.progress, self.roi)
 
     # ------------------------------------------------------------------ fitting
 
-    def build_embedder(self) -> Embedder | TiledEmbedder:
-        """The frozen backbone + channel selection (+ tiling) this model's config describes."""
-        spec = get_backbone(self.config.backbone)
-        extractor = spec.build(self.weights, seed=self.config.seed)
-        keep = self.config.channels or spec.default_keep
-        projection = None
-        if self.config.embedding == "semi-orthogonal":
-            idx = torch.arange(spec.total_channels)
-            projection = semi_orthogonal(spec.total_channels, keep, self.config.seed)
-        else:
-            idx = select_channels(spec.total_channels, keep, self.config.seed)
-        embedder = Embedder(
-            extractor, spec.normalisation, spec.channels, idx, spec.cpu_batch, projection
-        )
-        return self.with_tiles(embedder).to(self.device)
-
-    @property
-    def tile_grid(self) -> TileGrid | None:
-        """How the input is cut into tiles (None: it is not)."""
-        if self.config.tile is None:
-            return None
-        return TileGrid.build(
-            self.preprocess.output_hw, as_wh(self.config.tile), self.config.tile_overlap
-        )
-
-    def with_tiles(self, embedder: Embedder) -> Embedder | TiledEmbedder:
-        """`embedder` run tile by tile when the config tiles the input."""
-        grid = self.tile_grid
-        if grid is None:
-            return embedder
-        return TiledEmbedder(embedder, Tiler(grid), self.config.tile_statistics)
-
-    def geometry(self) -> dict[str, Any]:
-        """What the chosen geometry costs: input, tiles, Gaussian positions, embedding size and
-        the bytes of the Gaussians in the model file and while fitting (float64 sums)."""
-        spec = get_backbone(self.config.backbone)
-        dim = self.config.channels or spec.default_keep
-        grid = self.tile_grid
-        if grid is None:
-            gh, gw = (spec.grid_side(side) for side in self.preprocess.output_hw)
-        else:
-            gh, gw = grid.tile_grid_hw if self.config.tile_statistics == "shared" else grid.grid_hw
-        positions = gh * gw
-        stored = 2 if self.config.storage == "float16" else 4
-        tril = tril_size(dim)
-        out: dict[str, Any] = {
-            "input": list(self.preprocess.output_wh),
-            "positions": positions,
-            "embedding_dim": dim,
-            "gaussian_file_bytes": positions * (tril * stored + 2 * dim * 4),
-            "fit_statistics_bytes": positions * (BlockLayout.for_dim(dim).size * 8 + dim * 16),
-            "statistics_file_bytes": (
-                positions * (tril + 2 * dim) * 8 if self.config.statistics == "keep" else 0
-            ),
-        }
-        if grid is not None:
-            out["tiling"] = {**grid.describe(), "statistics": self.config.tile_statistics}
-        return out
-
-    def check_memory(self, available: int | None = None, n_fit: int | None = None) -> None:
-        """Refuse, before any work, a geometry whose statistics cannot fit in memory (the sums
-        are float64, about 1.2x the model's Gaussians while they are factorised; kept
-        statistics stay beside the Gaussians; fitted from embeddings on disk (`n_fit` images,
-        see `_embeddings_on_disk`) only the float32 Gaussians and one chunk's sums)."""
-        available = available_bytes() if available is None else available
-        g = self.geometry()
-        factor = 1.6 if self.config.statistics == "keep" else 1.25
-        if n_fit is not None and self._embeddings_on_disk(n_fit, g["embedding_dim"]):
-            factor = 0.75
-        need = int(g["fit_statistics_bytes"] * factor)
-        if available is not None and need > available:
-            raise PadimError(
-                f"this geometry needs about {need / 2**30:.1f} GiB to fit ({g['positions']:,} "
-                f"positions x {g['embedding_dim']} channels) and {available / 2**30:.1f} GiB is "
-                "available: use --tile-statistics shared, fewer --channels or a smaller --size"
-            )
-
-    def effective_batch(self) -> int:
-        """Images per forward pass: `batch_size`, fewer when one image's embeddings are large
-        (native resolution, many tiles), so a batch's embeddings stay near EMBED_BATCH_BYTES."""
-        g = self.geometry()
-        tiling = g.get("tiling")
-        samples = 1  # embedding grids per image of the Gaussians' size: a tile's when shared
-        if tiling is not None and tiling["statistics"] == "shared":
-            samples = tiling["tiles"][0] * tiling["tiles"][1]
-        cells = g["positions"] * samples
-        per_image = cells * g["embedding_dim"] * 4 * 3  # embeddings, by position, float64 chunk
-        return max(1, min(self.batch_size, EMBED_BATCH_BYTES // per_image))
-
-    def fit(self, images: ImageInput | Iterable[ImageInput], loader: Loader | None = None) -> Padim:
+    def fit(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        loader: Loader | None = None,
+        gather: Gather | None = None,
+    ) -> Padim:
         """Fit the per-position Gaussians on good images and calibrate the threshold.
 
         Parameters
@@ -408,6 +241,8 @@ class Padim:
             images (sub-folders included). They are streamed in batches.
         loader : callable, optional
             `loader(index, item)` replaces reading + resizing item `index` (see `Loader`).
+        gather : callable, optional
+            How the sums are computed (see `padim.model.fitting.Gather`): the Ray engine's.
 
         Returns
         -------
@@ -415,156 +250,15 @@ class Padim:
             self, fitted; a fraction of the images was held out to calibrate `threshold_` and
             then added to the Gaussians.
         """
-        plan = self.plan_fit(images)
-        self.check_memory(n_fit=len(plan.fit_items))
-        embedder = self.build_embedder()
-        bar = self.progress_bar(plan.n, "fit")
-        with torch.inference_mode(), HoldoutStore() as holdout, HoldoutStore() as train:
-            batches = self._embeddings(embedder, plan.fit_items, loader, bar)
-            if self._embeddings_on_disk(len(plan.fit_items), embedder.dim):
-                for emb in batches:
-                    train.add(emb)
-                stats = GaussianStats.from_store(train)
-            else:
-                stats = GaussianStats.from_batches(batches)
-            # held out: kept on disk, scored by a model that never saw them, then added
-            for emb in self._embeddings(embedder, plan.hold_items, loader, bar):
-                holdout.add(emb)
-            bar.close()
-            return self.finish_fit(plan, embedder, stats, holdout, loader)
-
-    def _embeddings_on_disk(self, n: int, dim: int) -> bool:
-        """Whether to fit from the embeddings kept on disk (two passes, memory of one chunk of
-        positions) rather than from float64 sums held in memory (one pass, memory set by the
-        channels alone): on disk when they take at most 4x the memory the sums would, and
-        the sums are not to be kept in the model file."""
-        sums = BlockLayout.for_dim(dim).size * 8  # bytes per position in memory
-        return self.config.statistics != "keep" and n * dim * 4 <= 4 * sums
-
-    def _embeddings(
-        self,
-        embedder: Embedder | TiledEmbedder,
-        items: Sequence[tuple[int, ImageInput]],
-        loader: Loader | None,
-        bar: tqdm,
-    ) -> Iterator[torch.Tensor]:
-        """Embedding batches of `items`, counted on `bar`."""
-        for x in self.tensor_batches(items, loader):
-            yield embedder(x)
-            bar.update(len(x))
-
-    def plan_fit(self, images: ImageInput | Iterable[ImageInput]) -> FitPlan:
-        """The training items and their seeded split into fitted and held-out images (the same
-        for every engine, so a distributed fit sees exactly the local fit's images)."""
-        items = self._training_items(images)
-        n = len(items)
-        if self.config.size in ("auto", "native") and n:
-            sample = items[:: max(1, n // AUTO_SAMPLE)][:AUTO_SAMPLE]
-            shapes = [image_shape(item) for item in sample]
-            self.config.size = (auto_size if self.config.size == "auto" else native_size)(shapes)
-            self.config.validate()  # the tiles, now that the input size is known
-        if n < MIN_TRAIN_IMAGES:
-            raise PadimError(
-                f"need at least {MIN_TRAIN_IMAGES} good training images to fit a "
-                f"covariance, got {n}"
-            )
-        return self._split(items, np.random.default_rng(self.config.seed), MIN_TRAIN_IMAGES)
-
-    @staticmethod
-    def _training_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-        """A folder's training images (an MVTec category's train/good), or the items given."""
-        if isinstance(images, str | Path) and Path(images).is_dir():
-            return list(training_images(images))
-        return expand_inputs(images)
-
-    def _split(self, items: list[ImageInput], rng: np.random.Generator, keep: int) -> FitPlan:
-        """Hold out `holdout_fraction` of the items (none when fewer than
-        MIN_IMAGES_FOR_HOLDOUT), keeping at least `keep` of them to fit."""
-        n = len(items)
-        order = rng.permutation(n)
-        n_hold = 0
-        if n >= MIN_IMAGES_FOR_HOLDOUT:
-            n_hold = max(0, min(n - keep, round(self.config.holdout_fraction * n)))
-        indexed = list(enumerate(items))
-        return FitPlan(
-            n=n,
-            fit_items=[indexed[i] for i in sorted(order[: n - n_hold])],
-            hold_items=[indexed[i] for i in sorted(order[n - n_hold :])],
-            started=time.perf_counter(),
-        )
-
-    def finish_fit(
-        self,
-        plan: FitPlan,
-        embedder: Embedder | TiledEmbedder,
-        stats: GaussianStats,
-        holdout: HoldoutStore | torch.Tensor | None,
-        loader: Loader | None = None,
-    ) -> Padim:
-        """Factorise the summed statistics, score the held-out embeddings and calibrate a
-        threshold per score mode (consumes `stats`)."""
-        with torch.inference_mode():
-            keep = self.config.statistics == "keep"
-            factor_bar = self.progress_bar(stats.positions, "factorise", unit="pos")
-            gaussian, held_out = GaussianModel.fit(
-                stats,
-                self.config.regularisation,
-                holdout,
-                consume=not keep,
-                on_chunk=factor_bar.update,
-                shrinkage=self.config.shrinkage,
-            )
-            factor_bar.close()
-            self.statistics_ = stats if keep else None  # every image's sums, held-out included
-            del stats, holdout
-            roi = self._roi_mask(plan)
-            net = PadimNet(
-                embedder, gaussian, self.config.sigma, self.config.score_mode, roi=roi
-            ).eval()
-            self.net_ = net
-            source = HELD_OUT
-            if held_out is not None:
-                held_out = net.stitch_held_out(held_out)
-            if held_out is None:  # too few images to hold any out: in-sample terms (optimistic)
-                held_out = self._in_sample_terms(net, plan.fit_items, loader)
-                source = "in-sample good training images (too few to hold out)"
-            net.term_stats = term_statistics(held_out.mahalanobis, held_out.chebyshev)
-            scores = self._mode_scores(net, held_out)
-        n_cal = held_out.mahalanobis.shape[0]
-        self._calibrate_quantiles(scores, f"{n_cal} {source}")
-        self.training_ = TrainingSummary(
-            n_train=plan.n,
-            n_holdout=len(plan.hold_items),
-            fit_seconds=round(time.perf_counter() - plan.started, 3),
-            weights=self._weights_description(),
-            good_score_summary=score_summary(scores[self.config.score_mode]),
-            shrinkage_intensity=(
-                None
-                if gaussian.shrinkage_rho is None
-                else score_summary(gaussian.shrinkage_rho.numpy())
-            ),
-            warning=(
-                f"fitted on {plan.n} image(s): the threshold comes from the training "
-                "images themselves; calibrate it on labelled data"
-                if plan.n < MIN_IMAGES_FOR_HOLDOUT
-                else None
-            ),
-            roi=None
-            if roi is None
-            else {
-                "source": "array" if isinstance(self.roi, np.ndarray) else Path(str(self.roi)).name,
-                "inside_fraction": round(float(roi.float().mean()), 6),
-            },
-        )
-        return self
+        return self._adopt(self.fitter().fit(images, loader, gather))
 
     def partial_fit(self, images: ImageInput | Iterable[ImageInput]) -> Padim:
         """Add good images to a fitted model without its old images.
 
         The new images' sums are merged into the kept training statistics (`statistics_`, the
         same exact merge a distributed fit uses), so the Gaussians equal a fit on all images.
-        Threshold rule: `holdout_fraction` of the new images (a seeded split) are scored by the
-        Gaussians before they are added; their scores join the held-out good scores kept in
+        Threshold rule: `holdout_fraction` of the new images (a seeded split) are scored by
+        the Gaussians before they are added; their scores join the held-out good scores kept in
         the model, and the quantile threshold, the normalised-score spread and every operating
         point chosen on held-out images are recomputed from that pool. Operating points chosen
         on labelled data keep their thresholds, with a warning to calibrate them again.
@@ -572,195 +266,177 @@ class Padim:
         """
         if not self.is_fitted:
             return self.fit(images)
-        if self.statistics_ is None:
-            raise PadimError(
-                "this model keeps no training statistics (fitted with --statistics drop, "
-                "or by an older padim): fit it again on all images, with --statistics keep"
-            )
-        items = self._training_items(images)
-        if not items:
-            raise PadimError("no new images to add")
-        updates = list(self.training_.updates or []) if self.training_ else []
-        plan = self._split(items, np.random.default_rng([self.config.seed, len(updates) + 1]), 0)
-        net = self.fitted_net()
-        bar = self.progress_bar(plan.n, "update")
-        with torch.inference_mode(), HoldoutStore() as holdout:
-            stats = self.statistics_
-            if plan.fit_items:
-                new = GaussianStats.from_batches(
-                    self._embeddings(net.embedder, plan.fit_items, None, bar)
-                )
-                stats = stats.merge(new)
-            for emb in self._embeddings(net.embedder, plan.hold_items, None, bar):
-                holdout.add(emb)
-            bar.close()
-            if stats is self.statistics_:  # GaussianModel.fit adds the held-out images to it
-                stats = stats.copy()
-            gaussian, held_out = GaussianModel.fit(
-                stats,
-                self.config.regularisation,
-                holdout,
-                shrinkage=self.config.shrinkage,
-            )
-            net.set_gaussian(gaussian)
-            new_scores: dict[str, np.ndarray] = {}
-            if held_out is not None:
-                new_scores = self._mode_scores(net, net.stitch_held_out(held_out))
-        self.statistics_ = stats
-        self._recalibrate_after_update(new_scores)
-        seconds = round(time.perf_counter() - plan.started, 3)
-        updates.append(
-            {
-                "added": plan.n,
-                "held_out": len(plan.hold_items),
-                "seconds": seconds,
-                "when": now_iso(),
-            }
+        state = self.state()
+        fitter = Fitter(state.config, self.weights, state.device, self.batch_size, self.progress)
+        return self._adopt(fitter.update(state, images))
+
+    def state(self) -> ModelState:
+        """The learned state as one object (what the model file holds)."""
+        return ModelState(
+            self.config_,
+            self.fitted_net(),
+            self.calibration_,
+            self.training_,
+            self.statistics_,
+            self.device_,
         )
-        if self.training_ is not None:
-            self.training_.n_train += plan.n
-            self.training_.n_holdout += len(plan.hold_items)
-            self.training_.updates = updates
-            mode = self.config.score_mode
-            if mode in self.holdout_scores_:
-                self.training_.good_score_summary = score_summary(self.holdout_scores_[mode])
+
+    def _adopt(self, state: ModelState) -> Padim:
+        self.config_ = state.config
+        self.net_ = state.net
+        self.calibration_ = state.calibration
+        self.training_ = state.training
+        self.statistics_ = state.statistics
+        self.device_ = state.device
         return self
 
-    def _recalibrate_after_update(self, new_scores: dict[str, np.ndarray]) -> None:
-        """Pool the new held-out scores with the kept ones and recompute what rests on them."""
-        pooled = {
-            m: np.concatenate([self.holdout_scores_.get(m, np.empty(0)), new_scores.get(m, [])])
-            for m in SCORE_MODES
-        }
-        if not all(v.size for v in pooled.values()):
-            return  # nothing held out, ever: keep the thresholds as they are
-        current = self.operating_point_
-        self._calibrate_quantiles(pooled, f"{pooled[self.config.score_mode].size} {HELD_OUT}")
-        for name, point in self.operating_points_.items():  # "fit" is recomputed already
-            fpr = (point.target or {}).get("fpr")
-            if name == "fit":
-                continue
-            if fpr is not None and point.data.endswith(HELD_OUT):
-                good = pooled[point.score_mode]
-                self.operating_points_[name] = measured_point(
-                    name,
-                    target_fpr_threshold(good, fpr),
-                    point.score_mode,
-                    point.rule,
-                    f"{good.size} {HELD_OUT}",
-                    good,
-                    target=point.target,
-                )
-            else:
-                point.warning = (
-                    "chosen before images were added with padim update: calibrate it again"
-                )
-        if current is not None and current in self.operating_points_:
-            self._activate(self.operating_points_[current])
+    # ------------------------------------------------------------------ learned state
 
-    def _roi_mask(self, plan: FitPlan) -> torch.Tensor | None:
-        """The region of interest at the model input (H, W) bool, from `roi` given at the
-        training images' geometry (same aspect ratio), or None."""
-        if self.roi is None:
-            return None
-        mask = self.roi if isinstance(self.roi, np.ndarray) else read_mask(self.roi)
-        mask = np.asarray(mask).astype(bool)
-        if mask.ndim != 2:
-            raise PadimError(
-                f"the region of interest must be a single-channel mask, got shape {mask.shape}"
-            )
-        w, h = image_shape(plan.fit_items[0][1])
-        if abs(mask.shape[1] / mask.shape[0] - w / h) > 0.02 * w / h:
-            raise PadimError(
-                f"the region of interest is {mask.shape[1]}x{mask.shape[0]} but the "
-                f"training images are {w}x{h}: give it at their geometry"
-            )
-        roi = self.preprocess.mask(mask)
-        if not roi.any():
-            raise PadimError("the region of interest is empty at the model's input geometry")
-        return torch.from_numpy(np.ascontiguousarray(roi)).to(self.device)
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "net_", None) is not None
 
-    def _in_sample_terms(
-        self, net: PadimNet, items: Sequence[tuple[int, ImageInput]], loader: Loader | None
-    ) -> HeldOut:
-        maha, cheb = [], []
-        for x in self.tensor_batches(items, loader):
-            m, c = net.terms(net.embedder(x), "hybrid")
-            assert m is not None and c is not None  # "hybrid" needs both terms
-            maha.append(m)
-            cheb.append(c)
-        return HeldOut(torch.cat(maha), torch.cat(cheb))
+    def fitted_net(self) -> PadimNet:
+        """The fitted torch model, or a clear error if there is none yet."""
+        net = getattr(self, "net_", None)
+        if net is None:
+            raise PadimError("the model is not fitted yet: call fit() or padim.load()")
+        return net
 
-    def _mode_scores(self, net: PadimNet, held: HeldOut) -> dict[str, np.ndarray]:
-        """The held-out images' scores (float64) under every score mode."""
-        size = self.preprocess.output_hw
-        out = {}
-        n = held.mahalanobis.shape[0]
-        step = self.effective_batch()  # full-size maps of a few images at a time
-        for mode in SCORE_MODES:
-            parts = [
-                net.maps_from_terms(
-                    held.mahalanobis[i : i + step], held.chebyshev[i : i + step], size, mode
-                )[0]
-                for i in range(0, n, step)
-            ]
-            out[mode] = torch.cat(parts).double().cpu().numpy()
-        return out
+    @property
+    def preprocess(self) -> Preprocess:
+        """The input geometry (chosen from the training images by `fit` with size "auto")."""
+        return self.sizing.preprocess
 
-    def _calibrate_quantiles(self, scores: dict[str, np.ndarray], data: str) -> None:
-        """From the held-out good scores of every mode: the quantile thresholds, the normalised
-        score's spread, and the "fit" operating point (made current)."""
-        q = self.config.threshold_quantile
-        self.holdout_scores_ = {m: np.asarray(v, np.float64) for m, v in scores.items()}
-        for mode, values in self.holdout_scores_.items():
-            self.thresholds_[mode] = quantile_threshold(values, q)
-            self.score_scales_[mode] = float(values.std())
-        mode = self.config.score_mode
-        self._activate(
-            measured_point(
-                "fit",
-                self.thresholds_[mode],
-                mode,
-                f"quantile {q} of the scores",
-                data,
-                self.holdout_scores_[mode],
-            )
-        )
+    @property
+    def tile_grid(self) -> TileGrid | None:
+        return self.sizing.tile_grid
+
+    def geometry(self) -> dict[str, Any]:
+        """What the geometry costs (see `Sizing.geometry`)."""
+        return self.sizing.geometry()
+
+    def check_memory(self, available: int | None = None, n_fit: int | None = None) -> None:
+        """Refuse a geometry whose statistics cannot fit in memory (see `Sizing.check_memory`)."""
+        self.sizing.check_memory(available, n_fit)
+
+    def effective_batch(self) -> int:
+        """Images per forward pass (see `Sizing.effective_batch`)."""
+        return self.sizing.effective_batch(self.batch_size)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The learned state as one JSON-ready dict (the model file's `info`; read-only)."""
+        training = getattr(self, "training_", None)
+        out = training.to_dict() if training is not None else {}
+        calibration = getattr(self, "calibration_", None)
+        return {**out, **(calibration.to_info() if calibration is not None else {})}
+
+    def progress_bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
+        """A progress bar shown when this model was made with `progress=True`."""
+        return progress_bar(total, desc, unit, self.progress)
+
+    # ------------------------------------------------------------------ thresholds
+
+    @property
+    def calibration(self) -> Thresholds:
+        """`calibration_`, made empty on first use by an unfitted model."""
+        if getattr(self, "calibration_", None) is None:
+            self.calibration_ = Thresholds(self.config.score_mode)
+        return self.calibration_
+
+    threshold_ = property(
+        lambda self: self.calibration.current,
+        lambda self, v: setattr(self.calibration, "current", v),
+        doc="Images (and pixels) scoring above it are anomalous, for the current score mode.",
+    )
+    thresholds_ = property(
+        lambda self: self.calibration.by_mode,
+        lambda self, v: setattr(self.calibration, "by_mode", v),
+        doc="The calibrated threshold of every score mode.",
+    )
+    threshold_source_ = property(
+        lambda self: self.calibration.source,
+        lambda self, v: setattr(self.calibration, "source", v),
+        doc="How `threshold_` was chosen.",
+    )
+    operating_points_ = property(
+        lambda self: self.calibration.points,
+        lambda self, v: setattr(self.calibration, "points", v),
+        doc="Named thresholds with their rule, data and measured rates.",
+    )
+    operating_point_ = property(
+        lambda self: self.calibration.active,
+        lambda self, v: setattr(self.calibration, "active", v),
+        doc="The name of the operating point `threshold_` comes from.",
+    )
+    score_scales_ = property(
+        lambda self: self.calibration.scales,
+        lambda self, v: setattr(self.calibration, "scales", v),
+        doc="Per score mode, the spread of the held-out good scores.",
+    )
+    holdout_scores_ = property(
+        lambda self: self.calibration.holdout_scores,
+        lambda self, v: setattr(self.calibration, "holdout_scores", v),
+        doc="Per score mode, the held-out good images' scores.",
+    )
+
+    @property
+    def score_scale(self) -> ScoreScale:
+        """The normalised score's mapping at the current threshold (see `padim.normalise`)."""
+        return self.calibration.scale()
+
+    def threshold_for(self, threshold: float | None = None, name: str | None = None) -> float:
+        """A given threshold, a named operating point's, or the current one."""
+        return self.calibration.resolve(threshold, name)
+
+    def operating_point(self, name: str) -> OperatingPoint:
+        """The named operating point, usable with the current score mode."""
+        return self.calibration.point(name)
+
+    def use_operating_point(self, name: str) -> None:
+        """Make a stored operating point the model's threshold."""
+        self.calibration.use(name)
+
+    def add_operating_point(self, point: OperatingPoint) -> None:
+        """Store `point` under its name (replacing one of that name) and make it current."""
+        self.calibration.add(point)
+
+    def set_threshold(
+        self, value: float, source: str = "set by user", name: str = "manual"
+    ) -> None:
+        """Use `value` as the current score mode's threshold (operating point `name`)."""
+        self.calibration.set_value(value, source, name)
+
+    def calibrate(self, scores: np.ndarray, labels: np.ndarray, name: str = "f1") -> float:
+        """Set the F1-optimal threshold of labelled validation scores (label 1 = anomalous);
+        returns it."""
+        return self.calibration.f1(scores, labels, name).threshold
+
+    def calibrate_recall(
+        self, scores: np.ndarray, labels: np.ndarray, recall: float, name: str | None = None
+    ) -> OperatingPoint:
+        """The threshold finding at least `recall` of the anomalous images with the best
+        precision, on labelled validation scores; made current."""
+        return self.calibration.recall(scores, labels, recall, name)
+
+    def calibrate_fpr(
+        self,
+        fpr: float,
+        good_scores: np.ndarray | None = None,
+        data: str | None = None,
+        name: str | None = None,
+    ) -> OperatingPoint:
+        """The lowest threshold flagging at most `fpr` of good images: `good_scores` (described
+        by `data`), or the held-out good training images kept in the model; made current. Its
+        `warning` says when the images are too few to show that rate."""
+        return self.calibration.fpr(fpr, good_scores, data, name)
 
     def set_score_mode(self, mode: str) -> None:
         """Score with another mode; the threshold becomes the one calibrated for it."""
-        net = self.fitted_net()
-        net.set_score_mode(mode)
-        if mode not in self.thresholds_:
-            raise PadimError(
-                f"this model has no calibrated threshold for score mode {mode}: "
-                "re-fit it with this padim"
-            )
-        self.config.score_mode = mode
-        self.threshold_ = float(self.thresholds_[mode])
-        same = [
-            p.name
-            for p in self.operating_points_.values()
-            if p.score_mode == mode and p.threshold == self.threshold_
-        ]
-        self.operating_point_ = same[0] if same else None
-
-    def _weights_description(self) -> str:
-        if self.weights is None:
-            return f"imagenet ({get_backbone(self.config.backbone).weights_source})"
-        return "random" if str(self.weights) == "random" else f"file {Path(self.weights).name}"
-
-    def tensor_batches(
-        self, items: Sequence[tuple[int, ImageInput]], loader: Loader | None = None
-    ) -> Iterator[torch.Tensor]:
-        """Batches of (index, item) pairs as image tensors on the model's device."""
-        chunks = batches(items, self.effective_batch())
-        if loader is None:  # read and resize the next batch while this one is embedded
-            for x in self.preprocess.stream([item for _, item in c] for c in chunks):
-                yield torch.from_numpy(x).to(self.device)
-            return
-        for chunk in chunks:
-            yield torch.stack([loader(i, item) for i, item in chunk]).to(self.device)
+        self.fitted_net().set_score_mode(mode)
+        self.calibration.set_mode(mode)
+        self.config.score_mode = self.score_mode = mode
 
     # ------------------------------------------------------------------ inference
 
@@ -775,7 +451,7 @@ class Padim:
         with torch.inference_mode():
             chunks = list(batches(items, self.effective_batch()))
             for chunk, x in zip(chunks, pre.stream(chunks), strict=True):
-                s, m = net(torch.from_numpy(x).to(self.device))
+                s, m = net(torch.from_numpy(x).to(self.device_))
                 bar.update(len(chunk))
                 yield chunk, x, s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
         bar.close()
@@ -785,17 +461,11 @@ class Padim:
         ((B, 3, H, W) floats in [0, 1]): for callers that transform images themselves."""
         net = self.fitted_net()
         with torch.inference_mode():
-            s, m = net(x.to(self.device))
+            s, m = net(x.to(self.device_))
         return s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
 
     def score(self, images: ImageInput | Iterable[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores and anomaly maps.
-
-        Returns
-        -------
-        scores : ndarray, shape (N,), float32
-        maps : ndarray, shape (N, H, W), float32, at the model's input geometry
-        """
+        """Image scores (N,) and anomaly maps (N, H, W) at the model's input geometry, float32."""
         items = expand_inputs(images)
         if not items:
             raise PadimError("no images to score")
@@ -811,19 +481,9 @@ class Padim:
     ) -> list[Prediction]:
         """Score, verdict, normalised score, anomaly map, mask and defect regions per image.
 
-        Parameters
-        ----------
-        images : folder, path, PIL image, array, or an iterable of them
-        threshold : float, optional
-            Overrides `threshold_` for this call.
-        operating_point : str, optional
-            Use this named operating point's threshold instead (see `operating_points_`).
-        min_area : int
-            Defect regions smaller than this many pixels (of the image itself) are dropped.
-
-        Returns
-        -------
-        list of Prediction
+        `threshold` overrides `threshold_` for this call, `operating_point` uses that named
+        operating point's; defect regions smaller than `min_area` pixels (of the image itself)
+        are dropped.
         """
         self.fitted_net()
         items = expand_inputs(images)
@@ -833,156 +493,22 @@ class Padim:
         out = []
         for item, s, m in zip(items, scores, maps, strict=True):
             wh = image_shape(item)
+            d = decide(float(s), m, thr, scale, self.preprocess, wh, min_area)
+            path = str(item) if isinstance(item, str | Path) else None
             out.append(
                 Prediction(
-                    score=float(s),
-                    is_anomalous=bool(s > thr),
-                    threshold=thr,
-                    anomaly_map=m,
-                    mask=m > thr,
-                    path=str(item) if isinstance(item, str | Path) else None,
-                    normalised_score=scale.one(float(s)),
-                    regions=self.preprocess.regions(m, thr, wh, min_area, scale),
-                    image_size=wh,
+                    d.score,
+                    d.is_anomalous,
+                    thr,
+                    m,
+                    m > thr,
+                    path,
+                    d.normalised_score,
+                    d.regions,
+                    wh,
                 )
             )
         return out
-
-    def _threshold(self, override: float | None) -> float:
-        if override is not None:
-            return float(override)
-        if self.threshold_ is None:
-            raise PadimError("the model has no threshold: fit it or set one")
-        return self.threshold_
-
-    def threshold_for(self, threshold: float | None = None, name: str | None = None) -> float:
-        """A given threshold, a named operating point's, or the current one."""
-        if name is None:
-            return self._threshold(threshold)
-        if threshold is not None:
-            raise PadimError("give either a threshold or an operating point, not both")
-        return self.operating_point(name).threshold
-
-    def operating_point(self, name: str) -> OperatingPoint:
-        """The named operating point, usable with the current score mode."""
-        point = self.operating_points_.get(name)
-        if point is None:
-            known = ", ".join(sorted(self.operating_points_)) or "none"
-            raise PadimError(f"no operating point {name!r} in this model (it has: {known})")
-        if point.score_mode != self.config.score_mode:
-            raise PadimError(
-                f"operating point {name!r} was chosen for score mode {point.score_mode}, "
-                f"not {self.config.score_mode}"
-            )
-        return point
-
-    def use_operating_point(self, name: str) -> None:
-        """Make a stored operating point the model's threshold."""
-        self._activate(self.operating_point(name))
-
-    def add_operating_point(self, point: OperatingPoint) -> None:
-        """Store `point` under its name (replacing one of that name) and make it current."""
-        if point.score_mode != self.config.score_mode:
-            raise PadimError(
-                f"operating point for score mode {point.score_mode}, the model scores with "
-                f"{self.config.score_mode}"
-            )
-        self._activate(point)
-
-    def _activate(self, point: OperatingPoint) -> None:
-        self.operating_points_[point.name] = point
-        self.threshold_ = point.threshold
-        self.thresholds_[point.score_mode] = point.threshold
-        self.threshold_source_ = point.describe()
-        self.operating_point_ = point.name
-
-    def set_threshold(
-        self, value: float, source: str = "set by user", name: str = "manual"
-    ) -> None:
-        """Use `value` as the current score mode's threshold (operating point `name`); `source`
-        says how it was chosen."""
-        if not np.isfinite(value):
-            raise PadimError(f"threshold must be a finite number, got {value}")
-        self.add_operating_point(
-            OperatingPoint(name, float(value), self.config.score_mode, source, "no data")
-        )
-
-    def calibrate(self, scores: np.ndarray, labels: np.ndarray, name: str = "f1") -> float:
-        """Set the F1-optimal threshold of labelled validation scores (label 1 = anomalous);
-        returns it."""
-        thr = f1_optimal_threshold(labels, scores)
-        self._labelled_point(name, thr, "F1-optimal", scores, labels)
-        return thr
-
-    def calibrate_recall(
-        self, scores: np.ndarray, labels: np.ndarray, recall: float, name: str | None = None
-    ) -> OperatingPoint:
-        """The threshold finding at least `recall` of the anomalous images with the best
-        precision, on labelled validation scores; made current."""
-        thr = target_recall_threshold(labels, scores, recall)
-        return self._labelled_point(
-            name or f"recall-{recall:g}",
-            thr,
-            f"target recall {recall:g}",
-            scores,
-            labels,
-            {"recall": recall},
-        )
-
-    def _labelled_point(
-        self,
-        name: str,
-        threshold: float,
-        rule: str,
-        scores: np.ndarray,
-        labels: np.ndarray,
-        target: dict[str, float] | None = None,
-    ) -> OperatingPoint:
-        scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(int)
-        point = measured_point(
-            name,
-            threshold,
-            self.config.score_mode,
-            rule,
-            f"{len(labels)} labelled validation images",
-            scores[labels == 0],
-            scores[labels == 1],
-            target,
-        )
-        self.add_operating_point(point)
-        return point
-
-    def calibrate_fpr(
-        self,
-        fpr: float,
-        good_scores: np.ndarray | None = None,
-        data: str | None = None,
-        name: str | None = None,
-    ) -> OperatingPoint:
-        """The lowest threshold flagging at most `fpr` of good images: `good_scores` (described
-        by `data`), or the held-out good training images kept in the model; made current. Its
-        `warning` says when the images are too few to show that rate."""
-        mode = self.config.score_mode
-        if good_scores is None:
-            if mode not in self.holdout_scores_:
-                raise PadimError(
-                    "this model keeps no held-out good scores (written by an older padim): "
-                    "give a folder of good images"
-                )
-            good_scores = self.holdout_scores_[mode]
-            data = f"{len(good_scores)} {HELD_OUT}"
-        good_scores = np.asarray(good_scores, np.float64)
-        point = measured_point(
-            name or f"fpr-{fpr:g}",
-            target_fpr_threshold(good_scores, fpr),
-            mode,
-            f"target false-alarm rate {fpr:g}",
-            data or f"{len(good_scores)} good images",
-            good_scores,
-            target={"fpr": fpr},
-        )
-        self.add_operating_point(point)
-        return point
 
     # ------------------------------------------------------------------ persistence
 
@@ -990,7 +516,7 @@ class Padim:
         """Write the model (tensors + JSON config) to one safetensors file, atomically."""
         from padim.model.modelfile import write_model
 
-        write_model(self, path)
+        write_model(self.state(), path)
         return Path(path)
 
     @classmethod
@@ -1007,7 +533,10 @@ class Padim:
         also reads the training sums, which only `partial_fit` needs."""
         from padim.model.modelfile import read_model
 
-        model = read_model(cls, path, device, batch_size, statistics)
+        state = read_model(path, resolve_device(device), statistics)
+        model = cls.from_config(state.config, weights="random", batch_size=batch_size)
+        model.device = device
+        model._adopt(state)
         if score_mode is not None and score_mode != model.config.score_mode:
             model.set_score_mode(score_mode)
         return model
@@ -1018,23 +547,10 @@ def load(
     device: str = options.DEVICE.default,
     batch_size: int = options.BATCH_SIZE.default,
     score_mode: str | None = None,
+    statistics: bool = False,
 ) -> Padim:
-    """Load a model file written by `Padim.save`.
-
-    Parameters
-    ----------
-    path : str or Path
-        A `.safetensors` model file (formats 1-3).
-    device : str
-        "auto", "cpu" or "cuda".
-    batch_size : int
-        Images per batch when scoring.
-    score_mode : str, optional
-        Score with this mode (and its calibrated threshold) instead of the fitted one.
-
-    Returns
-    -------
-    Padim
-        A fitted model.
-    """
-    return Padim.load(path, device=device, batch_size=batch_size, score_mode=score_mode)
+    """Load a model file written by `Padim.save` (formats 1-3) on `device` ("auto", "cpu",
+    "cuda"), scoring `batch_size` images at a time, with `score_mode` (and its calibrated
+    threshold) instead of the fitted one; `statistics` also reads the training sums that
+    `partial_fit` (`padim update`) adds images to."""
+    return Padim.load(path, device, batch_size, score_mode, statistics)

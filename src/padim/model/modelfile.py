@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import torch
 
     from padim.core.net import PadimNet
-    from padim.model.estimator import Padim
+    from padim.model.config import PadimConfig
+    from padim.model.state import ModelState
     from padim.model.tensorfile import Chunked
 
 FORMAT_NAME = "padim-model"
@@ -137,28 +138,23 @@ def _parse_header(meta: dict[str, str], path: Path) -> dict[str, Any]:
     return config
 
 
-# ----------------------------------------------------------------------------- Padim <-> file
+# ----------------------------------------------------------------------------- state <-> file
 
 
-def keeps_statistics(model: Padim) -> bool:
-    """Whether the model's file holds its training statistics (asked for, and present)."""
-    return model.statistics_ is not None and model.config.statistics == "keep"
-
-
-def model_header(model: Padim) -> dict[str, Any]:
+def model_header(state: ModelState) -> dict[str, Any]:
     """The JSON side of a model file: config, backbone, geometry, threshold and learned info."""
     import dataclasses
 
     from padim.core.backbones import get_backbone
 
-    net = model.fitted_net()
-    spec = get_backbone(model.config.backbone)
-    pre = model.preprocess
+    net = state.net
+    spec = get_backbone(state.config.backbone)
+    pre = state.sizing.preprocess
     return {
         "library_version": __version__,
         "config": {  # "keep" only when the file really holds the training statistics
-            **model.config.to_dict(),
-            "statistics": "keep" if keeps_statistics(model) else "drop",
+            **state.config.to_dict(),
+            "statistics": "keep" if state.keeps_statistics else "drop",
         },
         "backbone": {
             "name": spec.name,
@@ -171,20 +167,20 @@ def model_header(model: Padim) -> dict[str, Any]:
         "grid": [spec.grid_side(side) for side in pre.output_hw],
         "input_size": to_json(pre.output_wh),  # a side when square (as always), else [w, h]
         "positions": int(net.gauss_mean.shape[0]),  # Gaussians: the grid's, or a tile's
-        **({"tiling": model.geometry()["tiling"]} if model.config.tile is not None else {}),
-        "threshold": model.threshold_,
-        "info": model.info,
+        **({"tiling": state.sizing.geometry()["tiling"]} if state.config.tile is not None else {}),
+        "threshold": state.calibration.current,
+        "info": state.info(),
     }
 
 
-def write_model(model: Padim, path: str | Path) -> None:
+def write_model(state: ModelState, path: str | Path) -> None:
     """Save a fitted model: backbone weights, channel selection, Gaussians (lower triangles of
     the whitening matrices in the configured precision) and the JSON header."""
     import torch
 
     from padim.model.tensorfile import Chunked
 
-    net = model.fitted_net()
+    net = state.net
     tensors: dict[str, torch.Tensor | Chunked] = {
         f"backbone.{k}": v for k, v in net.embedder.extractor.state_dict().items()
     }
@@ -193,7 +189,7 @@ def write_model(model: Padim, path: str | Path) -> None:
     if projection is not None:
         tensors["embedding.projection"] = projection
     tensors["gaussian.mean"] = net.gauss_mean
-    dtype = getattr(torch, model.config.storage)  # validated: float16 or float32
+    dtype = getattr(torch, state.config.storage)  # validated: float16 or float32
     gaussian = net.gaussian  # float16 halves the triangles; converted block by block
     tensors["gaussian.whitening_tril"] = Chunked(
         dtype, gaussian.tril_shape, lambda: gaussian.tril_chunks(dtype)
@@ -203,48 +199,57 @@ def write_model(model: Padim, path: str | Path) -> None:
     tensors["scoring.term_stats"] = net.term_stats
     if net.roi is not None:
         tensors["roi.mask"] = net.roi[0, 0].to(torch.uint8)
-    for mode, scores in model.holdout_scores_.items():
+    for mode, scores in state.calibration.holdout_scores.items():
         tensors[GOOD_SCORES_PREFIX + mode] = torch.from_numpy(scores).to(torch.float64)
-    if model.statistics_ is not None and keeps_statistics(model):
-        for key, value in model.statistics_.file_tensors().items():
+    if state.statistics is not None and state.keeps_statistics:
+        for key, value in state.statistics.file_tensors().items():
             tensors[STATISTICS_PREFIX + key] = value
-    save_model_file(path, tensors, model_header(model))
+    save_model_file(path, tensors, model_header(state))
 
 
-def read_model(
-    cls: type[Padim], path: str | Path, device: str, batch_size: int, statistics: bool = False
-) -> Padim:
-    """Rebuild a fitted `cls` from a model file (formats 1-3); with `statistics`, also the
-    training sums (for `partial_fit`)."""
+def read_model(path: str | Path, device: torch.device, statistics: bool = False) -> ModelState:
+    """Rebuild a fitted model's state from its file (formats 1-3); with `statistics`, also the
+    training sums (for `update`)."""
+    from padim.model.config import PadimConfig, TrainingSummary
+    from padim.model.state import ModelState
+    from padim.model.thresholds import Thresholds
+
     tensors, header = load_model_file(path, statistics)
     try:
         try:
-            model = _from_header(cls, header, device, batch_size)
-            validate_model(model, header, tensors)
+            config = PadimConfig(**header["config"])
+            config.validate()
+            info = dict(header.get("info", {}))
+            calibration = Thresholds.from_info(info, header["threshold"], config.score_mode)
+            validate_model(config, calibration, header, tensors)
         except PadimError as exc:
             raise PadimError(f"model file {path} is damaged or inconsistent: {exc}") from None
-        model.net_ = _build_net(model, tensors, header)
-        _read_calibration(model, tensors, statistics)
+        net = _build_net(config, tensors, header).to(device).eval()
+        state = ModelState(config, net, calibration, TrainingSummary.from_dict(info), None, device)
+        _read_calibration(state, tensors, statistics)
     except PadimError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         raise PadimError(f"model file is incompatible or damaged: {path} ({exc})") from None
-    return model
+    return state
 
 
-def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def validate_model(
+    cfg: PadimConfig, calibration: Any, header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
     """Everything a model file says must agree with its tensors and be usable: bounded numbers,
     the geometry's grid, channel indices in range, finite values. A file that fails here would
     otherwise score NaN (a silent "good") or crash mid-run."""
     import torch
 
     from padim.core.backbones import get_backbone
+    from padim.model.sizing import Sizing
 
-    cfg = model.config
+    sizing = Sizing(cfg)
     spec = get_backbone(cfg.backbone)
     if not 0 <= cfg.sigma <= MAX_SIGMA:
         raise PadimError(f"sigma {cfg.sigma} is outside [0, {MAX_SIGMA:g}]")
-    pre = model.preprocess
+    pre = sizing.preprocess
     out_h, out_w = pre.output_hw
     grid = [spec.grid_side(out_h), spec.grid_side(out_w)]
     dim = header.get("embedding_dim")
@@ -255,7 +260,7 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
             f"geometry ({header.get('input_size')!r}, grid {header.get('grid')!r}) "
             f"does not match size {cfg.size} / crop {cfg.crop}"
         )
-    for name, value in [("threshold", header.get("threshold")), *model.thresholds_.items()]:
+    for name, value in [("threshold", header.get("threshold")), *calibration.by_mode.items()]:
         if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
             raise PadimError(f"{name} {value!r} is not a finite number")
     idx = tensors.get("embedding.channel_idx")
@@ -281,7 +286,7 @@ def validate_model(model: Padim, header: dict[str, Any], tensors: dict[str, torc
             f"channel indices are not {dim} increasing indices below {spec.total_channels}"
         )
     mean = tensors.get("gaussian.mean")
-    positions = model.geometry()["positions"]  # the grid's, or a tile's (shared statistics)
+    positions = sizing.geometry()["positions"]  # the grid's, or a tile's (shared statistics)
     if mean is None or mean.shape != (positions, dim):
         raise PadimError(
             f"Gaussian means {tuple(mean.shape) if mean is not None else None} do "
@@ -325,11 +330,13 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
-def _read_calibration(model: Padim, tensors: dict[str, torch.Tensor], statistics: bool) -> None:
+def _read_calibration(
+    state: ModelState, tensors: dict[str, torch.Tensor], statistics: bool
+) -> None:
     """The held-out good scores and (when asked) the training statistics."""
-    from padim.core.gaussian import GaussianStats
+    from padim.core.statistics import GaussianStats
 
-    model.holdout_scores_ = {
+    state.calibration.holdout_scores = {
         key.removeprefix(GOOD_SCORES_PREFIX): tensor.double().numpy()
         for key, tensor in tensors.items()
         if key.startswith(GOOD_SCORES_PREFIX)
@@ -343,49 +350,27 @@ def _read_calibration(model: Padim, tensors: dict[str, torch.Tensor], statistics
     }
     if not stats:
         return
-    model.statistics_ = GaussianStats.from_file_tensors(stats)
-    expected = tuple(model.fitted_net().gauss_mean.shape)
-    if tuple(model.statistics_.shift.shape) != expected:
+    state.statistics = GaussianStats.from_file_tensors(stats)
+    expected = tuple(state.net.gauss_mean.shape)
+    if tuple(state.statistics.shift.shape) != expected:
         raise PadimError(
-            f"training statistics {tuple(model.statistics_.shift.shape)} do not match the "
+            f"training statistics {tuple(state.statistics.shift.shape)} do not match the "
             f"Gaussians {expected}"
         )
 
 
-def _from_header(cls: type[Padim], header: dict[str, Any], device: str, batch_size: int) -> Padim:
-    from padim.model.calibration import OperatingPoint
-    from padim.model.config import PadimConfig, TrainingSummary
-
-    cfg = PadimConfig(**header["config"])
-    model = cls.from_config(cfg, weights="random", batch_size=batch_size, device=device)
-    info = dict(header.get("info", {}))
-    model.threshold_ = None if header["threshold"] is None else float(header["threshold"])
-    model.threshold_source_ = info.get("threshold_source")
-    model.thresholds_ = {k: float(v) for k, v in (info.get("thresholds") or {}).items()}
-    if not model.thresholds_ and model.threshold_ is not None:  # files before format 3
-        model.thresholds_ = {cfg.score_mode: model.threshold_}
-    model.training_ = TrainingSummary.from_dict(info)
-    scales = info.get("score_scales")
-    if isinstance(scales, dict):
-        model.score_scales_ = {k: float(v) for k, v in scales.items()}
-    elif model.training_.good_score_summary.get("std"):  # older files: the fitted mode's spread
-        model.score_scales_ = {cfg.score_mode: float(model.training_.good_score_summary["std"])}
-    points = info.get("operating_points") or {}
-    model.operating_points_ = {k: OperatingPoint.from_dict(v) for k, v in points.items()}
-    active = info.get("operating_point")
-    model.operating_point_ = active if active in model.operating_points_ else None
-    return model
-
-
-def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> PadimNet:
+def _build_net(
+    config: PadimConfig, tensors: dict[str, torch.Tensor], header: dict[str, Any]
+) -> PadimNet:
     from padim.core.backbones import Normalisation, fuse_batchnorm, get_backbone
     from padim.core.features import Embedder
     from padim.core.gaussian import GaussianModel, tril_size
     from padim.core.net import PadimNet
+    from padim.model.sizing import Sizing
 
-    spec = get_backbone(model.config.backbone)
+    spec = get_backbone(config.backbone)
     fused = bool(header["backbone"].get("batchnorm_fused"))  # older files: plain weights
-    extractor = spec.build("random", seed=model.config.seed, fused=fused)
+    extractor = spec.build("random", seed=config.seed, fused=fused)
     backbone_state = {
         k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")
     }
@@ -396,7 +381,7 @@ def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str,
     norm = Normalisation(tuple(stored["mean"]), tuple(stored["std"]))
     idx = tensors["embedding.channel_idx"]
     projection = tensors.get("embedding.projection")
-    embedder = model.with_tiles(
+    embedder = Sizing(config).with_tiles(
         Embedder(extractor, norm, spec.channels, idx, spec.cpu_batch, projection)
     )
     mean = tensors["gaussian.mean"]
@@ -416,15 +401,6 @@ def _build_net(model: Padim, tensors: dict[str, torch.Tensor], header: dict[str,
     gaussian.std = tensors.get("gaussian.std")
     if gaussian.std is not None and gaussian.std.shape != mean.shape:
         raise PadimError("model file tensors do not match each other (std)")
-    return (
-        PadimNet(
-            embedder,
-            gaussian,
-            model.config.sigma,
-            model.config.score_mode,
-            tensors.get("scoring.term_stats"),
-            roi=tensors.get("roi.mask"),
-        )
-        .to(model.device)
-        .eval()
-    )
+    term_stats = tensors.get("scoring.term_stats")
+    roi = tensors.get("roi.mask")
+    return PadimNet(embedder, gaussian, config.sigma, config.score_mode, term_stats, roi=roi)

@@ -4,7 +4,7 @@ parallel. Nothing outside this folder imports Ray.
 
 Training statistics are sums, so every shard returns partial `GaussianStats` and a tree of merge
 tasks adds them exactly; the driver then factorises and calibrates as the local fit does (the
-same `Padim.plan_fit` / `finish_fit`).
+same `Fitter`, with `sharded_statistics` as its `Gather`).
 """
 
 from padim.ray_engine.fitting import fit, fit_models, sharded_statistics, split_evenly

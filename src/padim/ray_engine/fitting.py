@@ -3,9 +3,11 @@ models (`padim fit-many`) fitted in parallel tasks."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ from padim.core.holdout import HoldoutStore
 from padim.data.preprocess import Preprocess, batches
 from padim.errors import PadimError
 from padim.files import write_bytes_atomic
-from padim.model.estimator import FitPlan, Padim
+from padim.model.estimator import Padim
 from padim.model.fit_many import ModelJob, failed, fit_one
+from padim.model.fitting import FitPlan, Fitter
 from padim.ray_engine.session import cluster_cpus, require_ray, unwrap_error
 
 
@@ -68,26 +71,23 @@ def fit(model: Padim, images, shards: int | None = None, cpus_per_task: int = 1)
     """Fit `model` on Ray: the same images, split and batches as `model.fit(images)`, the
     batches sharded over tasks (default: one per cluster CPU) and their sums merged exactly.
     Needs a running Ray session (`ray_session`); image paths must be readable by the workers."""
-    plan = model.plan_fit(images)
-    model.check_memory()  # the driver merges and factorises the sums
-    embedder = model.build_embedder().cpu().eval()
-    stats, holdout = sharded_statistics(model, plan, embedder, shards, cpus_per_task)
-    with holdout:
-        return model.finish_fit(plan, embedder.to(model.device), stats, holdout)
+    gather = functools.partial(sharded_statistics, shards=shards, cpus_per_task=cpus_per_task)
+    return model.fit(images, gather=gather)
 
 
 def sharded_statistics(
-    model: Padim,
+    fitter: Fitter,
     plan: FitPlan,
     embedder: torch.nn.Module,
+    stores: ExitStack,
     shards: int | None = None,
     cpus_per_task: int = 1,
 ) -> tuple[GaussianStats, HoldoutStore]:
     """The fitted images' merged statistics and the held-out images' embeddings (on disk, in
-    input order; the caller closes the store), computed by Ray tasks over whole batches (the
-    local fit's batches, so each embedding is the same)."""
+    input order, closed with `stores`), computed by Ray tasks over whole batches (the local
+    fit's batches, so each embedding is the same): a `padim.model.fitting.Gather`."""
     ray = require_ray()
-    pre, size = model.preprocess, model.effective_batch()
+    pre, size = fitter.sizing.preprocess, fitter.batch
     fit_batches = [[item for _, item in chunk] for chunk in batches(plan.fit_items, size)]
     hold_batches = [[item for _, item in chunk] for chunk in batches(plan.hold_items, size)]
     n_shards = shards or max(1, cluster_cpus() // cpus_per_task)
@@ -104,8 +104,8 @@ def sharded_statistics(
         for ref, g in zip(stat_refs + hold_refs, stat_groups + hold_groups, strict=True)
     }
     merged = _tree_merge(stat_refs, merge_task)
-    holdout = HoldoutStore()
-    bar = model.progress_bar(plan.n, f"fit on ray ({len(stat_groups)} shards)")
+    holdout = stores.enter_context(HoldoutStore())
+    bar = fitter.progress_bar(plan.n, f"fit on ray ({len(stat_groups)} shards)")
     try:
         pending = list(sizes)
         while pending:
@@ -116,7 +116,6 @@ def sharded_statistics(
         for ref in hold_refs:  # in order, one shard at a time, onto disk like a local fit
             holdout.add(ray.get(ref))
     except ray.exceptions.RayError as exc:
-        holdout.close()
         raise unwrap_error(exc, "a Ray fit task failed") from None
     finally:
         bar.close()

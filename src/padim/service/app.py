@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from padim import __version__, options
+from padim.data.decision import Decision, decide
 from padim.data.images import decode_image
 from padim.data.pictures import (
     PICTURE_KINDS,
@@ -124,21 +125,12 @@ class Service:
                 f"{upload.name}: its model file is damaged; no verdict",
             )
         scored = time.perf_counter()
-        out = _result(scorer, upload.name, result, threshold, width, height)
-        out["model"] = model.name
-        out.update(
-            await run_in_threadpool(
-                render,
-                scorer,
-                x,
-                result.anomaly_map,
-                threshold,
-                include,
-                (width, height),
-                photo,
-                min_area,
-            )
+        decision, pictures = await run_in_threadpool(
+            render, scorer, x, result, threshold, include, (width, height), photo, min_area
         )
+        out = _result(scorer, upload.name, result, decision, width, height)
+        out["model"] = model.name
+        out.update(pictures)
         done = time.perf_counter()
         out["timings_ms"] = {
             "decode": _ms(decoded - started),
@@ -176,16 +168,15 @@ class Service:
 
 
 def _result(
-    scorer: Scorer, name: str, r: BatchResult, threshold: float, width: int, height: int
+    scorer: Scorer, name: str, r: BatchResult, decision: Decision, width: int, height: int
 ) -> dict:
-    anomalous = r.score > threshold
     return {
         "filename": name,
-        "score": r.score,
-        "normalised_score": scorer.score_scale.at(threshold).one(r.score),
-        "threshold": threshold,
-        "is_anomalous": anomalous,
-        "verdict": "anomalous" if anomalous else "good",
+        "score": decision.score,
+        "normalised_score": decision.normalised_score,
+        "threshold": decision.threshold,
+        "is_anomalous": decision.is_anomalous,
+        "verdict": "anomalous" if decision.is_anomalous else "good",
         "model_id": scorer.model_id,
         "image": {"width": width, "height": height, "input_size": scorer.input_size},
         "batch_size": r.batch_size,
@@ -195,19 +186,21 @@ def _result(
 def render(
     scorer: Scorer,
     x: np.ndarray,
-    amap: np.ndarray,
+    result: BatchResult,
     threshold: float,
     include: set[str],
     image_wh: tuple[int, int],
     photo: np.ndarray | None = None,
     min_area: int = 0,
-) -> dict:
-    """The defect regions (at the uploaded image's size) and the pictures asked for, as
-    base64 PNGs: heat map, mask and overlay at the uploaded image's size, coloured on the
-    normalised score, the model input as it is; and the raw map at the model input
-    (float32 little-endian)."""
+) -> tuple[Decision, dict]:
+    """The decision (`padim.data.decision.decide`: verdict, normalised score, defect regions
+    at the uploaded image's size) and the pictures asked for, as base64 PNGs: heat map, mask
+    and overlay at the uploaded image's size, coloured on the normalised score, the model
+    input as it is; and the raw map at the model input (float32 little-endian)."""
+    amap = result.anomaly_map
     scale = scorer.score_scale.at(threshold)
-    regions = scorer.geometry.regions(amap, threshold, image_wh, min_area, scale)
+    decision = decide(result.score, amap, threshold, scale, scorer.geometry, image_wh, min_area)
+    regions = decision.regions
     out: dict[str, Any] = {
         "n_regions": len(regions),
         "regions": [r.to_dict() for r in regions[: options.MAX_REGIONS]],
@@ -232,7 +225,7 @@ def render(
             "byte_order": "little",
             "data": base64.b64encode(amap.astype("<f4").tobytes()).decode("ascii"),
         }
-    return out
+    return decision, out
 
 
 def _ms(seconds: float) -> float:
