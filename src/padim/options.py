@@ -20,11 +20,18 @@ class Option:
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    kind: str | None = None  # how the command line reads it: a key of cli.arguments.PARSERS
+    param: str | None = None  # the `Padim` parameter it sets, when not named like the flag
 
     @property
     def dest(self) -> str:
         """The attribute name argparse gives it (`--batch-size` -> `batch_size`)."""
         return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def name(self) -> str:
+        """The `Padim` (and `PadimConfig`) parameter it sets."""
+        return self.param or self.dest
 
     def describe(self) -> str:
         """Help text with the default appended (when there is one)."""
@@ -57,24 +64,28 @@ SIZE = Option(
     "model input: N (N x N), WxH (width x height, e.g. 400x160: keeps a camera's aspect ratio), "
     "auto (the training images' aspect ratio at about 256x256 pixels) or native (their own "
     "size, sides rounded to multiples of 16; with --tile); with --tile the default is native",
+    kind="size",
 )
 CROP = Option(
     "--crop",
     "default",
     "centre crop after resizing: N, WxH or 'none'; 'default' is 224 for square sizes of at "
     "least 224 (the paper's 256 -> 224; anomalib's is --crop none), else none",
+    kind="crop",
 )
 CHANNELS = Option(
     "--channels",
     None,
     "embedding channels kept by the seeded random selection, N or 'all' "
     "(default: the backbone's: 100 resnet18, 550 wide_resnet50_2, all for Lite)",
+    kind="channels",
 )
 ROI = Option(
     "--roi",
     None,
     "region of interest: a mask image (non-zero = inspect) with the training images' aspect "
     "ratio, usually their native size; outside it nothing is scored or reported",
+    kind="path",
 )
 TILE_STATISTICS_CHOICES = ("location", "shared")
 TILE = Option(
@@ -82,12 +93,14 @@ TILE = Option(
     None,
     "cut the input into overlapping N x N (or WxH) tiles for the backbone, stitched back without "
     "seams: high resolution at bounded memory per forward pass (sides multiples of 16)",
+    kind="geometry",
 )
 TILE_OVERLAP = Option(
     "--tile-overlap",
     None,
     "pixels shared by neighbouring tiles, a multiple of 4 up to half a tile (default: a quarter "
     "of the tile, 64 for 256)",
+    kind="int",
 )
 TILE_STATISTICS = Option(
     "--tile-statistics",
@@ -97,7 +110,7 @@ TILE_STATISTICS = Option(
     "homogeneous surfaces)",
     TILE_STATISTICS_CHOICES,
 )
-SEED = Option("--seed", 0, "seed of the channel selection and of the held-out split")
+SEED = Option("--seed", 0, "seed of the channel selection and of the held-out split", kind="int")
 WEIGHTS = Option(
     "--weights",
     None,
@@ -145,11 +158,18 @@ HOLDOUT = Option(
     0.2,
     "fraction of good training images held out to calibrate the threshold (they "
     "are added to the model afterwards)",
+    kind="fraction",
+    param="holdout_fraction",
 )
 THRESHOLD_QUANTILE = Option(
-    "--threshold-quantile", 0.99, "threshold = this quantile of the held-out good images' scores"
+    "--threshold-quantile",
+    0.99,
+    "threshold = this quantile of the held-out good images' scores",
+    kind="float",
 )
-THRESHOLD = Option("--threshold", None, "use this threshold instead of the calibrated one")
+THRESHOLD = Option(
+    "--threshold", None, "use this threshold instead of the calibrated one", kind="float"
+)
 OPERATING_POINT = Option(
     "--operating-point",
     None,
@@ -290,3 +310,22 @@ DEMO_TEXTURE = Option(
     "scikit-image photo the demo task is cut from",
     ("gravel", "grass", "brick"),
 )
+
+# The options that define a model, in the order `padim fit --help` shows them: the command
+# line's model and threshold groups and `Padim` keyword arguments are derived from these.
+MODEL_OPTIONS = (
+    BACKBONE,
+    SIZE,
+    CROP,
+    TILE,
+    TILE_OVERLAP,
+    TILE_STATISTICS,
+    CHANNELS,
+    EMBEDDING,
+    SEED,
+    WEIGHTS,
+    SHRINKAGE,
+    STORAGE,
+    KEEP_STATISTICS,
+)
+THRESHOLD_OPTIONS = (HOLDOUT, THRESHOLD_QUANTILE)

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-from padim.cli.commands import COMMANDS, apply_threads
-from padim.cli.parser import build_parser
+from padim.cli.common import apply_threads
+from padim.cli.parser import COMMANDS, build_parser
 from padim.errors import PadimError
 
 __all__ = ["build_parser", "main", "terminate_cleanly"]

@@ -367,24 +367,9 @@ def _fit(
 ) -> tuple[Padim, int, int]:
     """Fit one model (on perturbed training images for the paper's Rd-MVTec protocol);
     return it with its peak fit RSS and its file size."""
-    model = Padim(
-        backbone=backbone,
-        size=opts.size,
-        crop=opts.crop,
-        tile=opts.tile,
-        tile_overlap=opts.tile_overlap,
-        tile_statistics=opts.tile_statistics,
-        channels=opts.channels,
-        embedding=opts.embedding,
-        seed=opts.seed,
-        weights=opts.weights,
-        batch_size=opts.batch_size,
-        device=opts.device,
-        storage=opts.storage,
-        score_mode=opts.score_mode,
-        shrinkage=opts.shrinkage,
-        progress=opts.progress,
-    )
+    params = set(Padim().get_params()) - {"backbone"}
+    given = {k: v for k, v in dataclasses.asdict(opts).items() if k in params}
+    model = Padim(backbone=backbone, **given)
     loader = None if perturbation is None else training_loader(perturbation, model.preprocess)
     with PeakRSS() as mem:
         model.fit(training, loader=loader)

@@ -1,0 +1,105 @@
+"""`padim serve`: run the inspection service: REST API, web page, Prometheus metrics. Its arguments
+and its run, side by side."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from padim import options
+from padim.cli.arguments import add, positive_int
+from padim.errors import PadimError
+
+NAME = "serve"
+
+
+def add_arguments(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the inspection service: REST API, web page, Prometheus metrics",
+        description="Serve models over HTTP: POST /v1/models/NAME/predict (+ /batch), GET "
+        "/v1/models, /v1/health, /metrics, and a web page at /; with one model also POST "
+        "/v1/predict (+ /batch) and GET /v1/model. A model's NAME is its file's stem. Models "
+        "load on first use (at most --max-loaded in memory); a file replaced on disk (write a "
+        "new file, then rename it over the old) is swapped in without a failed request. "
+        "Requests arriving together share forward passes (dynamic micro-batching). Needs "
+        "padim[serve].",
+    )
+    p.add_argument(
+        "models",
+        type=Path,
+        nargs="+",
+        metavar="MODEL",
+        help="a model file (.safetensors, or an export: .onnx, OpenVINO .xml), several, or "
+        "one folder of them",
+    )
+    add(p, options.HOST)
+    add(p, options.PORT, type=positive_int)
+    add(p, options.SERVE_WORKERS, type=positive_int)
+    add(p, options.MAX_UPLOAD_MB, type=float)
+    add(p, options.MAX_BATCH_IMAGES, type=positive_int)
+    add(p, options.MAX_PIXELS, type=positive_int)
+    add(p, options.MAX_BATCH, type=positive_int)
+    add(p, options.MAX_WAIT_MS, type=float)
+    add(p, options.MAX_DECODES, type=positive_int)
+    add(p, options.BODY_TIMEOUT_S, type=float)
+    add(p, options.HEADER_TIMEOUT_S, type=float)
+    add(p, options.MAX_LOADED, type=positive_int)
+    add(p, options.RELOAD_S, type=float, metavar="S")
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="one image per forward pass (requests are queued one by one)",
+    )
+    p.add_argument(
+        "--examples",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="example images for the web page: files and/or folders (default: "
+        "built-in demo images)",
+    )
+    add(p, options.DEVICE)
+    add(p, options.THREADS, type=positive_int)
+    add(p, options.LOG_LEVEL)
+
+
+def run(args: argparse.Namespace) -> int:
+    from padim.service.server import run_server
+    from padim.service.settings import MB, ServeSettings
+
+    if args.max_upload_mb <= 0 or args.max_wait_ms < 0:
+        raise PadimError("--max-upload-mb must be positive and --max-wait-ms non-negative")
+    if not (args.body_timeout > 0 and args.header_timeout > 0):
+        raise PadimError("--body-timeout and --header-timeout must be positive")
+    upload = int(args.max_upload_mb * MB)
+    settings = ServeSettings(
+        max_upload_bytes=upload,
+        max_request_bytes=max(upload * 5, upload + MB),
+        max_batch_images=args.max_batch_images,
+        max_pixels=args.max_pixels,
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        examples=tuple(args.examples),
+        body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
+        max_decodes=args.max_decodes or 0,
+        log_level=args.log_level,
+        max_loaded=args.max_loaded,
+        reload_s=args.reload_interval,
+    )
+    if args.reload_interval < 0:
+        raise PadimError("--reload-interval must be 0 (never) or positive")
+    run_server(
+        args.models,
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        device=args.device,
+        log_level=args.log_level,
+        threads=args.threads,
+    )
+    return 0
