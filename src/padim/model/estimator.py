@@ -28,13 +28,11 @@ from padim.data.images import ImageInput
 from padim.data.preprocess import Preprocess, batches, image_shape, resolve_crop
 from padim.data.sources import expand_inputs
 from padim.errors import PadimError
-from padim.model.calibration import OperatingPoint
 from padim.model.config import PadimConfig
 from padim.model.fitting import Fitter, Gather, Loader
 from padim.model.sizing import Sizing
 from padim.model.state import ModelState
-from padim.model.thresholds import Thresholds
-from padim.normalise import ScoreScale
+from padim.model.thresholds_api import ThresholdsAPI
 from padim.progress import progress_bar
 
 CONFIG_FIELDS = tuple(PadimConfig.__dataclass_fields__)
@@ -71,7 +69,7 @@ def validated_config(params: dict[str, Any]) -> PadimConfig:
     return config
 
 
-class Padim:
+class Padim(ThresholdsAPI):
     """PaDiM anomaly detector: per-patch Gaussians over a frozen CNN's features.
 
     Parameters
@@ -214,6 +212,12 @@ class Padim:
         return fitted if fitted is not None else validated_config(self.get_params())
 
     @property
+    def device_(self) -> torch.device:
+        """Where the model runs (resolved from `device` when it was fitted or loaded)."""
+        device = getattr(self, "_device", None)
+        return device if device is not None else resolve_device(self.device)
+
+    @property
     def sizing(self) -> Sizing:
         """Geometry, memory and batch sizing of this model's config."""
         return Sizing(self.config)
@@ -273,11 +277,11 @@ class Padim:
     def state(self) -> ModelState:
         """The learned state as one object (what the model file holds)."""
         return ModelState(
-            self.config_,
+            self.config,
             self.fitted_net(),
-            self.calibration_,
-            self.training_,
-            self.statistics_,
+            self.calibration,
+            getattr(self, "training_", None),
+            getattr(self, "statistics_", None),
             self.device_,
         )
 
@@ -287,7 +291,7 @@ class Padim:
         self.calibration_ = state.calibration
         self.training_ = state.training
         self.statistics_ = state.statistics
-        self.device_ = state.device
+        self._device = state.device
         return self
 
     # ------------------------------------------------------------------ learned state
@@ -335,102 +339,6 @@ class Padim:
     def progress_bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
         """A progress bar shown when this model was made with `progress=True`."""
         return progress_bar(total, desc, unit, self.progress)
-
-    # ------------------------------------------------------------------ thresholds
-
-    @property
-    def calibration(self) -> Thresholds:
-        """`calibration_`, made empty on first use by an unfitted model."""
-        if getattr(self, "calibration_", None) is None:
-            self.calibration_ = Thresholds(self.config.score_mode)
-        return self.calibration_
-
-    threshold_ = property(
-        lambda self: self.calibration.current,
-        lambda self, v: setattr(self.calibration, "current", v),
-        doc="Images (and pixels) scoring above it are anomalous, for the current score mode.",
-    )
-    thresholds_ = property(
-        lambda self: self.calibration.by_mode,
-        lambda self, v: setattr(self.calibration, "by_mode", v),
-        doc="The calibrated threshold of every score mode.",
-    )
-    threshold_source_ = property(
-        lambda self: self.calibration.source,
-        lambda self, v: setattr(self.calibration, "source", v),
-        doc="How `threshold_` was chosen.",
-    )
-    operating_points_ = property(
-        lambda self: self.calibration.points,
-        lambda self, v: setattr(self.calibration, "points", v),
-        doc="Named thresholds with their rule, data and measured rates.",
-    )
-    operating_point_ = property(
-        lambda self: self.calibration.active,
-        lambda self, v: setattr(self.calibration, "active", v),
-        doc="The name of the operating point `threshold_` comes from.",
-    )
-    score_scales_ = property(
-        lambda self: self.calibration.scales,
-        lambda self, v: setattr(self.calibration, "scales", v),
-        doc="Per score mode, the spread of the held-out good scores.",
-    )
-    holdout_scores_ = property(
-        lambda self: self.calibration.holdout_scores,
-        lambda self, v: setattr(self.calibration, "holdout_scores", v),
-        doc="Per score mode, the held-out good images' scores.",
-    )
-
-    @property
-    def score_scale(self) -> ScoreScale:
-        """The normalised score's mapping at the current threshold (see `padim.normalise`)."""
-        return self.calibration.scale()
-
-    def threshold_for(self, threshold: float | None = None, name: str | None = None) -> float:
-        """A given threshold, a named operating point's, or the current one."""
-        return self.calibration.resolve(threshold, name)
-
-    def operating_point(self, name: str) -> OperatingPoint:
-        """The named operating point, usable with the current score mode."""
-        return self.calibration.point(name)
-
-    def use_operating_point(self, name: str) -> None:
-        """Make a stored operating point the model's threshold."""
-        self.calibration.use(name)
-
-    def add_operating_point(self, point: OperatingPoint) -> None:
-        """Store `point` under its name (replacing one of that name) and make it current."""
-        self.calibration.add(point)
-
-    def set_threshold(
-        self, value: float, source: str = "set by user", name: str = "manual"
-    ) -> None:
-        """Use `value` as the current score mode's threshold (operating point `name`)."""
-        self.calibration.set_value(value, source, name)
-
-    def calibrate(self, scores: np.ndarray, labels: np.ndarray, name: str = "f1") -> float:
-        """Set the F1-optimal threshold of labelled validation scores (label 1 = anomalous);
-        returns it."""
-        return self.calibration.f1(scores, labels, name).threshold
-
-    def calibrate_recall(
-        self, scores: np.ndarray, labels: np.ndarray, recall: float, name: str | None = None
-    ) -> OperatingPoint:
-        """The threshold finding at least `recall` of the anomalous images with the best
-        precision, on labelled validation scores; made current."""
-        return self.calibration.recall(scores, labels, recall, name)
-
-    def calibrate_fpr(
-        self,
-        fpr: float,
-        good_scores: np.ndarray | None = None,
-        data: str | None = None,
-        name: str | None = None,
-    ) -> OperatingPoint:
-        """The lowest threshold flagging at most `fpr` of good images: `good_scores` (described
-        by `data`), or the held-out good training images kept in the model; made current. Its
-        `warning` says when the images are too few to show that rate."""
-        return self.calibration.fpr(fpr, good_scores, data, name)
 
     def set_score_mode(self, mode: str) -> None:
         """Score with another mode; the threshold becomes the one calibrated for it."""
