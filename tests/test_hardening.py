@@ -334,6 +334,7 @@ def test_crafted_model_files_fail_with_one_line(case, model_file, category, tmp_
 # ----------------------------------------------------------------------------- decoding memory
 
 
+@pytest.mark.slow
 def test_small_decompression_bombs_cost_bounded_memory(fitted):
     """A 93 KB 16-bit 7000x7000 PNG (under the 50 M pixel limit) took 1.4 GB to decode, and a
     batch of three took the service from 1.4 to 5.6 GB. Now one decode holds about 0.4 GB and

@@ -86,6 +86,7 @@ def test_tiled_cli_defaults_to_native_size_and_reports_the_geometry(strips, tmp_
     assert "multiples of 4" in capsys.readouterr().err and not bad.exists()
 
 
+@pytest.mark.slow
 def test_tiled_model_exports_with_parity(strips, tmp_path):
     pytest.importorskip("onnxruntime")
     import padim

@@ -156,6 +156,7 @@ def test_watch_drops_frames_rather_than_falling_behind(fitted, clip):
     assert failing.stats.failed == stats.anomalous and failing.stats.sent == 0
 
 
+@pytest.mark.slow
 def test_watch_reads_a_stream_url(model_file, clip, tmp_path, capsys):
     """An http:// source is read as it arrives (a live stream: no pacing); one that cannot be
     opened is one error line, after the asked reconnects."""

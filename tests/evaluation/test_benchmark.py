@@ -47,6 +47,7 @@ def report(mvtec_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_report_file(report):
     results = json.loads((report / "results.json").read_text())
     rows = results["results"]

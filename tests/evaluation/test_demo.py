@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from padim.data.demo_set import DEFECTS, N_PER_DEFECT, N_TEST_GOOD, N_TRAIN, build_demo_set
@@ -18,6 +19,7 @@ def test_demo_set_has_mvtec_layout_and_exact_masks(tmp_path):
         assert 0 < mask.mean() < 0.2
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """The README's first command: build, fit, evaluate and report, offline."""
     report = run_demo(tmp_path / "demo", device="cpu", progress=False)

@@ -88,6 +88,7 @@ def test_fit_and_evaluate_scene_on_frame_level_and_pixel_auroc(stc, tmp_path, ca
     assert m["pixel_auroc"] > 0.95
 
 
+@pytest.mark.slow
 def test_benchmark_runs_one_model_per_scene(stc, tmp_path):
     out = tmp_path / "bench"
     args = ["benchmark", "--root", str(stc), "--out", str(out), "--every", "3"]

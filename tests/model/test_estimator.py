@@ -38,6 +38,7 @@ def test_score_equals_max_of_map(fitted, category):
     np.testing.assert_allclose(scores, maps.reshape(len(maps), -1).max(axis=1))
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_the_model(category):
     a = Padim(size=SIZE, crop=None, batch_size=1, device="cpu").fit(category)
     b = Padim(size=SIZE, crop=None, batch_size=7, device="cpu").fit(category)
@@ -144,6 +145,7 @@ def test_tensors_inconsistent_with_config_fail_clearly(model_file, tmp_path):
         load(bad)
 
 
+@pytest.mark.slow
 def test_one_training_image_gives_a_defined_model_and_a_warning(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(texture(rng)).save(tmp_path / "only.png")

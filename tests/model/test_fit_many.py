@@ -45,6 +45,7 @@ def test_read_jobs_groups_rows(products):
         read_jobs(bad)
 
 
+@pytest.mark.slow
 def test_fit_many_local(products, tmp_path, capsys):
     root, manifest, _ = products
     out = tmp_path / "models"
@@ -113,6 +114,7 @@ assert code == 1, code
 """
 
 
+@pytest.mark.slow
 def test_local_engine_has_no_ray_dependency(products, tmp_path):
     root, _, _ = products
     (tmp_path / "one.csv").write_text(f"model,path\ncap,{root / 'cap'}\n")
