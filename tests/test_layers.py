@@ -56,6 +56,7 @@ TORCH_FREE = {
     "padim.deploy.scorers",
     "padim.deploy.watch",
     "padim.deploy.export",
+    "padim.deploy.metadata",
     "padim.deploy.predict",
     "padim.deploy.bulk",
     "padim.model.calibration",
@@ -65,6 +66,8 @@ TORCH_FREE = {
     "padim.model.modelfile",
     "padim.model.fit_many",
     "padim.service.app",
+    "padim.service.routes",
+    "padim.service.inspection",
     "padim.service.requests",
     "padim.service.batching",
     "padim.service.metrics",
@@ -219,3 +222,29 @@ def test_light_modules_import_without_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_no_import_circles():
+    """No padim module reaches itself through its imports, lazy and type-checking ones
+    included (a package's __init__ re-exporting its modules is not a circle of its own)."""
+    known = modules()
+    graph: dict[str, set[str]] = {}
+    for module, path in known.items():
+        graph[module] = {
+            dest
+            for target, names in imports(path)
+            for dest in padim_targets(target, names)
+            if dest in known and dest != module and not module.startswith(dest + ".")
+        }
+    circles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif nxt not in seen and known[nxt].name != "__init__.py":
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not circles, "\n".join(sorted(set(circles))[:10])

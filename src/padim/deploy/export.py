@@ -23,36 +23,12 @@ from typing import Any
 import numpy as np
 
 from padim import __version__
+from padim.deploy.metadata import model_metadata, read_onnx_metadata
 from padim.errors import PadimError
 from padim.files import check_output_file, default_file_mode
-from padim.model.modelfile import model_header
 
-ONNX_FORMAT = "padim-onnx"
-ONNX_FORMAT_VERSION = 1
 PROTOBUF_LIMIT = 2_000_000_000  # bytes; above this the weights go to external data
 DEFAULT_OPSET = 17
-
-
-def model_metadata(model: Any, model_id: str) -> dict[str, Any]:
-    """What a runtime needs besides the graph (stored in exports; describes torch models)."""
-    cfg = model.config
-    header = model_header(model.state())
-    return {
-        "format": ONNX_FORMAT,
-        "format_version": ONNX_FORMAT_VERSION,
-        "library_version": __version__,
-        "source_model_id": model_id,
-        "backbone": cfg.backbone,
-        "resize": cfg.size,
-        "crop": cfg.crop,
-        "input_size": header["input_size"],
-        "embedding_dim": header["embedding_dim"],
-        "normalisation": header["backbone"]["normalisation"],
-        "sigma": cfg.sigma,
-        "score_mode": cfg.score_mode,
-        "threshold": model.threshold_,
-        "info": model.info,
-    }
 
 
 def export_onnx(
@@ -147,36 +123,6 @@ def export_openvino(onnx_path: str | Path, out: str | Path, fp16: bool = False) 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The `padim` metadata of an exported file, with clear errors for foreign or corrupt ones."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise PadimError(f"not a readable ONNX file: {path} ({exc})") from None
-    props = {p.key: p.value for p in graph.metadata_props}
-    return parse_metadata(props, path)
-
-
-def parse_metadata(props: dict[str, str], path: str | Path) -> dict[str, Any]:
-    if "padim" not in props:
-        raise PadimError(f"ONNX file has no padim metadata (not written by padim export): {path}")
-    try:
-        meta = json.loads(props["padim"])
-    except json.JSONDecodeError:
-        raise PadimError(f"ONNX file's padim metadata is corrupt: {path}") from None
-    if not isinstance(meta, dict) or meta.get("format") != ONNX_FORMAT:
-        raise PadimError(f"ONNX file's metadata is not padim's: {path}")
-    if meta.get("format_version") != ONNX_FORMAT_VERSION:
-        raise PadimError(
-            f"ONNX export format {meta.get('format_version')} (padim "
-            f"{meta.get('library_version', '?')}) is not supported by this padim "
-            f"(reads {ONNX_FORMAT_VERSION}); export the model again"
-        )
-    return meta
 
 
 def parity(model: Any, scorer: Any, images: np.ndarray) -> dict[str, float]:

@@ -23,7 +23,7 @@ from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures
 from padim.data.preprocess import Preprocess, as_wh, to_json
 from padim.data.regions import Region
-from padim.deploy.export import model_metadata, parse_metadata
+from padim.deploy.metadata import model_metadata, parse_metadata
 from padim.errors import PadimError, first_line
 from padim.model.thresholds import Thresholds
 from padim.normalise import ScoreScale

@@ -1,0 +1,223 @@
+"""The service's work on one request: decode under limits, queue for a shared forward pass,
+decide (`padim.data.decision.decide`) and render the pictures asked for. The routes
+(`padim.service.routes`) call it; it knows nothing of HTTP routing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+
+from padim import options
+from padim.data.decision import Decision, decide
+from padim.data.images import decode_image
+from padim.data.pictures import (
+    PICTURE_KINDS,
+    png_bytes,
+    render_pictures,
+    to_picture,
+)
+from padim.deploy.scorers import Scorer, is_finite
+from padim.errors import BadImage
+from padim.service.batching import BatchResult
+from padim.service.examples import load_examples
+from padim.service.metrics import ServiceMetrics
+from padim.service.models import Loaded, ModelPool, ModelSources
+from padim.service.requests import (
+    ApiError,
+    Upload,
+    too_large,
+)
+from padim.service.settings import ServeSettings
+
+
+def png_base64(array: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(array, compress_level=1)).decode("ascii")
+
+
+LOG = logging.getLogger("padim.service")
+CLOSE_AFTER = (408, 413, 499)
+
+
+class Service:
+    """The served models plus the metrics, examples and decoding limits of one app."""
+
+    def __init__(self, models: Scorer | ModelSources, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics(CollectorRegistry())
+        if isinstance(models, ModelSources):
+            self.pool = ModelPool(models, settings, self.metrics)
+        else:
+            self.pool = ModelPool.of_scorer(models, settings, self.metrics)
+        self.examples = load_examples(settings.examples)
+        self.started = time.time()
+        self.decode_slots = threading.BoundedSemaphore(
+            self.settings.max_decodes or os.cpu_count() or 1
+        )
+
+    def prepare(
+        self, scorer: Scorer, upload: Upload, keep_photo: bool = False
+    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """Decode and preprocess (in a worker thread): model input, original size and (for an
+        overlay) the photo. At most `max_decodes` images are decoded at once, which bounds the
+        service's decoding memory."""
+        if len(upload.data) > self.settings.max_upload_bytes:
+            raise too_large(
+                f"image {upload.name}", len(upload.data), self.settings.max_upload_bytes
+            )
+        with self.decode_slots:
+            image = decode_image(upload.data, upload.name, self.settings.max_pixels)
+            photo = np.asarray(image) if keep_photo else None
+            return scorer.preprocess(image), image.size, photo
+
+    async def predict(
+        self,
+        model: Loaded,
+        upload: Upload,
+        include: set[str],
+        threshold: float,
+        min_area: int = 0,
+    ) -> dict:
+        started = time.perf_counter()
+        scorer, batcher = model.scorer, model.batcher
+        batcher.expecting += 1  # lets a forming batch wait for this image
+        try:
+            x, (width, height), photo = await run_in_threadpool(
+                self.prepare, scorer, upload, "overlay" in include
+            )
+        finally:
+            batcher.expecting -= 1
+        decoded = time.perf_counter()
+        result = await batcher.submit(x)
+        if not is_finite(result.score, result.anomaly_map):
+            raise ApiError(
+                500,
+                "non_finite_score",
+                "the model gave a non-finite score for "
+                f"{upload.name}: its model file is damaged; no verdict",
+            )
+        scored = time.perf_counter()
+        decision, pictures = await run_in_threadpool(
+            render, scorer, x, result, threshold, include, (width, height), photo, min_area
+        )
+        out = result_body(scorer, upload.name, result, decision, width, height)
+        out["model"] = model.name
+        out.update(pictures)
+        done = time.perf_counter()
+        out["timings_ms"] = {
+            "decode": ms(decoded - started),
+            "queue": ms(result.queue_seconds),
+            "inference": ms(result.inference_seconds),
+            "render": ms(done - scored),
+            "total": ms(done - started),
+        }
+        self.metrics.images.labels(model=model.name, verdict=out["verdict"]).inc()
+        return out
+
+    async def predict_many(
+        self,
+        model: Loaded,
+        uploads: list[Upload],
+        include: set[str],
+        threshold: float,
+        min_area: int = 0,
+    ) -> list[dict]:
+        """Every image of a batch request together (they share forward passes); a bad image
+        becomes an error entry, the others are still scored."""
+
+        async def one(upload: Upload) -> dict:
+            try:
+                return await self.predict(model, upload, include, threshold, min_area)
+            except (BadImage, ApiError) as exc:
+                status, code, message = describe_error(exc)
+                self.metrics.errors.labels(endpoint="/v1/predict/batch", code=code).inc()
+                return {
+                    "filename": upload.name,
+                    "error": {"status": status, "code": code, "message": message},
+                }
+
+        return list(await asyncio.gather(*(one(u) for u in uploads)))
+
+
+def result_body(
+    scorer: Scorer, name: str, r: BatchResult, decision: Decision, width: int, height: int
+) -> dict:
+    return {
+        "filename": name,
+        "score": decision.score,
+        "normalised_score": decision.normalised_score,
+        "threshold": decision.threshold,
+        "is_anomalous": decision.is_anomalous,
+        "verdict": "anomalous" if decision.is_anomalous else "good",
+        "model_id": scorer.model_id,
+        "image": {"width": width, "height": height, "input_size": scorer.input_size},
+        "batch_size": r.batch_size,
+    }
+
+
+def render(
+    scorer: Scorer,
+    x: np.ndarray,
+    result: BatchResult,
+    threshold: float,
+    include: set[str],
+    image_wh: tuple[int, int],
+    photo: np.ndarray | None = None,
+    min_area: int = 0,
+) -> tuple[Decision, dict]:
+    """The decision (`padim.data.decision.decide`: verdict, normalised score, defect regions
+    at the uploaded image's size) and the pictures asked for, as base64 PNGs: heat map, mask
+    and overlay at the uploaded image's size, coloured on the normalised score, the model
+    input as it is; and the raw map at the model input (float32 little-endian)."""
+    amap = result.anomaly_map
+    scale = scorer.score_scale.at(threshold)
+    decision = decide(result.score, amap, threshold, scale, scorer.geometry, image_wh, min_area)
+    regions = decision.regions
+    out: dict[str, Any] = {
+        "n_regions": len(regions),
+        "regions": [r.to_dict() for r in regions[: options.MAX_REGIONS]],
+    }
+    kinds = [name for name in PICTURE_KINDS if name in include and name != "input"]
+    arrays: dict[str, np.ndarray] = {}
+    if kinds:
+        native = scorer.geometry.map_to_image(amap, image_wh)
+        canvas = photo if photo is not None else np.zeros((1, 1, 3), np.uint8)
+        arrays = render_pictures(canvas, native, threshold, kinds, scale, regions)
+    if "input" in include:
+        arrays["input"] = to_picture(x)
+    if arrays:
+        out["pictures"] = {name: png_base64(a) for name, a in arrays.items()}
+        out["colour_scale"] = scale.to_dict()
+    if "map" in include:
+        h, w = amap.shape
+        out["anomaly_map"] = {
+            "width": w,
+            "height": h,
+            "dtype": "float32",
+            "byte_order": "little",
+            "data": base64.b64encode(amap.astype("<f4").tobytes()).decode("ascii"),
+        }
+    return decision, out
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def describe_error(exc: Exception) -> tuple[int, str, str]:
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message
+    if isinstance(exc, BadImage):
+        return 400, exc.code, str(exc)
+    return 500, "internal", "internal error"
+
+
+# ----------------------------------------------------------------------------- the app
