@@ -278,3 +278,24 @@ def test_exported_score_mode_is_built_in(model_file, tmp_path, capsys):
     assert OnnxScorer(out).threshold == pytest.approx(model.info["thresholds"]["hybrid-scaled"])
     with pytest.raises(PadimError, match="exported with score mode hybrid-scaled"):
         load_scorer(out, score_mode="mahalanobis")
+
+
+def test_an_export_that_fails_its_check_leaves_the_old_file_alone(model_file, tmp_path, capsys):
+    """Hardening: `export --out prod.onnx` that fails its parity check used to have replaced
+    the good prod.onnx already (and a served folder hot-reloaded the rejected model)."""
+    from padim import load
+
+    other = load(model_file)
+    other.set_threshold(123.0)  # another model: its export differs from prod's
+    candidate = other.save(tmp_path / "candidate.safetensors")
+    prod = tmp_path / "prod.onnx"
+    assert main(["export", str(model_file), "--out", str(prod)]) == 0
+    good = prod.read_bytes()
+    capsys.readouterr()
+    assert main(["export", str(candidate), "--out", str(prod), "--tolerance", "1e-30"]) == 1
+    err = capsys.readouterr().err
+    assert "is unchanged" in err and "prod.onnx.rejected" in err
+    assert prod.read_bytes() == good
+    assert (tmp_path / "prod.onnx.rejected" / "prod.onnx").is_file()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["candidate.safetensors", "prod.onnx", "prod.onnx.rejected"]

@@ -55,3 +55,39 @@ def test_a_chunked_tensor_that_gives_the_wrong_size_is_an_error():
 def test_unsupported_dtypes_are_refused():
     with pytest.raises(PadimError, match="cannot store"):
         write_safetensors(io.BytesIO(), {"c": torch.zeros(2, dtype=torch.complex64)}, {})
+
+
+def test_read_safetensors_reads_what_safetensors_writes(tmp_path):
+    """Plain file reads (no memory map) give the tensors the safetensors library wrote, and
+    read only the wanted ones."""
+    from safetensors.torch import save_file
+
+    from padim.model.tensorfile import read_safetensors
+
+    tensors = {k: v.contiguous() for k, v in _tensors().items()}
+    path = tmp_path / "lib.safetensors"
+    save_file(tensors, str(path), metadata={"padim": "{}"})
+    got, meta = read_safetensors(path)
+    assert meta == {"padim": "{}"} and set(got) == set(tensors)
+    for name, want in tensors.items():
+        assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+    some, _ = read_safetensors(path, lambda name: name.startswith("f"))
+    assert set(some) == {"f64", "f32", "f16", "flag"}
+
+
+def test_a_file_cut_or_replaced_while_read_is_an_error_not_a_crash(tmp_path):
+    from padim.model.tensorfile import read_safetensors
+
+    path = tmp_path / "m.safetensors"
+    with open(path, "wb") as fh:
+        write_safetensors(fh, {"x": torch.randn(1000, 50)}, {"padim": "{}"})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # as `cp new m.safetensors` leaves it mid-copy
+    with pytest.raises(PadimError, match="truncated"):
+        read_safetensors(path)
+    path.write_bytes(struct.pack("<Q", 10**12) + data[8:])
+    with pytest.raises(PadimError, match="header length"):
+        read_safetensors(path)
+    path.write_bytes(b"")
+    with pytest.raises(PadimError, match="shorter than"):
+        read_safetensors(path)

@@ -125,6 +125,24 @@ def export_openvino(onnx_path: str | Path, out: str | Path, fp16: bool = False) 
     return out
 
 
+def publish(stage: Path, out: Path) -> None:
+    """Move a checked export from `stage` beside `out`: its companion files (.data, .bin)
+    first, the file a runtime opens last."""
+    for part in sorted(stage.iterdir(), key=lambda p: p.name == out.name):
+        os.replace(part, out.parent / part.name)
+
+
+def reject(stage: Path, out: Path) -> Path:
+    """Keep a failed export for inspection under a name no model folder serves
+    (`OUT.rejected/`, replacing an older one); returns it."""
+    rejected = out.parent / f"{out.name}.rejected"
+    shutil.rmtree(rejected, ignore_errors=True)
+    if rejected.exists():
+        rejected.unlink()
+    os.replace(stage, rejected)
+    return rejected
+
+
 def parity(model: Any, scorer: Any, images: np.ndarray) -> dict[str, float]:
     """Largest differences between the torch model and an exported runtime on `images`."""
     import torch
@@ -179,25 +197,32 @@ def export_model(
     else:
         h, w = model.preprocess.output_hw
         check = np.random.default_rng(0).random((4, 3, h, w), dtype=np.float32)
-    onnx_out = out if fmt == "onnx" else out.with_suffix(".onnx.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # everything is written and checked in a staging folder: `out` (maybe a model being
+    # served) is replaced only by an export that passed its parity check
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        staged = stage / out.name
+        onnx_out = staged if fmt == "onnx" else stage / (out.stem + ".onnx.tmp")
         export_onnx(
             model, onnx_out, model_id=file_id(model_path), opset=opset, external_data=external_data
         )
         if fmt == "openvino":
-            export_openvino(onnx_out, out, fp16=fp16)
-    finally:
-        if fmt == "openvino":
-            onnx_out.unlink(missing_ok=True)
+            export_openvino(onnx_out, staged, fp16=fp16)
+            onnx_out.unlink()
             onnx_out.with_name(onnx_out.name + ".data").unlink(missing_ok=True)
-    diff = parity(model, load_scorer(out, threads=threads), check)
-    limit = tolerance * (100 if fp16 else 1)
-    if diff["max_rel_score_diff"] > limit:
-        raise PadimError(
-            f"exported model disagrees with the torch model: relative score "
-            f"difference {diff['max_rel_score_diff']:.2e} > {limit:g} "
-            f"(left in {out} for inspection)"
-        )
+        diff = parity(model, load_scorer(staged, threads=threads), check)
+        limit = tolerance * (100 if fp16 else 1)
+        if diff["max_rel_score_diff"] > limit:
+            rejected = reject(stage, out)
+            raise PadimError(
+                f"exported model disagrees with the torch model: relative score "
+                f"difference {diff['max_rel_score_diff']:.2e} > {limit:g}; {out} is unchanged "
+                f"and the rejected export is in {rejected} for inspection"
+            )
+        publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return ExportReport(
         out,
         fmt,

@@ -68,43 +68,61 @@ def save_model_file(
 
 def read_model_config(path: str | Path) -> dict[str, Any]:
     """Only the JSON config of a model file (cheap: the tensors are not read)."""
-    from safetensors import safe_open
+    from padim.model.tensorfile import read_header
 
     path = _existing(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:
-        raise PadimError(f"not a padim model file (unreadable header): {path} ({exc})") from None
-    return _parse_header(meta, path)
+        with path.open("rb") as fh:
+            header, _ = read_header(fh, path.stat().st_size)
+    except (PadimError, OSError) as exc:
+        raise PadimError(_not_a_model(path, exc)) from None
+    meta = header.get("__metadata__")
+    return _parse_header(meta if isinstance(meta, dict) else {}, path)
+
+
+def _not_a_model(path: Path, exc: Exception) -> str:
+    if path.suffix.lower() in (".onnx", ".xml", ".bin"):
+        return (
+            f"{path} is an exported model (ONNX/OpenVINO): predict, serve and info run it, but "
+            "calibrate, update and export need the padim model file (.safetensors) it was "
+            "exported from"
+        )
+    return f"not a padim model file (unreadable header): {path} ({exc})"
 
 
 STATISTICS_PREFIX = "statistics."  # the training sums: read only to add images (padim update)
 GOOD_SCORES_PREFIX = "calibration.good_scores."  # held-out good images' scores, per score mode
 
 
-# Tensors read from a file are views of its memory map, whose pages count as the process's
-# memory for as long as one view lives: every tensor is copied out of it but the whitening
-# triangles, which `GaussianModel.from_tril` converts chunk by chunk and then lets go.
-CONVERTED_ON_LOAD = frozenset({"gaussian.whitening_tril"})
+KNOWN_TENSORS = (
+    "backbone.",
+    "embedding.",
+    "gaussian.",
+    "scoring.",
+    "roi.",
+    GOOD_SCORES_PREFIX,
+    STATISTICS_PREFIX,
+)  # anything else in a file is not read (an unknown 3 GB tensor costs nothing)
 
 
 def load_model_file(
     path: str | Path, statistics: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and config of a model file (the training statistics only when asked: scoring
-    never needs them); fails clearly on corrupt or incompatible files."""
-    from safetensors import safe_open
+    never needs them), read without a memory map (a file overwritten while it is read is an
+    error, not a crash); fails clearly on corrupt or incompatible files."""
+    from padim.model.tensorfile import read_safetensors
 
     config = read_model_config(path)
+
+    def wanted(name: str) -> bool:
+        if name.startswith(STATISTICS_PREFIX):
+            return statistics
+        return name.startswith(KNOWN_TENSORS)
+
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            tensors = {
-                key: fh.get_tensor(key) if key in CONVERTED_ON_LOAD else fh.get_tensor(key).clone()
-                for key in fh.keys()  # noqa: SIM118 (a safetensors handle, not a dict)
-                if statistics or not key.startswith(STATISTICS_PREFIX)
-            }
-    except Exception as exc:
+        tensors, _ = read_safetensors(path, wanted)
+    except (PadimError, OSError) as exc:
         raise PadimError(f"model file is corrupt or truncated: {path} ({exc})") from None
     return tensors, config
 
