@@ -35,6 +35,7 @@ from padim.errors import PadimError
 from padim.files import write_text_atomic
 
 SINK_QUEUE = 256  # verdicts waiting for a sink; more are dropped (and counted)
+SINK_QUEUE_BYTES = 512 << 20  # and the pictures they carry: a 4K event is about 60 MB
 
 
 @dataclass
@@ -45,51 +46,89 @@ class SinkStats:
 
 
 class Sink:
-    """A background thread delivering events from a bounded queue; `deliver` does the work."""
+    """A background thread delivering events from a bounded queue (`SINK_QUEUE` events and
+    `SINK_QUEUE_BYTES` of payload); `deliver` does the work. Every event sent is counted once,
+    as sent, failed or dropped, including the one being delivered when the run ends."""
 
     name = "sink"
+    drain_timeout: float | None = 10.0  # seconds `close` waits for the queue; None: all of it
+    wants_payload = True  # False: the pictures are not needed (not queued, not counted)
 
     def __init__(self) -> None:
         self.stats = SinkStats()
-        self._queue: queue.Queue[tuple[dict, Any] | None] = queue.Queue(SINK_QUEUE)
+        self._queue: queue.Queue[tuple[dict, Any, int] | None] = queue.Queue(SINK_QUEUE)
+        self._bytes = 0
+        self._abandoned = False  # close gave up waiting: what is left is counted as dropped
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"padim-{self.name}", daemon=True)
         self._thread.start()
 
     def send(self, event: dict, payload: Any = None) -> None:
-        """Queue an event without waiting; a full queue drops it (counted)."""
-        try:
-            self._queue.put_nowait((event, payload))
-        except queue.Full:
-            self.stats.dropped += 1
-
-    def close(self, timeout: float) -> None:
-        """Deliver what is queued within `timeout` seconds; the rest is counted as dropped."""
-        deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
+        """Queue an event without waiting; a full queue (events or bytes) drops it (counted)."""
+        payload = payload if self.wants_payload else None
+        size = payload_bytes(payload)
+        with self._lock:
+            if self._bytes + size > SINK_QUEUE_BYTES and self._bytes:
                 self.stats.dropped += 1
+                return
+            try:
+                self._queue.put_nowait((event, payload, size))
+            except queue.Full:
+                self.stats.dropped += 1
+                return
+            self._bytes += size
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued, waiting at most `timeout` seconds (default: the sink's
+        `drain_timeout`); what is still queued or in delivery then is counted as dropped."""
+        timeout = self.drain_timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._queue.all_tasks_done.wait(left)
+        with self._lock:
+            self.stats.dropped += self._queue.unfinished_tasks  # queued, or stuck in delivery
+            self._abandoned = True
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
         self._queue.put(None)
-        self._thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        self._thread.join(1.0)
 
     def deliver(self, event: dict, payload: Any) -> bool:
         raise NotImplementedError
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            event, payload, size = item
             try:
-                ok = self.deliver(*item)
+                ok = self.deliver(event, payload)
             except Exception:  # a sink's failure is counted, never raised into scoring
                 ok = False
-            if ok:
-                self.stats.sent += 1
-            else:
-                self.stats.failed += 1
+            with self._lock:
+                if not self._abandoned:  # else close counted it as dropped already
+                    self.stats.sent += ok
+                    self.stats.failed += not ok
+                    self._bytes -= size
+                    self._queue.task_done()
+
+
+def payload_bytes(payload: Any) -> int:
+    """What an event's pictures hold in memory (photo, map): the queue's byte budget."""
+    if payload is None:
+        return 0
+    total = 0
+    for part in payload if isinstance(payload, tuple) else (payload,):
+        if isinstance(part, np.ndarray):
+            total += part.nbytes
+        elif isinstance(part, Image.Image):
+            total += part.width * part.height * len(part.getbands())
+    return total
 
 
 class FolderSink(Sink):
@@ -98,6 +137,7 @@ class FolderSink(Sink):
     encoding a camera frame as PNG costs tens of milliseconds of CPU the scorer needs."""
 
     name = "folder"
+    drain_timeout = None  # a local disk: every queued frame is written before the run ends
 
     def __init__(self, folder: Path, scorer: Scorer) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,11 +163,23 @@ class FolderSink(Sink):
         return True
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error for an alarm: urllib would follow a 302 as a GET without the
+    body, and the alarm would be lost while counted as sent."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
 class WebhookSink(Sink):
     """HTTP POST of each verdict as JSON; a failed post is retried (`retries` times, waiting
     0.5 s, 1 s, 2 s, ... up to 10 s) in the sink's thread."""
 
     name = "webhook"
+    wants_payload = False  # it posts the event's JSON only
 
     def __init__(self, url: str, retries: int = 3, timeout: float = 5.0) -> None:
         if not url.lower().startswith(("http://", "https://")):
@@ -145,12 +197,18 @@ class WebhookSink(Sink):
                 self.url, body, {"Content-Type": "application/json"}, method="POST"
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with NO_REDIRECTS.open(request, timeout=self.timeout) as response:
                     if 200 <= response.status < 300:
                         return True
                     self.last_error = f"HTTP {response.status}"
             except urllib.error.HTTPError as exc:
-                self.last_error = f"HTTP {exc.code}"
+                where = exc.headers.get("Location") if 300 <= exc.code < 400 else None
+                self.last_error = f"HTTP {exc.code}" + (
+                    f" (redirect to {where}: give that URL; an alarm is never re-posted "
+                    "to a redirect)"
+                    if where
+                    else ""
+                )
             except (urllib.error.URLError, OSError) as exc:
                 self.last_error = str(getattr(exc, "reason", exc))
         return False
@@ -344,7 +402,7 @@ def watch(
         stats.seconds = time.monotonic() - started
         reader.join(5.0)
         for sink in sinks:
-            sink.close(timeout=10.0)
+            sink.close()
     return stats
 
 
