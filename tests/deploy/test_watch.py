@@ -188,3 +188,41 @@ def test_watch_errors(model_file, tmp_path, capsys):
     assert "video not found" in capsys.readouterr().err
     assert main(["watch", str(model_file), "x.mp4", "--webhook", "ftp://x"]) == 1
     assert "http://" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_ends_watch_like_ctrl_c(model_file, clip, tmp_path):
+    """SIGTERM (a service manager stopping the line) ended watch with 143, no summary.json and
+    no output; now it stops like Ctrl-C: the counts are printed and written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "alarms"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "padim", "watch", str(model_file), str(clip), "--out", str(out),
+         "--threshold", THRESHOLD, "--speed", "0.2", "--quiet", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # scoring frames by now
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "watched" in stdout and (out / "summary.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["scored"] >= 1
+    assert os.path.basename(str(clip)) in stdout
+
+
+def test_a_summary_path_taken_by_a_folder_is_refused_before_the_run(
+    model_file, clip, tmp_path, capsys
+):
+    out = tmp_path / "alarms"
+    (out / "summary.json").mkdir(parents=True)
+    args = ["watch", str(model_file), str(clip), "--out", str(out), "--threshold", THRESHOLD]
+    assert main([*args, "--speed", "0"]) == 1
+    assert "summary.json" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["summary.json"]  # no alarm was written first

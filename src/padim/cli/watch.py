@@ -11,6 +11,7 @@ from typing import Any
 from padim import options
 from padim.cli.arguments import add, non_negative_int, positive_int
 from padim.errors import PadimError
+from padim.files import check_output_file
 
 NAME = "watch"
 
@@ -23,9 +24,9 @@ def add_arguments(sub: Any) -> None:
         "(--speed), a camera (0 or /dev/video0) or a stream URL (rtsp://, http://). The newest "
         "frame is scored whenever the model is free, so the command never falls behind; frames "
         "it had no time for are dropped and counted. Each anomalous verdict goes to the sinks: "
-        "--out (frame and overlay PNGs, events.jsonl, summary.json) and --webhook (an HTTP "
+        "--out (frame and overlay JPEGs, events.jsonl, summary.json) and --webhook (an HTTP "
         "POST of the JSON verdict, retried in the background). Stops at the end of a file, "
-        "after --duration or --max-frames, or on Ctrl-C, and prints the counts. Needs "
+        "after --duration or --max-frames, on Ctrl-C or SIGTERM, and prints the counts. Needs "
         "padim[video].",
     )
     p.add_argument(
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise PadimError("--webhook-timeout must be positive")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise PadimError(f"--out must be a folder: {args.out}")
+    if args.out is not None:  # before the run, not after it
+        check_output_file(args.out / "summary.json", "--out's summary.json")
     scorer = load_scorer(args.model, args.device, args.threads)
     opts = watch.WatchOptions(
         threshold=resolve_threshold(scorer, args.threshold, args.operating_point),

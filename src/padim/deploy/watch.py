@@ -395,8 +395,8 @@ def watch(
             payload = (scored.original, native_map(scorer, scored), regions)
             for sink in sinks:
                 sink.send(event, payload)
-    except KeyboardInterrupt:
-        pass  # the user stopped watching: report what was done
+    except (KeyboardInterrupt, SystemExit):
+        pass  # Ctrl-C, or SIGTERM (the CLI raises SystemExit for it): report what was done
     finally:
         stop.set()
         stats.seconds = time.monotonic() - started
