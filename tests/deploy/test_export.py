@@ -299,3 +299,36 @@ def test_an_export_that_fails_its_check_leaves_the_old_file_alone(model_file, tm
     assert (tmp_path / "prod.onnx.rejected" / "prod.onnx").is_file()
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["candidate.safetensors", "prod.onnx", "prod.onnx.rejected"]
+
+
+def test_an_export_with_wrong_output_shapes_is_one_line_everywhere(onnx_file, tmp_path, capsys):
+    """An ONNX file with padim's metadata whose outputs have the wrong shapes gave a 17-line
+    traceback in predict and watch (only serve checked it)."""
+    from onnx import TensorProto, helper
+
+    real = onnx.load(str(onnx_file))
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["score"]),
+         helper.make_node("Identity", ["images"], ["anomaly_map"])],
+        "wrong",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 3, SIZE, SIZE]),
+         helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = real.ir_version
+    for p in real.metadata_props:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = p.key, p.value
+    wrong = tmp_path / "wrong.onnx"
+    onnx.save(model, str(wrong))
+    with pytest.raises(PadimError, match="damaged"):
+        load_scorer(wrong)
+    image = tmp_path / "in"
+    image.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(image / "a.png")
+    assert main(["predict", str(wrong), str(image), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("padim: error:") and len(err.splitlines()) == 1, err

@@ -420,7 +420,9 @@ def load_scorer(
 ) -> Scorer:
     """The right runtime for a model file: .onnx -> onnxruntime, .xml -> OpenVINO (neither
     imports torch), anything else -> a padim model file run by torch. `score_mode` replaces
-    the model's (torch only: an export has its mode built in)."""
+    the model's (torch only: an export has its mode built in). Every scorer must score a blank
+    image (finite score and map of the right shapes) before it is returned: a damaged or
+    mismatched file is one clear error here, not a traceback mid-run."""
     suffix = Path(path).suffix.lower()
     if suffix in (".onnx", ".xml"):
         if not Path(path).is_file():
@@ -432,9 +434,12 @@ def load_scorer(
                 f"{path} was exported with score mode {built_in}; export the "
                 f"model again with --score-mode {score_mode}"
             )
+        check_scorer(scorer)
         return scorer
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return TorchScorer.from_file(path, device=device, score_mode=score_mode)
+    torch_scorer = TorchScorer.from_file(path, device=device, score_mode=score_mode)
+    check_scorer(torch_scorer)
+    return torch_scorer

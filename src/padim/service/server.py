@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from padim import options
-from padim.deploy.scorers import Scorer, check_scorer, load_scorer
+from padim.deploy.scorers import Scorer, load_scorer
 from padim.errors import PadimError
 from padim.memory import limit_malloc_arenas
 from padim.service.app import create_app
@@ -90,10 +90,8 @@ def prepare_process(settings: ServeSettings) -> None:
 
 
 def load_checked(path: Path, device: str, threads: int | None) -> Scorer:
-    """Load a model file and require it to score a blank image."""
-    scorer = load_scorer(path, device, threads)
-    check_scorer(scorer)
-    return scorer
+    """Load a model file; `load_scorer` requires it to score a blank image."""
+    return load_scorer(path, device, threads)
 
 
 def model_sources(
