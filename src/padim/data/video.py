@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,41 +82,86 @@ def open_source(source: str | Path) -> Any:
     try:
         container = av.open(text, **kwargs)
     except Exception as exc:
-        raise PadimError(f"cannot open video {text}: {first_line(exc)}") from None
+        raise PadimError(f"cannot open video {text}: {video_error(exc)}") from None
     if not container.streams.video:
         container.close()
         raise PadimError(f"{text} has no video stream")
     return container
 
 
-def read_frames(source: str | Path, every: int = 1) -> Iterator[Frame]:
-    """Every `every`-th frame of a source, in order, as RGB images with index and time."""
+MAX_BAD_PACKETS = 100  # packets that fail to decode before a source is given up
+MAX_FRAME_PIXELS = 50_000_000  # as --max-pixels for images: an 8000x8000 video is refused
+
+
+def video_error(exc: BaseException) -> str:
+    """A decoder's error as one readable line (PyAV's start "[Errno 1094995529] ...")."""
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", first_line(exc))
+
+
+def read_frames(
+    source: str | Path,
+    every: int = 1,
+    on_error: Callable[[str], None] | None = None,
+    max_pixels: int = MAX_FRAME_PIXELS,
+) -> Iterator[Frame]:
+    """Every `every`-th frame of a source, in order, as RGB images with index and time.
+
+    A packet that does not decode is skipped and reported to `on_error` (one corrupt packet
+    must not end a line's video); more than MAX_BAD_PACKETS of them, or frames of more than
+    `max_pixels`, end the source with a clear error."""
     if every < 1:
         raise PadimError(f"every must be a whole number >= 1, got {every}")
     container = open_source(source)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+        if pixels > max_pixels:
+            raise PadimError(_too_large(source, pixels, max_pixels))
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         rate = float(stream.average_rate or stream.guessed_rate or 25)
-        index = -1
-        frames = container.decode(stream)
-        while True:
+        index, bad = -1, 0
+        for packet in _packets(container, stream, source):
             try:
-                frame = next(frames)
-            except StopIteration:
-                return
+                decoded = packet.decode()
             except Exception as exc:
-                raise PadimError(
-                    f"{source}: decoding failed after frame {index}: {first_line(exc)}"
-                ) from None
-            index += 1
-            if index % every:
+                bad += 1
+                if on_error is not None:
+                    on_error(f"a packet after frame {index} did not decode: {video_error(exc)}")
+                if bad > MAX_BAD_PACKETS:
+                    raise PadimError(
+                        f"{source}: more than {MAX_BAD_PACKETS} packets did not decode "
+                        f"(the last after frame {index}): {video_error(exc)}"
+                    ) from None
                 continue
-            t = frame.time - start if frame.time is not None else index / rate
-            yield Frame(index, round(float(t), 6), frame.to_image())
+            for frame in decoded:
+                index += 1
+                if index % every:
+                    continue
+                if frame.width * frame.height > max_pixels:
+                    raise PadimError(_too_large(source, frame.width * frame.height, max_pixels))
+                t = frame.time - start if frame.time is not None else index / rate
+                yield Frame(index, round(float(t), 6), frame.to_image())
     finally:
         container.close()
+
+
+def _packets(container: Any, stream: Any, source: str | Path) -> Iterator[Any]:
+    """The stream's packets (the last, empty one flushes the decoder); a container that
+    cannot be read further is a clear error."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise PadimError(f"{source}: reading failed: {video_error(exc)}") from None
+        yield packet
+
+
+def _too_large(source: str | Path, pixels: int, limit: int) -> str:
+    return f"{source}: frames of {pixels:,} pixels are over the limit of {limit:,}"
 
 
 def frame_count(path: str | Path) -> int:
@@ -126,7 +171,7 @@ def frame_count(path: str | Path) -> int:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
     except Exception as exc:
-        raise PadimError(f"cannot read video {path}: {first_line(exc)}") from None
+        raise PadimError(f"cannot read video {path}: {video_error(exc)}") from None
     finally:
         container.close()
 

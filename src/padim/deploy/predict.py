@@ -83,11 +83,29 @@ def _photos(paths: list[Path], videos: list[Path], every: int) -> Iterator[_Phot
     for path in paths:
         yield _Photo(str(path), names[path], read_photo(path))
     for video in videos:
+        skipped: list[str] = []
+        frames = 0
         try:
-            for f in read_frames(video, every):
+            for f in read_frames(video, every, skipped.append):
+                frames += 1
                 yield _Photo(str(video), f"{names[video]}_f{f.index:06d}", f.image, f.index, f.time)
         except PadimError as exc:
             yield _Photo(str(video), names[video], f"unreadable_video: {exc}")
+            continue
+        if skipped:
+            why = f"corrupt_packets: {len(skipped)} skipped, the first: {skipped[0]}"
+            yield _Photo(str(video), names[video], why)
+        elif not frames:
+            yield _Photo(str(video), names[video], "no_frames: the video has no frames to score")
+
+
+def frames_or_zero(video: Path) -> int:
+    """A video's frame count for the progress bar; 0 for one that cannot be read (it becomes
+    an error row when its turn comes, and the run goes on)."""
+    try:
+        return frame_count(video)
+    except PadimError:
+        return 0
 
 
 def _chunks(items: Iterator[_Photo], size: int) -> Iterator[list[_Photo]]:
@@ -124,7 +142,7 @@ def write_predictions(
     videos = [p for p in inputs if p.is_file() and is_video(p)]
     others = [p for p in inputs if p not in videos]
     paths = [p for p in source_paths(others) if not is_video(p)] if others else []
-    total = len(paths) + sum(-(-frame_count(v) // every) for v in videos)
+    total = len(paths) + sum(-(-frames_or_zero(v) // every) for v in videos)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     rows: list[ResultRow] = []
