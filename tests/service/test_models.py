@@ -199,3 +199,55 @@ def test_serve_command_checks_its_models(folder, tmp_path, capsys):
     (tmp_path / "cap.safetensors").write_bytes((root / "cap.safetensors").read_bytes())
     assert main(["serve", str(root / "cap.safetensors"), str(tmp_path / "cap.safetensors")]) == 1
     assert "is used by" in capsys.readouterr().err
+
+
+def test_unusable_names_are_logged_once_and_unknown_names_are_cheap(folder, image, caplog):
+    """2,000 unusable names logged 9 lines each per rescan, every unknown-model request rescanned
+    the folder and answered with every name (24 kB)."""
+    root, _ = folder
+    for i in range(300):
+        (root / f"bad name {i}.onnx").write_bytes(b"x")
+        (root / f"m{i:03d}.onnx").symlink_to(root / "cap.safetensors")  # many servable names
+    caplog.set_level("WARNING", logger="padim.service")
+    with serve(root, reload_s=0) as c:
+        for _ in range(5):
+            c.app.state.service.pool.rescan()
+        started = time.perf_counter()
+        answers = [post_file(c, image, path=f"/v1/models/nope{i}/predict") for i in range(50)]
+        seconds = time.perf_counter() - started
+    skipped = [r for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skipped) == 300  # once per file, not once per scan
+    assert all(a.status_code == 404 for a in answers)
+    assert len(answers[0].content) < 2000 and "more (GET /v1/models)" in answers[0].text
+    assert seconds < 5
+
+
+def test_links_leading_outside_the_folder_are_not_served(folder, fitted, tmp_path, image):
+    root, _ = folder
+    elsewhere = tmp_path / "private"
+    elsewhere.mkdir()
+    save_with_threshold(fitted, 1.0, elsewhere / "secret.safetensors")
+    (root / "secret.safetensors").symlink_to(elsewhere / "secret.safetensors")
+    (root / "alias.safetensors").symlink_to(root / "cap.safetensors")  # inside: served
+    with serve(root) as c:
+        names = [m["name"] for m in c.get("/v1/models").json()["models"]]
+    assert "secret" not in names and "alias" in names
+
+
+def test_errors_name_files_not_server_folders(folder, image):
+    root, _ = folder
+    (root / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with serve(root) as c:
+        res = post_file(c, image, path="/v1/models/broken/predict")
+        listing = c.get("/v1/models").text
+    assert res.status_code == 503 and "broken.safetensors" in res.text
+    assert str(root) not in res.text and str(root) not in listing
+
+
+def test_reload_interval_must_be_sane(folder, capsys):
+    from padim.cli import main
+
+    root, _ = folder
+    for bad in ("1e-9", "nan", "inf", "-1"):
+        assert main(["serve", str(root), "--reload-interval", bad]) == 1, bad
+        assert "--reload-interval" in capsys.readouterr().err

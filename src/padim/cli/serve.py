@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
         max_loaded=args.max_loaded,
         reload_s=args.reload_interval,
     )
-    if args.reload_interval < 0:
-        raise PadimError("--reload-interval must be 0 (never) or positive")
+    if not (args.reload_interval == 0 or 0.1 <= args.reload_interval <= 86400):
+        raise PadimError("--reload-interval must be 0 (never) or 0.1 to 86400 seconds")
     run_server(
         args.models,
         settings,

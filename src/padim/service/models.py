@@ -54,23 +54,41 @@ def signature(path: Path) -> Signature | None:
 
 
 def model_files(folder: Path) -> list[Path]:
-    """The model files directly in a folder (hidden and temporary files skipped)."""
+    """The model files directly in a folder (hidden and temporary files skipped, and links
+    that lead outside it: the folder is what the operator chose to serve)."""
     try:
         entries = sorted(folder.iterdir())
+        inside = folder.resolve()
     except OSError as exc:
         raise PadimError(f"cannot list the models folder {folder}: {exc.strerror}") from None
     return [
         p
         for p in entries
-        if p.suffix.lower() in MODEL_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in MODEL_SUFFIXES
+        and not p.name.startswith(".")
+        and p.is_file()
+        and (not p.is_symlink() or p.resolve().parent == inside)
     ]
 
 
-def catalogue(sources: Sequence[Path]) -> dict[str, Path]:
+SHOWN_NAMES = 20  # model names listed in an error message; the rest are counted
+
+
+def name_list(names: Sequence[str]) -> str:
+    """Names for a message: the first SHOWN_NAMES, then how many more (a folder of 2,000
+    models must not make every 404 a 24 kB answer)."""
+    shown = ", ".join(names[:SHOWN_NAMES]) or "none"
+    more = len(names) - SHOWN_NAMES
+    return f"{shown} and {more} more (GET /v1/models)" if more > 0 else shown
+
+
+def catalogue(sources: Sequence[Path], warned: set[str] | None = None) -> dict[str, Path]:
     """Model name (the file's stem) -> file, from one folder or several files. Names must be
-    unique and URL-safe; files of a folder with an unusable name are skipped with a log line."""
+    unique and URL-safe; files of a folder with an unusable name are skipped with one log line
+    each (once per file while `warned` is kept across scans)."""
     folder = len(sources) == 1 and sources[0].is_dir()
     files = model_files(sources[0]) if folder else list(sources)
+    warned = set() if warned is None else warned
     found: dict[str, Path] = {}
     for path in files:
         name = path.stem
@@ -78,7 +96,9 @@ def catalogue(sources: Sequence[Path]) -> dict[str, Path]:
             why = "is used by " + found[name].name if name in found else "is not URL-safe"
             if not folder:
                 raise PadimError(f"model name {name!r} of {path} {why}: rename the file")
-            LOG.warning("skipping %s: its name %r %s", path, name, why)
+            if path.name not in warned:
+                warned.add(path.name)
+                LOG.warning("skipping %s: its name %r %s", path.name, name[:80], why)
             continue
         found[name] = path
     return found
@@ -91,6 +111,7 @@ class ModelSources:
     paths: Sequence[Path]
     load: Loader
     ready: dict[str, tuple[Scorer, Signature | None]] = field(default_factory=dict)  # loaded
+    warned: set[str] = field(default_factory=set)  # unusable file names already logged
 
 
 @dataclass
@@ -133,6 +154,7 @@ class ModelPool:
         self._load_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task] = set()
         self._watcher: asyncio.Task | None = None
+        self._warned = sources.warned  # unusable file names already logged
 
     @classmethod
     def of_scorer(
@@ -177,7 +199,7 @@ class ModelPool:
         if not self.sources:
             return
         try:
-            self.files = catalogue(self.sources)
+            self.files = catalogue(self.sources, self._warned)
         except PadimError as exc:  # the folder went away: serve what is loaded, say why
             LOG.error("%s", exc)
             return
@@ -188,15 +210,21 @@ class ModelPool:
     def check(self, name: str) -> str:
         """`name` when it is served (a file added since the last check included), else a 404:
         asked before a request's body is read, so a wrong name costs no upload."""
-        if name not in self.files and name not in self.fixed:
-            self.rescan()
+        if name not in self.files and name not in self.fixed and self._may_exist(name):
+            self.rescan()  # a file added since the last scan: served at once
         if name not in self.files and name not in self.fixed:
             raise ApiError(
-                404,
-                "unknown_model",
-                f"no model {name!r} (served: {', '.join(self.names) or 'none'})",
+                404, "unknown_model", f"no model {name[:80]!r} (served: {name_list(self.names)})"
             )
         return name
+
+    def _may_exist(self, name: str) -> bool:
+        """Whether a model file of that name is in the folder now: a few `stat` calls, so an
+        unknown name costs no scan of a folder of thousands of files."""
+        folder = self.sources[0] if len(self.sources) == 1 else None
+        if folder is None or not folder.is_dir() or not NAME.match(name):
+            return False
+        return any((folder / f"{name}{suffix}").is_file() for suffix in MODEL_SUFFIXES)
 
     def only(self) -> str:
         """The model name for the single-model routes: there must be exactly one."""
@@ -206,7 +234,7 @@ class ModelPool:
         raise ApiError(
             409,
             "several_models",
-            f"this service serves {len(names)} models ({', '.join(names) or 'none'}): "
+            f"this service serves {len(names)} models ({name_list(names)}): "
             "use /v1/models/{name}/predict",
         )
 
@@ -286,9 +314,10 @@ class ModelPool:
                 scorer = await asyncio.to_thread(self.load, path)
             except Exception as exc:
                 message = f"model {name} ({path.name}) cannot be loaded: {first_line(exc)}"
+                LOG.error("%s", message)  # the log may name server paths; clients may not
+                message = without_folders(message, path)
                 self.failures[name] = (sig, message)
                 self.metrics.loads.labels(model=name, outcome="failed").inc()
-                LOG.error("%s", message)
                 if name in self.loaded:  # a bad replacement: the old version goes on serving
                     return self.loaded[name]
                 raise ApiError(503, "model_unavailable", message) from None
@@ -363,6 +392,14 @@ class ModelPool:
                 continue
             LOG.info("model %s: %s changed on disk, reloading", name, path.name)
             self._start_load(name, path).add_done_callback(_consume)
+
+
+def without_folders(message: str, path: Path) -> str:
+    """`message` with the folders of `path` taken out (file names stay)."""
+    for folder in {str(path.resolve().parent), str(path.parent.absolute()), str(path.parent)}:
+        if folder not in ("", "."):
+            message = message.replace(folder + os.sep, "")
+    return message
 
 
 def _consume(task: asyncio.Task) -> None:

@@ -107,7 +107,8 @@ def model_sources(
             raise PadimError(f"model file not found: {path}")
     if len(models) > 1 and any(p.is_dir() for p in models):
         raise PadimError("give one folder of models, or model files, not both")
-    found = catalogue(models)
+    warned: set[str] = set()  # the pool goes on with it: each unusable file is logged once
+    found = catalogue(models, warned)
     if not found:
         raise PadimError(f"no model files in {models[0]} (looked for {', '.join(MODEL_SUFFIXES)})")
     load = functools.partial(load_checked, device=device, threads=threads)
@@ -115,7 +116,7 @@ def model_sources(
     if load_now and len(found) == 1 and not models[0].is_dir():
         (name, path), sig = next(iter(found.items())), signature(models[0])
         ready[name] = (load(path), sig)
-    return ModelSources(list(models), load, ready)
+    return ModelSources(list(models), load, ready, warned)
 
 
 def app_from_env() -> FastAPI:
