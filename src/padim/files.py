@@ -5,8 +5,10 @@ paths checked before any work, so nothing but a regular file is ever replaced.""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,13 +54,39 @@ def check_output_folder(
     return path
 
 
+STALE_AFTER_S = 60.0  # a temporary file this old whose writer is gone was left by a kill
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of earlier writes of `path` whose process is gone (SIGKILL,
+    power loss: no `finally` ran) and that are older than STALE_AFTER_S."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        with contextlib.suppress(OSError, ValueError):
+            if pid.isdigit() and not _alive(int(pid)) and now - tmp.stat().st_mtime > STALE_AFTER_S:
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
     Only a regular file is ever replaced (`check_output_file`)."""
     path = check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    prefix = f".{path.name}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -462,3 +462,11 @@ def test_normalised_scores_regions_and_operating_points(fitted, images):
         described = c.get("/v1/model").json()
         assert set(described["operating_points"]) == {"fit", "strict"}
         assert described["score_scale"]["kind"] == "logistic"
+
+
+def test_the_page_has_its_policy_under_static_too(client):
+    """/static/index.html served the page without its Content-Security-Policy."""
+    for path in ("/", "/static/index.html", "/static/app.js"):
+        res = client.get(path)
+        assert res.status_code == 200, path
+        assert "default-src 'self'" in res.headers["content-security-policy"], path

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from padim import __version__
@@ -25,7 +24,7 @@ from padim.service.inspection import Service
 from padim.service.metrics import MetricsMiddleware
 from padim.service.models import ModelSources
 from padim.service.requests import ApiError
-from padim.service.routes import router, web_root
+from padim.service.routes import PageFiles, router, web_root
 from padim.service.settings import ServeSettings
 
 LOG = logging.getLogger("padim.service")
@@ -56,7 +55,7 @@ def create_app(models: Scorer | ModelSources, settings: ServeSettings | None = N
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     add_error_handlers(app, service)
     app.include_router(router)
-    app.mount("/static", StaticFiles(directory=web_root()), name="static")
+    app.mount("/static", PageFiles(directory=web_root()), name="static")
     return app
 
 

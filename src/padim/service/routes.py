@@ -10,7 +10,9 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Scope
 
 from padim.deploy.scorers import Scorer, resolve_threshold
 from padim.errors import PadimError
@@ -32,6 +34,16 @@ PAGE_HEADERS = {
     "style-src 'self'; script-src 'self'; connect-src 'self'",
     "Cache-Control": "no-cache",
 }
+
+
+class PageFiles(StaticFiles):
+    """The page's files, each with the page's Content-Security-Policy (index.html is also
+    reachable as /static/index.html)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Content-Security-Policy"] = PAGE_HEADERS["Content-Security-Policy"]
+        return response
 
 
 def web_root() -> Path:
