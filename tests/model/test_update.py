@@ -101,3 +101,41 @@ def test_cli_update_calibrate_and_predict_with_regions(widget, tmp_path, capsys)
     assert all(r["regions"] and r["regions"][0]["area"] > 0 for r in bad)
     assert main([*args, "--operating-point", "nope"]) == 1
     assert "no operating point 'nope'" in capsys.readouterr().err
+
+
+def test_update_refuses_images_of_another_geometry(widget, tmp_path):
+    """1130x460 frames added to a square model moved its threshold 15.4 -> 40.8 silently."""
+    from conftest import save, texture
+
+    first, _, _ = _split(widget)
+    model = Padim(**SETTINGS, statistics="keep").fit(first)
+    rng = np.random.default_rng(0)
+    wide = [save(tmp_path / f"w{i}.png", texture(rng, SIZE)[:, :].repeat(3, axis=1))
+            for i in range(5)]  # fmt: skip
+    with pytest.raises(PadimError, match="another aspect ratio"):
+        model.partial_fit(wide)
+
+
+def test_fit_refuses_a_thumbnail_among_camera_images(widget, tmp_path):
+    from conftest import save, texture
+
+    first, _, _ = _split(widget)
+    tiny = save(tmp_path / "thumb.png", texture(np.random.default_rng(1), SIZE)[:3, :3])
+    with pytest.raises(PadimError, match=r"far smaller than the others.*thumb\.png \(3x3\)"):
+        Padim(**SETTINGS).fit([*first, tiny])
+
+
+def test_an_update_that_moves_the_threshold_far_says_so(widget, tmp_path, capsys):
+    from padim.model.fitting import threshold_moved
+
+    assert threshold_moved(160.9, 231.7) and "+44%" in threshold_moved(160.9, 231.7)
+    assert threshold_moved(160.9, 170.0) is None
+    first, rest, _ = _split(widget)
+    model = Padim(**SETTINGS, statistics="keep").fit(first)
+    model.calibration.current = model.threshold_ * 3  # as if chosen far from the pool
+    model.calibration.active = None
+    path = model.save(tmp_path / "m.safetensors")
+    assert (
+        main(["update", str(path), *map(str, rest), "--out", str(tmp_path / "m2.safetensors")]) == 0
+    )
+    assert "the threshold moved" in capsys.readouterr().err

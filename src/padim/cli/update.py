@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         f"{last['seconds']:.1f} s: {before} -> {training.n_train} training images; threshold "
         f"{model.threshold_:.3f} ({model.threshold_source_}); wrote {args.out}"
     )
+    if last.get("warning"):
+        print(f"padim: warning: {last['warning']}", file=sys.stderr)
     stale = [p.name for p in model.operating_points_.values() if p.warning]
     if stale:
         print(

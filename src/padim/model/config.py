@@ -119,6 +119,7 @@ class TrainingSummary:
     training_perturbation: str | None = None  # set by the Rd-MVTec benchmark protocol
     roi: dict[str, Any] | None = None  # the region of interest: its source, the inspected share
     updates: list[dict[str, Any]] | None = None  # `padim update`s: images added, seconds, when
+    image_size: list[int] | None = None  # median (width, height) of the training images
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -83,6 +83,66 @@ def resolve_size(config: PadimConfig, items: Sequence[ImageInput]) -> PadimConfi
     return resolved
 
 
+SIZED = (str, Path, np.ndarray)  # inputs whose size is known without decoding them
+TINY = 4  # an image whose side is under 1/TINY of the others' median is a mistake
+ASPECT_TOLERANCE = 0.15  # new images for `update` whose aspect ratio differs more: refused
+
+
+def training_size(items: Sequence[ImageInput]) -> tuple[int, int] | None:
+    """The median (width, height) of the training images (files and arrays: headers only),
+    refusing images far smaller than the rest (a 3x3 thumbnail among camera frames would be
+    upscaled into the Gaussians silently); None when no size is known without decoding."""
+    sized = [(item, image_shape(item)) for item in items if isinstance(item, SIZED)]
+    if not sized:
+        return None
+    w = int(np.median([wh[0] for _, wh in sized]))
+    h = int(np.median([wh[1] for _, wh in sized]))
+    tiny = [(item, wh) for item, wh in sized if wh[0] * TINY < w or wh[1] * TINY < h]
+    if tiny:
+        item, (tw, th) = tiny[0]
+        name = item if isinstance(item, str | Path) else "an array"
+        raise PadimError(
+            f"{len(tiny)} training image(s) are far smaller than the others ({w}x{h}), e.g. "
+            f"{name} ({tw}x{th}): remove them, or fit them as a model of their own"
+        )
+    return w, h
+
+
+def check_same_geometry(known: list[int] | None, items: Sequence[ImageInput]) -> None:
+    """New good images for a fitted model must look like its training images: the same
+    aspect ratio (images of another product or camera would move the Gaussians and the
+    threshold silently)."""
+    size = training_size(items)
+    if not known or size is None:
+        return
+    was, now = known[0] / known[1], size[0] / size[1]
+    if abs(now - was) > ASPECT_TOLERANCE * was:
+        raise PadimError(
+            f"the new images are {size[0]}x{size[1]} but the model was fitted on images of "
+            f"{known[0]}x{known[1]} (another aspect ratio): are they of the same product and "
+            "camera? Fit a model of their own"
+        )
+
+
+THRESHOLD_MOVE = 0.25  # an update that moves the threshold more than this says so
+
+
+def threshold_moved(before: float | None, after: float | None) -> str | None:
+    """A warning when `update` moved the threshold far: its held-out pool mixes scores of the
+    older Gaussians (kept from earlier fits) with the new images' scores, so a large move is
+    more likely the pool than the line; calibrate it on images of the line."""
+    if before is None or after is None or before == 0:
+        return None
+    change = (after - before) / abs(before)
+    if abs(change) <= THRESHOLD_MOVE:
+        return None
+    return (
+        f"the threshold moved {change:+.0%} ({before:.4g} -> {after:.4g}): it is a quantile of "
+        "held-out scores pooled from earlier fits and these images; check it with "
+        "padim calibrate --good DIR (or --target-fpr on new good images)"
+    )
+
+
 def build_embedder(config: PadimConfig, weights: str | Path | None) -> Embedding:
     """The frozen backbone + channel selection (+ tiling) a resolved config describes."""
     spec = get_backbone(config.backbone)
@@ -128,6 +188,7 @@ class Fitter:
         self.batch_size = batch_size
         self.progress = progress
         self.roi = roi
+        self.image_size: tuple[int, int] | None = None  # learned by `plan`
 
     @property
     def sizing(self) -> Sizing:
@@ -148,6 +209,7 @@ class Fitter:
         for every engine, so a distributed fit sees exactly the local fit's images); resolves
         this fitter's input size."""
         items = training_items(images)
+        self.image_size = training_size(items)  # also refuses tiny images, before any work
         self.config = resolve_size(self.config, items)
         if len(items) < MIN_TRAIN_IMAGES:
             raise PadimError(
@@ -289,6 +351,7 @@ class Fitter:
                 else None
             ),
             roi=None if roi is None else self.roi_summary(roi),
+            image_size=None if self.image_size is None else list(self.image_size),
         )
         return ModelState(cfg, net, calibration, training, kept, self.device)
 
@@ -359,6 +422,7 @@ class Fitter:
         if not items:
             raise PadimError("no new images to add")
         training = state.training
+        check_same_geometry(training.image_size if training else None, items)
         updates = list(training.updates or []) if training else []
         rng = np.random.default_rng([self.config.seed, len(updates) + 1])
         plan = self.split(items, rng, 0)
@@ -383,9 +447,13 @@ class Fitter:
             if held_out is not None:
                 new_scores = self.mode_scores(net, net.stitch_held_out(held_out))
         state.statistics = stats
+        before = state.calibration.current
         state.calibration.after_update(new_scores, self.config.threshold_quantile)
         seconds = round(time.perf_counter() - plan.started, 3)
-        row = {"added": plan.n, "held_out": len(plan.hold_items), "seconds": seconds}
+        row: dict = {"added": plan.n, "held_out": len(plan.hold_items), "seconds": seconds}
+        moved = threshold_moved(before, state.calibration.current)
+        if moved:
+            row["warning"] = moved
         updates.append({**row, "when": now_iso()})
         if training is not None:
             training.n_train += plan.n
