@@ -105,3 +105,13 @@ def labelled_samples(args: argparse.Namespace, masks: Path | None = None) -> lis
     if not (args.good or args.defective):
         raise PadimError("no labelled data: give an MVTec AD category folder or --good/--defective")
     return folder_test_set(args.good, args.defective, masks)
+
+
+def check_inputs(model: Path, inputs: list[Path] | tuple[Path, ...] = ()) -> None:
+    """The model file and every input exist: said in one line before anything is loaded."""
+    if not model.is_file():
+        raise PadimError(f"model file not found: {model}")
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PadimError(f"input not found: {missing[0]}{more}")

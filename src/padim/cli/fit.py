@@ -49,11 +49,12 @@ def add_arguments(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from padim.data.datasets import training_inputs
-    from padim.model.estimator import Padim
 
     check_engine(args)
     check_output_file(args.out)
-    data = training_inputs(args.data, args.every, args.scene)
+    data = training_inputs(args.data, args.every, args.scene)  # before torch is imported
+    from padim.model.estimator import Padim
+
     model = Padim(**model_settings(args))
     if args.engine == "ray":
         from padim import ray_engine

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from types import ModuleType
+from typing import NoReturn
 
 from padim import __version__
 from padim.cli import (
@@ -45,8 +46,16 @@ MODULES: tuple[ModuleType, ...] = (
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {m.NAME: m.run for m in MODULES}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the documented error form: one line, `padim: error: ...`, exit status 2
+    (usage mistakes), and where to look for the options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"padim: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="padim",
         description="PaDiM anomaly detection: fit on good images, localise defects, evaluate, "
         "serve.",

@@ -17,7 +17,7 @@ from padim.cli.arguments import (
     non_negative_int,
     positive_int,
 )
-from padim.cli.common import check_engine, progress, ray_option
+from padim.cli.common import check_engine, check_inputs, progress, ray_option
 from padim.errors import PadimError
 from padim.files import check_output_folder
 
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     check_engine(args)
     if args.engine == "ray":
         return predict_on_ray(args)
+    check_inputs(args.model, args.inputs)
+    check_output_folder(args.out, args.inputs)  # before the model takes seconds to load
     scorer = load_scorer(args.model, args.device, args.threads, args.score_mode)
     results = write_predictions(
         scorer,

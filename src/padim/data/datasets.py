@@ -166,6 +166,8 @@ def training_inputs(
     frames of videos (every `every`-th): an STC root, one video file, or a folder holding
     videos and no images."""
     root = Path(data)
+    if not root.exists():  # said before the backbone is loaded
+        raise PadimError(f"training data not found: {root}")
     if is_stc(root):
         return stc_training_frames(root, every, scene)
     if root.is_file() and is_video(root):

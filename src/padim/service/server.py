@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,21 @@ def app_from_env() -> FastAPI:
     return create_app(model_sources(models, device, threads, load_now=True), settings)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address this process cannot listen on (another server on the
+    port, an address not on this machine), as uvicorn would after the models loaded."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PadimError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on "
+                "that port? choose another --port or --host)"
+            ) from None
+
+
 def run_server(
     models: Sequence[Path],
     settings: ServeSettings,
@@ -145,6 +161,7 @@ def run_server(
     then serve them with uvicorn."""
     import uvicorn
 
+    check_port(host, port)  # a busy port is said before the models take seconds to load
     prepare_process(settings)
     sources = model_sources(models, device, threads, load_now=True)  # fails here, clearly
     common: dict[str, Any] = {
