@@ -3,6 +3,7 @@ clobber, interrupted writes, unreadable inputs and damaged models that must not 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -259,6 +260,70 @@ def test_slow_clients_disconnects_and_invented_methods(model_file, tmp_path):
     text = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in text, text[-3000:]
     assert text.count("went away during the upload") == 1, text[-3000:]
+
+
+@pytest.mark.slow
+def test_dripping_bodies_and_connection_floods_are_bounded(model_file, tmp_path):
+    """1,100 connections dripping a byte every 20 s stayed open for ever (no deadline, no cap)
+    until the server ran out of file handles and failed every request. Now a whole body has a
+    deadline and connections beyond --max-connections get 503 at once."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "padim", "serve", str(model_file), "--port", str(port),
+         "--body-timeout", "1", "--body-deadline", "2.5", "--max-connections", "8",
+         "--device", "cpu"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "/v1/health", timeout=1).read()
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.1)
+        head = (
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        drip = socket.create_connection(("127.0.0.1", port), timeout=10)
+        drip.sendall(head)
+        started, reply = time.monotonic(), b""
+        while not reply and time.monotonic() - started < 8:
+            drip.sendall(b"x")  # never pauses for the 1 s body timeout
+            time.sleep(0.5)
+            drip.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                reply = drip.recv(65536)
+            drip.setblocking(True)
+        drip.close()
+        assert reply.startswith(b"HTTP/1.1 408") and b"took longer than 2.5" in reply, reply[:300]
+        assert time.monotonic() - started < 6
+        for _ in range(30):  # more slow uploads than the cap allows
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(head)
+            held.append(s)
+        time.sleep(0.3)
+        try:
+            status = urllib.request.urlopen(base + "/v1/health", timeout=5).status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status in (200, 503)  # answered at once either way, never a hang
+    finally:
+        for s in held:
+            s.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in text and "Too many open files" not in text, text[-3000:]
 
 
 # ----------------------------------------------------------------------------- model files

@@ -267,6 +267,16 @@ MAX_WAIT_MS = Option(
 BODY_TIMEOUT_S = Option(
     "--body-timeout", 30.0, "seconds a client may pause while sending a request body (408 after)"
 )
+BODY_DEADLINE_S = Option(
+    "--body-deadline",
+    120.0,
+    "seconds a whole request body may take, however steadily it drips in (408 after)",
+)
+MAX_CONNECTIONS = Option(
+    "--max-connections",
+    512,
+    "open connections (and requests) at once per server process; more get 503 at once",
+)
 HEADER_TIMEOUT_S = Option(
     "--header-timeout", 10.0, "seconds a connection may take to send a request's headers"
 )

@@ -45,6 +45,8 @@ def add_arguments(sub: Any) -> None:
     add(p, options.MAX_DECODES, type=positive_int)
     add(p, options.BODY_TIMEOUT_S, type=float)
     add(p, options.HEADER_TIMEOUT_S, type=float)
+    add(p, options.BODY_DEADLINE_S, type=float)
+    add(p, options.MAX_CONNECTIONS, type=positive_int)
     add(p, options.MAX_LOADED, type=positive_int)
     add(p, options.RELOAD_S, type=float, metavar="S")
     p.add_argument(
@@ -71,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0 or args.max_wait_ms < 0:
         raise PadimError("--max-upload-mb must be positive and --max-wait-ms non-negative")
-    if not (args.body_timeout > 0 and args.header_timeout > 0):
-        raise PadimError("--body-timeout and --header-timeout must be positive")
+    timeouts = (args.body_timeout, args.header_timeout, args.body_deadline)
+    if not all(0 < t <= 86400 for t in timeouts):
+        raise PadimError("--body-timeout, --header-timeout and --body-deadline must be positive")
     upload = int(args.max_upload_mb * MB)
     settings = ServeSettings(
         max_upload_bytes=upload,
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         examples=tuple(args.examples),
         body_timeout_s=args.body_timeout,
         header_timeout_s=args.header_timeout,
+        body_deadline_s=args.body_deadline,
+        max_connections=args.max_connections,
         max_decodes=args.max_decodes or 0,
         log_level=args.log_level,
         max_loaded=args.max_loaded,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,26 +35,34 @@ class Upload:
     data: bytes
 
 
-async def read_body(request: Request, limit: int, what: str, timeout: float = 30.0) -> bytes:
+async def read_body(
+    request: Request, limit: int, what: str, timeout: float = 30.0, deadline: float = 120.0
+) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes, with 408 when the
-    client pauses longer than `timeout` seconds, and with 499 (logged, not a server error) when
-    the client goes away mid-upload."""
+    client pauses longer than `timeout` seconds or the whole body takes longer than `deadline`
+    (a byte every few seconds would hold a connection forever), and with 499 (logged, not a
+    server error) when the client goes away mid-upload."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(what, int(declared), limit)
     chunks: list[bytes] = []
     total = 0
     stream = request.stream().__aiter__()
+    ends = time.monotonic() + deadline
     while True:
+        left = ends - time.monotonic()
         try:
-            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, min(timeout, left)))
         except StopAsyncIteration:
             break
         except TimeoutError:
+            late = time.monotonic() >= ends
             raise ApiError(
                 408,
                 "body_timeout",
-                f"the client sent no data for {timeout:g} s while sending the body",
+                f"the body took longer than {deadline:g} s"
+                if late
+                else f"the client sent no data for {timeout:g} s while sending the body",
             ) from None
         except ClientDisconnect:
             raise ApiError(
@@ -94,7 +103,9 @@ async def read_uploads(request: Request, settings: ServeSettings, batch: bool) -
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
         limit = settings.max_request_bytes if batch else settings.max_upload_bytes + MB
-        body = await read_body(request, limit, "the request", settings.body_timeout_s)
+        body = await read_body(
+            request, limit, "the request", settings.body_timeout_s, settings.body_deadline_s
+        )
         max_files = settings.max_batch_images if batch else 1
         try:
             form = await _replay(request, body).form(max_files=max_files, max_fields=max_files + 8)
@@ -122,7 +133,11 @@ async def read_uploads(request: Request, settings: ServeSettings, batch: bool) -
             Upload(
                 name,
                 await read_body(
-                    request, settings.max_upload_bytes, "the image", settings.body_timeout_s
+                    request,
+                    settings.max_upload_bytes,
+                    "the image",
+                    settings.body_timeout_s,
+                    settings.body_deadline_s,
                 ),
             )
         ]

@@ -6,6 +6,7 @@ allocator is kept to a few arenas so RSS stays flat under concurrent load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -86,8 +87,23 @@ def configure_logging(level: str) -> None:
 def prepare_process(settings: ServeSettings) -> None:
     """Set this process up for serving: allocator arenas, logging, header timeout."""
     limit_malloc_arenas(MALLOC_ARENAS)
+    raise_open_files_limit()
     configure_logging(settings.log_level)
     HeaderTimeoutProtocol.header_timeout = settings.header_timeout_s
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit of open files up to the hard one: 1,024 sockets is the whole budget by
+    default, and a server out of descriptors fails every request (and floods its log)."""
+    try:
+        import resource
+    except ImportError:  # not on this system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def load_checked(path: Path, device: str, threads: int | None) -> Scorer:
@@ -169,6 +185,7 @@ def run_server(
         "port": port,
         "log_level": log_level,
         "http": HeaderTimeoutProtocol,
+        "limit_concurrency": settings.max_connections,  # beyond it: 503 at once, no socket held
     }
     if workers == 1:
         uvicorn.run(create_app(sources, settings), **common)

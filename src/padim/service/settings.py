@@ -26,6 +26,8 @@ class ServeSettings:
     examples: Sequence[Path] = field(default_factory=tuple)  # files/folders; () = demo images
     body_timeout_s: float = options.BODY_TIMEOUT_S.default  # longest pause inside a body
     header_timeout_s: float = options.HEADER_TIMEOUT_S.default  # headers must arrive by then
+    body_deadline_s: float = options.BODY_DEADLINE_S.default  # a whole body must arrive by then
+    max_connections: int = options.MAX_CONNECTIONS.default  # per process (uvicorn's limit)
     max_decodes: int = 0  # images decoded at once (0: one per CPU)
     log_level: str = options.LOG_LEVEL.default
     max_loaded: int = options.MAX_LOADED.default  # models in memory at once (LRU)
