@@ -416,3 +416,18 @@ def test_ray_options_need_the_ray_engine(tmp_path, category, capsys):
         line = _error_line(capsys)
         assert extra[0] in line and "--engine ray" in line
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_evaluate_names_its_mistakes_and_its_files(model_file, category, tmp_path, capsys):
+    """evaluate named neither the images it got wrong nor the files it wrote."""
+    from padim import load
+
+    strict = load(model_file)
+    strict.set_threshold(0.0)  # everything is anomalous at 0: every good image is wrong
+    path = strict.save(tmp_path / "strict.safetensors")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(path), str(category), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "false alarms (good, scored above the threshold)" in text
+    assert "good" in text.split("false alarms")[1].splitlines()[1]  # a good image's path
+    assert f"wrote {out}" in text

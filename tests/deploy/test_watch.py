@@ -135,7 +135,7 @@ class Slow:
 
     def __init__(self, scorer):
         self.scorer = scorer
-        for name in ("model_id", "threshold", "input_hw", "geometry", "score_scale"):
+        for name in ("model_id", "threshold", "input_hw", "geometry", "score_scale", "thresholds"):
             setattr(self, name, getattr(scorer, name))
         self.preprocess = scorer.preprocess
 
@@ -226,3 +226,13 @@ def test_a_summary_path_taken_by_a_folder_is_refused_before_the_run(
     assert main([*args, "--speed", "0"]) == 1
     assert "summary.json" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["summary.json"]  # no alarm was written first
+
+
+def test_watch_says_why_frames_of_a_file_were_not_scored(fitted, clip, monkeypatch, capsys):
+    """watch on a file scored 3 of 100 frames, 0 alarms, and gave no hint why."""
+    from padim.deploy import scorers
+
+    monkeypatch.setattr(scorers, "load_scorer", lambda *a, **k: Slow(TorchScorer(fitted)))
+    assert main(["watch", "model.safetensors", str(clip), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "frames were not scored" in err and "--speed 0" in err

@@ -4,6 +4,7 @@ by side."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,5 +38,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=progress(args),
     )
+    metrics = json.loads((report.parent / "metrics.json").read_text(encoding="utf-8"))
+    shown = ("image_auroc", "pixel_auroc", "aupro", "image_f1_at_threshold", "fit_seconds")
+    print("demo: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
     print(f"demo report: {report}")
     return 0

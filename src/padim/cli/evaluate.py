@@ -103,10 +103,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {f'image_auroc[{defect}]':28s} {format_metric(value, 4)}")
     for note in m.get("notes", []):
         print(f"  note: {note}")
+    print_mistakes(run)
     if args.json:
         write_text_atomic(args.json, json.dumps(m, indent=2) + "\n")
+        print(f"wrote {args.json}")
     if args.figure:
         from padim.evaluation.figures import report_figure
 
         report_figure(run, args.figure)
+        print(f"wrote {args.figure}")
     return 0
+
+
+SHOWN_MISTAKES = 10  # per kind; the rest are counted
+
+
+def print_mistakes(run: Any) -> None:
+    """The images the threshold gets wrong, worst first: what an engineer looks at next."""
+    labels, scores, threshold = run.labels, run.scores, run.threshold
+    order = sorted(range(len(scores)), key=lambda i: -abs(float(scores[i]) - threshold))
+    alarms = [i for i in order if labels[i] == 0 and scores[i] > threshold]
+    misses = [i for i in order if labels[i] == 1 and scores[i] <= threshold]
+    for kind, wrong in (
+        ("false alarms (good, scored above the threshold)", alarms),
+        ("misses (anomalous, scored at or below it)", misses),
+    ):
+        if not wrong:
+            continue
+        print(f"  {len(wrong)} {kind}:")
+        for i in wrong[:SHOWN_MISTAKES]:
+            print(f"    {run.samples[i].path}  score {float(scores[i]):.3f}")
+        if len(wrong) > SHOWN_MISTAKES:
+            print(f"    ... and {len(wrong) - SHOWN_MISTAKES} more")

@@ -56,7 +56,7 @@ def add_arguments(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from padim.data.video import av_module
+    from padim.data.video import av_module, is_live
     from padim.deploy import watch
     from padim.deploy.scorers import load_scorer, resolve_threshold
 
@@ -92,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
     if stats.source_error and stats.read == 0:
         raise PadimError(stats.source_error)
     print(f"watched {stats.line()}")
+    if stats.dropped and not is_live(args.source) and args.speed > 0:
+        print(
+            f"padim: note: {stats.dropped} of {stats.read} frames were not scored: the model "
+            f"scores {stats.scored / max(stats.seconds, 1e-9):.1f} frames/s and the file played "
+            "at its own rate (--speed 0 scores every frame of a file)",
+            file=sys.stderr,
+        )
     if args.out is not None:
         print(f"wrote {watch.write_summary(args.out, stats)}")
     if stats.source_error:

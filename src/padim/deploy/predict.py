@@ -195,12 +195,28 @@ def write_predictions(
             encoding="utf-8",
         )
         out.mkdir(parents=True, exist_ok=True)
+        stale = previous_outputs(out)  # an earlier run's pictures must not sit beside these
         for done in stage.iterdir():
             os.replace(done, out / done.name)
+            stale.discard(done.name)
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
     finally:
         bar.close()
         shutil.rmtree(stage, ignore_errors=True)
     return rows
+
+
+def previous_outputs(out: Path) -> set[str]:
+    """The picture files an earlier `padim predict` wrote into `out`, as its results.csv lists
+    them (only those: anything else in the folder is the user's)."""
+    try:
+        with (out / "results.csv").open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return set()
+    names = {row.get(k) or "" for row in rows for k in PICTURES}
+    return {n for n in names if n and "/" not in n and not n.startswith(".")}
 
 
 def _csv(rows: list[ResultRow], frames: bool = False) -> str:
