@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,13 +201,25 @@ def test_metrics_count_requests_errors_and_batches(scorer, images):
     assert "padim_models_loaded 1.0" in text
 
 
-def test_examples_default_to_demo_images(client):
-    listing = client.get("/v1/examples").json()
-    assert len(listing) >= 3 and any("scratch" in e["name"] for e in listing)
-    img = client.get(listing[0]["url"])
+def test_examples_are_none_by_default_and_the_demo_on_request(client, scorer):
+    """Every model's page offered the demo's gravel pictures as its examples."""
+    assert client.get("/v1/examples").json() == []
+    with make_client(scorer, examples=(Path("demo"),)) as c:
+        listing = c.get("/v1/examples").json()
+        assert len(listing) >= 3 and any("scratch" in e["name"] for e in listing)
+        img = c.get(listing[0]["url"])
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
     Image.open(io.BytesIO(img.content)).verify()
     assert_error(client.get("/v1/examples/999"), 404, "not_found", "no example")
+
+
+def test_a_photo_of_another_shape_is_scored_with_a_warning(client):
+    """A bottle photo squeezed into a 400x160 model was scored silently."""
+    rng = np.random.default_rng(3)
+    square = post_file(client, png(texture(rng))).json()
+    wide = post_file(client, png(np.concatenate([texture(rng)] * 3, axis=1))).json()
+    assert square["warnings"] == []
+    assert len(wide["warnings"]) == 1 and "stretched" in wide["warnings"][0]
 
 
 def test_examples_from_folders(scorer, tmp_path, images):

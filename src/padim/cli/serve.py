@@ -59,8 +59,8 @@ def add_arguments(sub: Any) -> None:
         type=Path,
         nargs="+",
         default=[],
-        help="example images for the web page: files and/or folders (default: "
-        "built-in demo images)",
+        help="example images for the web page: files and/or folders of the served product, or "
+        "'demo' for the built-in demo pictures (default: none)",
     )
     add(p, options.DEVICE)
     add(p, options.THREADS, type=positive_int)

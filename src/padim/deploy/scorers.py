@@ -223,6 +223,7 @@ def describe(
         "threshold": threshold,
         "threshold_source": info.get("threshold_source"),
         "n_train": info.get("n_train"),
+        "training_image_size": info.get("image_size"),
         "n_holdout": info.get("n_holdout"),
         "weights": info.get("weights"),
         "sigma": meta.get("sigma"),

@@ -27,8 +27,11 @@ def _media_type(path: Path) -> str:
 
 def load_examples(sources: Sequence[Path]) -> list[Example]:
     """Example images for the page: the given files / folders (folders: their images, and the
-    images one level down, named `<subfolder>/<file>`), or a few built-in demo images."""
+    images one level down, named `<subfolder>/<file>`); `demo` for a few built-in demo images;
+    none by default (the demo's gravel pictures are no example of a served bottle model)."""
     if not sources:
+        return []
+    if [str(s) for s in sources] == ["demo"] and not Path("demo").exists():
         return demo_examples()
     files: list[tuple[str, Path]] = []
     for source in map(Path, sources):

@@ -15,7 +15,8 @@ function setStatus(text, isError = false) {
   el.classList.toggle("error", isError);
 }
 
-// The models the service serves, in the picker; the first is chosen.
+// The models the service serves, in the picker. One model is chosen; with several the user
+// chooses (a photo scored by the alphabetically first product's model means nothing).
 async function loadModels() {
   const res = await fetch("/v1/models");
   if (!res.ok) throw new Error(`models: HTTP ${res.status}`);
@@ -24,7 +25,15 @@ async function loadModels() {
   const picker = $("model-picker");
   picker.replaceChildren(...models.map((m) => new Option(m.name, m.name)));
   picker.disabled = models.length === 1;
-  await loadModel(models[0].name);
+  if (models.length === 1) {
+    await loadModel(models[0].name);
+    return;
+  }
+  const choose = new Option(`choose one of ${models.length} models…`, "");
+  choose.disabled = true;
+  picker.prepend(choose);
+  picker.value = "";
+  $("model").textContent = "choose the model of the product to inspect";
 }
 
 async function loadModel(name) {
@@ -108,6 +117,10 @@ function loadImage(b64) {
 }
 
 async function predictFiles(files) {
+  if (!state.name) {
+    setStatus("choose a model first (the product these images show)", true);
+    return;
+  }
   for (const file of files) {
     setStatus(`scoring ${file.name}…`);
     const form = new FormData();
@@ -139,8 +152,13 @@ async function addResult(body) {
     heat: await loadImage(body.pictures.heatmap),
   };
   node.querySelector(".name").textContent = body.filename;
-  node.querySelector(".model-name").textContent = body.model;
+  const m = state.model;
+  node.querySelector(".model-name").textContent =
+    `${body.model} (${m.backbone}, ${inputSize(m.input_size)}, ${m.n_train ?? "?"} images)`;
   node.dataset.model = body.model;
+  const warning = node.querySelector(".warning");
+  warning.textContent = (body.warnings || []).join(" ");
+  warning.hidden = !(body.warnings || []).length;
   for (const c of node.querySelectorAll("canvas")) {
     c.width = w;
     c.height = h;
