@@ -104,3 +104,13 @@ def test_video_errors_read_as_text():
     assert video_error(Fake("[Errno 1094995529] Invalid data found: 'x.mp4'")) == (
         "Invalid data found: 'x.mp4'"
     )
+
+
+def test_frames_over_the_pixel_limit_are_refused(clip):
+    """An 8000x8000 video was decoded 16 frames a batch (6.3 GB); frames now have the images'
+    pixel limit (50 MP), here lowered to the test clip's size."""
+    from padim.errors import PadimError
+
+    with pytest.raises(PadimError, match="over the limit"):
+        next(read_frames(clip, max_pixels=64 * 64 - 1))
+    assert next(read_frames(clip, max_pixels=64 * 64)).image.size == (64, 64)

@@ -91,3 +91,16 @@ def test_a_file_cut_or_replaced_while_read_is_an_error_not_a_crash(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(PadimError, match="shorter than"):
         read_safetensors(path)
+
+
+def test_unknown_tensors_in_a_model_file_are_not_read(model_file, tmp_path):
+    """A model file with an extra unknown tensor was accepted and copied into memory whole."""
+    from padim.model.modelfile import load_model_file
+    from padim.model.tensorfile import read_safetensors
+
+    tensors, meta = read_safetensors(model_file)
+    padded = tmp_path / "padded.safetensors"
+    with open(padded, "wb") as fh:
+        write_safetensors(fh, {**tensors, "junk.blob": torch.zeros(4_000_000)}, meta)
+    loaded, _ = load_model_file(padded)
+    assert "junk.blob" not in loaded and set(loaded) == set(load_model_file(model_file)[0])
