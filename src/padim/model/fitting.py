@@ -92,7 +92,7 @@ def training_size(items: Sequence[ImageInput]) -> tuple[int, int] | None:
     """The median (width, height) of the training images (files and arrays: headers only),
     refusing images far smaller than the rest (a 3x3 thumbnail among camera frames would be
     upscaled into the Gaussians silently); None when no size is known without decoding."""
-    sized = [(item, image_shape(item)) for item in items if isinstance(item, SIZED)]
+    sized = [(item, wh) for item in items if isinstance(item, SIZED) and (wh := _size(item))]
     if not sized:
         return None
     w = int(np.median([wh[0] for _, wh in sized]))
@@ -106,6 +106,14 @@ def training_size(items: Sequence[ImageInput]) -> tuple[int, int] | None:
             f"{name} ({tw}x{th}): remove them, or fit them as a model of their own"
         )
     return w, h
+
+
+def _size(item: ImageInput) -> tuple[int, int] | None:
+    """An image's size from its header, None when unreadable (reading it says why, later)."""
+    try:
+        return image_shape(item)
+    except PadimError:
+        return None
 
 
 def check_same_geometry(known: list[int] | None, items: Sequence[ImageInput]) -> None:
