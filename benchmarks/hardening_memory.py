@@ -2,12 +2,13 @@
 4K video whose every frame is an alarm (the folder sink's queue), and `padim predict` on an
 8000x8000 video. Each command is a separate process; its peak RSS comes from the kernel.
 
-    python benchmarks/hardening_memory.py MODEL.safetensors [--frames 24]
+    python benchmarks/hardening_memory.py MODEL.safetensors [--frames 100] [--speed 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -50,16 +51,22 @@ def peak(args: list[str]) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model", type=Path)
-    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--speed", default="1", help="watch --speed (1: real time)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         uhd = make_video(folder / "uhd.mp4", 3840, 2160, args.frames)
         gib, s, rc = peak(["watch", str(args.model), str(uhd), "--out", str(folder / "alarms"),
-                           "--threshold", "0", "--speed", "0", "--quiet"])  # fmt: skip
+                           "--threshold", "0", "--speed", args.speed, "--quiet"])  # fmt: skip
         written = len(list((folder / "alarms").glob("*_overlay.jpg")))
-        print(f"watch 4K ({args.frames} frames, all alarms): peak {gib:.2f} GiB, {s:.1f} s, "
-              f"exit {rc}, {written} alarms written")  # fmt: skip
+        summary = folder / "alarms" / "summary.json"
+        counts = json.loads(summary.read_text()) if summary.is_file() else {}
+        sink = counts.get("sinks", {}).get("folder", {})
+        print(f"watch 4K ({args.frames} frames, threshold 0: every scored frame an alarm): "
+              f"peak {gib:.2f} GiB, {s:.1f} s, exit {rc}; scored {counts.get('scored')}, "
+              f"anomalous {counts.get('anomalous')}, folder sink sent {sink.get('sent')} "
+              f"dropped {sink.get('dropped')}, {written} overlays on disk")  # fmt: skip
         huge = make_video(folder / "huge.mp4", 8000, 8000, 3)
         gib, s, rc = peak(["predict", str(args.model), str(huge), "--out", str(folder / "p"),
                            "--no-images", "--quiet"])  # fmt: skip

@@ -224,6 +224,10 @@ def test_openvino_export_matches_torch(fitted, model_file, tmp_path):
         scorer.score_batch(x)[0], fitted.score_tensors(torch.from_numpy(x))[0], rtol=1e-4
     )
     assert scorer.describe()["runtime"] == "openvino"
+    out.with_suffix(".bin").unlink()  # a missing .bin was a 3-line error (serve: its first line)
+    with pytest.raises(PadimError, match=r"widget\.bin are missing") as info:
+        load_scorer(out)
+    assert len(str(info.value).splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- real data

@@ -8,6 +8,7 @@ runtime from the file type.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Sequence
@@ -380,14 +381,20 @@ class OpenVinoScorer(ExportedScorer):
             import openvino as ov
         except ImportError:
             raise PadimError("OpenVINO models need openvino: pip install openvino") from None
+        weights = Path(path).with_suffix(".bin")
+        if not weights.is_file():
+            raise PadimError(
+                f"OpenVINO model {path}: its weights {weights.name} are missing (an .xml needs "
+                "the .bin written beside it by padim export)"
+            )
         core = ov.Core()
+        with contextlib.suppress(Exception):  # read the weights, do not map them: a .bin
+            core.set_property({"ENABLE_MMAP": False})  # copied over in place must not crash
         try:
             model = core.read_model(str(path))
             raw = model.get_rt_info(["padim"]).astype(str)
         except Exception as exc:
-            raise PadimError(
-                f"cannot load OpenVINO model {path}: {str(exc).strip()[:300]}"
-            ) from None
+            raise PadimError(f"cannot load OpenVINO model {path}: {first_line(exc)}") from None
         meta = parse_metadata({"padim": raw}, path)
         super().__init__(path, meta)
         # f32 on every CPU: OpenVINO's default on CPUs with bf16 (AMX, AVX-512 BF16) is bf16,
