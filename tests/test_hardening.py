@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,6 +177,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_serving(server: subprocess.Popen, port: int, log: Path) -> str:
+    """The base URL once `padim serve` answers /v1/health (its log if it exits first)."""
+    import urllib.request
+
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(base + "/v1/health", timeout=1).read()
+            return base
+        except OSError:
+            assert server.poll() is None, log.read_text()
+            time.sleep(0.1)
+    raise AssertionError(f"padim serve did not start: {log.read_text()[-2000:]}")
+
+
 def _raw(port: int, data: bytes, wait: float = 6.0) -> tuple[bytes, float]:
     """Send raw bytes, read until the server closes or `wait` passes: (reply, seconds)."""
     import socket
@@ -221,14 +237,7 @@ def test_slow_clients_disconnects_and_invented_methods(model_file, tmp_path):
         start_new_session=True,
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/v1/health", timeout=1).read()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()
-                time.sleep(0.1)
+        base = _wait_until_serving(server, port, tmp_path / "serve.log")
         reply, seconds = _raw(port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
         assert reply == b"" and 0.8 < seconds < 4, (reply, seconds)
         head = (
@@ -281,14 +290,7 @@ def test_dripping_bodies_and_connection_floods_are_bounded(model_file, tmp_path)
     )  # fmt: skip
     held: list[socket.socket] = []
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/v1/health", timeout=1).read()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()
-                time.sleep(0.1)
+        base = _wait_until_serving(server, port, tmp_path / "serve.log")
         head = (
             b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
             b"Content-Length: 100000\r\n\r\n"
