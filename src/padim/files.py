@@ -5,7 +5,6 @@ paths checked before any work, so nothing but a regular file is ever replaced.""
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import tempfile
 import time
@@ -57,15 +56,28 @@ def check_output_folder(
 STALE_AFTER_S = 60.0  # a temporary file this old whose writer is gone was left by a kill
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files of earlier writes of `path` whose process is gone (SIGKILL,
-    power loss: no `finally` ran) and that are older than STALE_AFTER_S."""
+_SWEPT: set[Path] = set()  # folders this process has swept already
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove, once per folder and process, the temporary files (`.NAME.PID.XXXX.tmp`) of
+    earlier writes whose process is gone (SIGKILL, power loss: no `finally` ran) and that are
+    older than STALE_AFTER_S. Once: a folder of many pictures, each written atomically, must not
+    be listed again for every one of them."""
+    if folder in _SWEPT:
+        return
+    _SWEPT.add(folder)
     now = time.time()
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-        with contextlib.suppress(OSError, ValueError):
-            if pid.isdigit() and not _alive(int(pid)) and now - tmp.stat().st_mtime > STALE_AFTER_S:
-                tmp.unlink()
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            parts = entry.name.removesuffix(".tmp").rsplit(".", 2)
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp") and len(parts) == 3):
+                continue
+            pid = parts[1]
+            with contextlib.suppress(OSError, ValueError):
+                old = now - entry.stat().st_mtime > STALE_AFTER_S
+                if pid.isdigit() and old and not _alive(int(pid)):
+                    os.unlink(entry.path)
 
 
 def _alive(pid: int) -> bool:
@@ -84,7 +96,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     Only a regular file is ever replaced (`check_output_file`)."""
     path = check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    remove_stale_temporaries(path.parent.resolve())
     prefix = f".{path.name}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
