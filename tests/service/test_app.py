@@ -379,7 +379,7 @@ def test_concurrent_requests_share_forward_passes(scorer, client, images):
     class Gate:  # holds the first batch until every request is queued behind it
         model_id, threshold, input_size = scorer.model_id, scorer.threshold, scorer.input_size
         geometry, score_scale = scorer.geometry, scorer.score_scale
-        operating_points = scorer.operating_points
+        operating_points, image_aspect = scorer.operating_points, scorer.image_aspect
         preprocess = staticmethod(scorer.preprocess)
         describe = staticmethod(scorer.describe)
 

@@ -39,6 +39,7 @@ class Scorer(Protocol):
     thresholds: Thresholds  # the threshold, operating points and normalised score's spreads
     score_scale: ScoreScale  # raw score -> normalised, at the model's threshold
     operating_points: dict[str, float]  # named thresholds usable with this model's score mode
+    image_aspect: float  # width / height of the images the model was fitted on
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB image -> (3, S, S) float32 in [0, 1] at the model's input geometry."""
@@ -187,6 +188,14 @@ def thresholds_of(meta: dict[str, Any], threshold: float) -> Thresholds:
     return Thresholds.from_info(meta.get("info") or {}, threshold, mode)
 
 
+def image_aspect(trained: Any, geometry: Preprocess) -> float:
+    """Width / height of a model's training images (older files: its resize target)."""
+    if isinstance(trained, list | tuple) and len(trained) == 2 and min(trained) > 0:
+        return trained[0] / trained[1]
+    w, h = geometry.size_wh
+    return w / h
+
+
 def check_scorer(scorer: Scorer) -> None:
     """Score one blank image and require a finite score and map of the right shape: a model
     that cannot score is refused before it is served."""
@@ -256,6 +265,8 @@ class TorchScorer:
         self.thresholds = model.calibration
         self.score_scale = self.thresholds.scale()
         self.operating_points = self.thresholds.usable()
+        trained = model.training_.image_size if model.training_ is not None else None
+        self.image_aspect = image_aspect(trained, self.geometry)
 
     @classmethod
     def from_file(
@@ -305,6 +316,8 @@ class ExportedScorer:
             raise PadimError(f"exported model's threshold is not finite: {path}")
         self.score_scale = self.thresholds.scale()
         self.operating_points = self.thresholds.usable()
+        trained = (meta.get("info") or {}).get("image_size")
+        self.image_aspect = image_aspect(trained, self.geometry)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.geometry.image(image)

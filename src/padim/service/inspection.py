@@ -148,22 +148,12 @@ class Service:
 
 
 ASPECT_TOLERANCE = 0.15  # an upload whose aspect ratio differs more is squeezed: say so
-_ASPECTS: dict[str, float] = {}  # model id -> the aspect ratio its images have
-
-
-def expected_aspect(scorer: Scorer) -> float:
-    """Width / height of the images a model was fitted on (older files: its resize target)."""
-    if scorer.model_id not in _ASPECTS:
-        trained = scorer.describe().get("training_image_size")
-        w, h = trained if trained else scorer.geometry.size_wh
-        _ASPECTS[scorer.model_id] = w / h
-    return _ASPECTS[scorer.model_id]
 
 
 def shape_warnings(scorer: Scorer, width: int, height: int) -> list[str]:
     """Why a verdict may not mean much: a photo of another shape than the model's images (a
     bottle photo squeezed into a 400x160 ball-screw model was scored silently)."""
-    want, got = expected_aspect(scorer), width / height
+    want, got = scorer.image_aspect, width / height
     if abs(got - want) <= ASPECT_TOLERANCE * want:
         return []
     return [

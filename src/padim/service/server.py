@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from padim import options
-from padim.deploy.scorers import Scorer, load_scorer
+from padim.deploy.scorers import load_scorer
 from padim.errors import PadimError
 from padim.memory import limit_malloc_arenas
 from padim.service.app import create_app
@@ -106,11 +106,6 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def load_checked(path: Path, device: str, threads: int | None) -> Scorer:
-    """Load a model file; `load_scorer` requires it to score a blank image."""
-    return load_scorer(path, device, threads)
-
-
 def model_sources(
     models: Sequence[Path], device: str, threads: int | None, load_now: bool
 ) -> ModelSources:
@@ -128,7 +123,7 @@ def model_sources(
     found = catalogue(models, warned)
     if not found:
         raise PadimError(f"no model files in {models[0]} (looked for {', '.join(MODEL_SUFFIXES)})")
-    load = functools.partial(load_checked, device=device, threads=threads)
+    load = functools.partial(load_scorer, device=device, threads=threads)  # checks it scores
     ready = {}
     if load_now and len(found) == 1 and not models[0].is_dir():
         (name, path), sig = next(iter(found.items())), signature(models[0])
