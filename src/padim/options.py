@@ -87,6 +87,53 @@ ROI = Option(
     "ratio, usually their native size; outside it nothing is scored or reported",
     kind="path",
 )
+ALIGN_MODES = ("none", "translation", "rigid", "similarity", "homography")
+ALIGN = Option(
+    "--align",
+    "none",
+    "register every image onto a reference part before the features: translation, rigid "
+    "(+ rotation), similarity (+ scale), homography (+ perspective); none: the paper",
+    ALIGN_MODES,
+)
+ALIGN_REFERENCE = Option(
+    "--align-reference",
+    None,
+    "IMAGE: the reference part (default: the training image closest to the median of the others)",
+    kind="path",
+)
+ALIGN_ROI = Option(
+    "--align-roi",
+    None,
+    "MASK at the reference's geometry (non-zero = match): only this part of the reference is "
+    "matched (default: the --roi, else the whole image)",
+    kind="path",
+)
+ALIGN_MAX_SHIFT = Option(
+    "--align-max-shift",
+    0.25,
+    "largest shift of the part accepted, as a fraction of the reference's longest side",
+    kind="float",
+)
+ALIGN_MAX_ANGLE = Option(
+    "--align-max-angle", 30.0, "largest rotation accepted, degrees", kind="float"
+)
+ALIGN_MAX_SCALE = Option(
+    "--align-max-scale", 0.2, "largest relative change of scale accepted", kind="float"
+)
+ALIGN_MIN_QUALITY = Option(
+    "--align-min-quality",
+    0.5,
+    "smallest alignment quality (correlation of the aligned photo with the reference, 1: "
+    "identical) accepted; below it the verdict is cannot_align",
+    kind="float",
+)
+NEIGHBOURHOOD = Option(
+    "--neighbourhood",
+    0,
+    "score each patch by its smallest distance to the Gaussians within K cells (tolerates "
+    "shifts of up to K x the patch stride, 4 pixels of the input); 0: the paper",
+    kind="int",
+)
 TILE_STATISTICS_CHOICES = ("location", "shared")
 TILE = Option(
     "--tile",

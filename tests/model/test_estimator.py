@@ -197,7 +197,7 @@ def test_parameters_follow_scikit_learns_contract():
 
     model = Padim(size="auto", crop=None, device="cpu", batch_size=5)
     params = model.get_params()
-    assert params["size"] == "auto" and params["batch_size"] == 5 and len(params) == 22
+    assert params["size"] == "auto" and params["batch_size"] == 5 and len(params) == 30
     twin = clone(model)
     assert twin.get_params() == params and twin is not model
     assert model.set_params(seed=3) is model and model.seed == 3

@@ -25,6 +25,7 @@ from padim.core.linalg import (
     squared_distances,
     whitening_factor,
 )
+from padim.core.neighbourhood import offsets
 from padim.core.scoring import chebyshev_by_position
 from padim.core.statistics import GaussianStats
 from padim.errors import PadimError
@@ -40,10 +41,27 @@ __all__ = ["BlockLayout", "GaussianModel", "GaussianStats", "HeldOut", "tril_siz
 
 @dataclass
 class HeldOut:
-    """Patch terms (n, h, w) of held-out good images, scored by Gaussians fitted without them."""
+    """Patch terms (n, h, w) of held-out good images, scored by Gaussians fitted without them;
+    with a neighbourhood, also each offset's terms (indexed by Gaussian cell, see
+    `padim.core.neighbourhood`)."""
 
     mahalanobis: torch.Tensor
     chebyshev: torch.Tensor
+    neighbours: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def shifted_chunk(holdout: HoldoutStore, part: slice, shift: int) -> torch.Tensor:
+    """Held-out embeddings of positions `part` minus `shift` (flat), zeros off the grid: what
+    the Gaussians of `part` score for one neighbourhood offset (cells that wrap across a row
+    or leave the grid are never read back)."""
+    lo, hi = part.start - shift, part.stop - shift
+    a, b = max(0, lo), min(holdout.positions, hi)
+    if (a, b) == (lo, hi):
+        return holdout.chunk(slice(lo, hi))
+    out = torch.zeros(hi - lo, holdout.n, holdout.dim)
+    if a < b:
+        out[a - lo : b - lo] = holdout.chunk(slice(a, b))
+    return out
 
 
 @dataclass
@@ -122,6 +140,7 @@ class GaussianModel:
         consume: bool = False,
         on_chunk: Callable[[int], None] | None = None,
         shrinkage: str = "none",
+        neighbourhood: int = 0,
     ) -> tuple[GaussianModel, HeldOut | None]:
         """Factorise covariance + reg*I chunk by chunk of positions.
 
@@ -132,7 +151,9 @@ class GaussianModel:
         one pass. `consume` frees each chunk of sums once used (the stats are spent after), so
         the whitening matrices grow into the memory the sums give back. `on_chunk(positions)`
         reports progress. `shrinkage` "ledoit-wolf" shrinks each covariance towards mu*I
-        (`shrinkage_intensity`) before the regularisation is added."""
+        (`shrinkage_intensity`) before the regularisation is added. With a `neighbourhood`
+        of K cells the held-out patches are also scored by the Gaussians K cells around
+        them (shift-tolerant scoring, `padim.core.neighbourhood`)."""
         if shrinkage not in SHRINKAGE:
             raise PadimError(f"unknown shrinkage {shrinkage!r}: use {', '.join(SHRINKAGE)}")
         p, d = stats.positions, stats.dim
@@ -147,6 +168,8 @@ class GaussianModel:
         n_hold = 0 if holdout is None else holdout.n
         held_sq = torch.empty(p, n_hold, dtype=torch.float64, device=device)
         held_cheb = torch.empty_like(held_sq)
+        shifts = [o for o in offsets(neighbourhood)][1:] if holdout is not None else []
+        near = {o: (torch.empty(p, n_hold), torch.empty(p, n_hold)) for o in shifts}
         std = torch.empty(p, d, dtype=torch.float32, device=device)
         shrinking = shrinkage == "ledoit-wolf"
         rhos = torch.zeros(p, dtype=torch.float64, device=device) if shrinking else None
@@ -167,6 +190,14 @@ class GaussianModel:
                 held_cheb[part] = chebyshev_by_position(
                     held_part, chunk_mean.float(), chunk_std.float()
                 )
+                for (dy, dx), (near_sq, near_cheb) in near.items():
+                    moved = shifted_chunk(holdout, part, dy * holdout.grid[1] + dx).to(device)
+                    near_sq[part] = (
+                        squared_distances(moved.double(), chunk_mean, chol).cpu().float()
+                    )
+                    near_cheb[part] = chebyshev_by_position(
+                        moved, chunk_mean.float(), chunk_std.float()
+                    ).cpu()
                 stats._add_chunk(i, part, held_part)
             total = count + n_hold
             cov = stats._chunk_covariance(i, part, total, scratch, spend=consume)
@@ -190,6 +221,11 @@ class GaussianModel:
                 held_sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_).to(torch.float32),
                 held_cheb.T.reshape(n_hold, h, w_).to(torch.float32),
             )
+            if near:
+                held_out.neighbours = {
+                    o: (sq.clamp_min(0).sqrt().T.reshape(n_hold, h, w_), c.T.reshape(n_hold, h, w_))
+                    for o, (sq, c) in near.items()
+                }
         return cls(mean.to(torch.float32), whitening, std, rhos), held_out
 
     def chebyshev(self, emb: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from torch import nn
 from padim.core.anomaly_map import AnomalyMapper
 from padim.core.features import Embedder
 from padim.core.gaussian import GaussianModel, HeldOut
+from padim.core.neighbourhood import neighbourhood_min, offsets, shift_embeddings
 from padim.core.scoring import DEFAULT_SCORE_MODE, SCORE_MODES, combine
 from padim.core.tiling import TiledEmbedder
 from padim.errors import PadimError
@@ -36,9 +37,11 @@ class PadimNet(nn.Module):
         score_mode: str = DEFAULT_SCORE_MODE,
         term_stats: torch.Tensor | None = None,
         roi: torch.Tensor | None = None,
+        neighbourhood: int = 0,
     ) -> None:
         super().__init__()
         self.embedder = embedder
+        self.neighbourhood = neighbourhood  # cells of shift tolerance (padim.core.neighbourhood)
         self.register_buffer("gauss_mean", gaussian.mean)
         self.register_buffer("gauss_whitening", gaussian.whitening)
         self.register_buffer("gauss_std", gaussian.std)
@@ -101,7 +104,32 @@ class PadimNet(nn.Module):
         """Held-out patch terms (per tile with shared statistics) on the input's grid."""
         maha, cheb = self.stitch(held.mahalanobis), self.stitch(held.chebyshev)
         assert maha is not None and cheb is not None
-        return HeldOut(maha, cheb)
+        return HeldOut(maha, cheb, held.neighbours)  # no neighbourhood with shared tiles
+
+    def patch_scores(self, emb: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        """Patch scores (B, h, w) of a mode: against each cell's own Gaussian (the paper), or
+        the smallest against the Gaussians within `neighbourhood` cells."""
+        mode = mode or self.score_mode
+        k = self.neighbourhood
+        if k == 0:
+            return combine(mode, *self.terms(emb, mode), self.term_stats)
+        per_offset = (
+            (o, combine(mode, *self.terms(shift_embeddings(emb, *o, k), mode), self.term_stats))
+            for o in offsets(k)
+        )
+        return neighbourhood_min(per_offset, k)
+
+    def held_out_patches(self, held: HeldOut, part: slice, mode: str) -> torch.Tensor:
+        """Held-out images' patch scores (images `part`), with the neighbourhood when the
+        model has one (each offset's terms were kept by the fit)."""
+        own = combine(mode, held.mahalanobis[part], held.chebyshev[part], self.term_stats)
+        if self.neighbourhood == 0 or not held.neighbours:
+            return own
+        near = held.neighbours
+        per_offset = [((0, 0), own)] + [
+            (o, combine(mode, m[part], c[part], self.term_stats)) for o, (m, c) in near.items()
+        ]
+        return neighbourhood_min(iter(per_offset), self.neighbourhood)
 
     def maps_from_terms(
         self,
@@ -110,7 +138,14 @@ class PadimNet(nn.Module):
         size: tuple[int, int] | torch.Size,
         mode: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        patch = combine(mode or self.score_mode, maha, cheb, self.term_stats)
+        return self.maps_from_patches(
+            combine(mode or self.score_mode, maha, cheb, self.term_stats), size
+        )
+
+    def maps_from_patches(
+        self, patch: torch.Tensor, size: tuple[int, int] | torch.Size
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores (B,) and maps (B, 1, H, W) from patch scores (B, h, w)."""
         maps = self.mapper(patch, size=(int(size[0]), int(size[1])))
         if self.roi is not None:  # outside the region: the lowest value inside it (no evidence)
             inside = torch.where(self.roi, maps, torch.full_like(maps, float("inf")))
@@ -121,4 +156,4 @@ class PadimNet(nn.Module):
         self, emb: torch.Tensor, size: tuple[int, int] | torch.Size
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and maps from precomputed embeddings."""
-        return self.maps_from_terms(*self.terms(emb), size)
+        return self.maps_from_patches(self.patch_scores(emb), size)

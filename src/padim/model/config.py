@@ -13,6 +13,7 @@ from padim.errors import PadimError
 
 MIN_TRAIN_IMAGES = 1
 MIN_IMAGES_FOR_HOLDOUT = 5
+MAX_NEIGHBOURHOOD = 8  # cells; (2K+1)^2 Gaussians per patch
 
 
 @dataclass
@@ -36,6 +37,12 @@ class PadimConfig:
     tile_statistics: str = options.TILE_STATISTICS.default  # "location" or "shared"
     statistics: str = options.KEEP_STATISTICS.default  # "keep": training sums in the file
     embedding: str = options.EMBEDDING.default  # "random" subset or "semi-orthogonal" projection
+    align: str = options.ALIGN.default  # register images onto a reference first (see data.align)
+    align_max_shift: float = options.ALIGN_MAX_SHIFT.default  # fraction of the longest side
+    align_max_angle: float = options.ALIGN_MAX_ANGLE.default  # degrees
+    align_max_scale: float = options.ALIGN_MAX_SCALE.default  # relative
+    align_min_quality: float = options.ALIGN_MIN_QUALITY.default  # ECC correlation
+    neighbourhood: int = options.NEIGHBOURHOOD.default  # cells of shift tolerance (0: the paper)
 
     def validate(self) -> None:
         """Fail with one clear line on any value a model cannot be built with."""
@@ -74,9 +81,17 @@ class PadimConfig:
             ("storage", self.storage, options.STORAGES),
             ("statistics", self.statistics, options.STATISTICS_CHOICES),
             ("embedding", self.embedding, options.EMBEDDINGS),
+            ("--align", self.align, options.ALIGN_MODES),
         ):
             if value not in choices:
                 raise PadimError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        k = self.neighbourhood
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_NEIGHBOURHOOD:
+            raise PadimError(f"--neighbourhood must be from 0 to {MAX_NEIGHBOURHOOD}, got {k!r}")
+        if k and self.tile is not None and self.tile_statistics == "shared":
+            raise PadimError(
+                "--neighbourhood needs --tile-statistics location (a grid of Gaussians)"
+            )
 
     def _validate_tiling(self) -> None:
         from padim.core.tiling import TileGrid
@@ -120,6 +135,7 @@ class TrainingSummary:
     roi: dict[str, Any] | None = None  # the region of interest: its source, the inspected share
     updates: list[dict[str, Any]] | None = None  # `padim update`s: images added, seconds, when
     image_size: list[int] | None = None  # median (width, height) of the training images
+    alignment: dict[str, Any] | None = None  # how well the training images were aligned
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -23,7 +23,8 @@ from padim import options
 from padim.core.backbones import get_backbone
 from padim.core.net import PadimNet
 from padim.core.tiling import TileGrid
-from padim.data.decision import Prediction, decide
+from padim.data.align import AlignedGeometry, AlignedItem
+from padim.data.decision import Geometry, Prediction, decide
 from padim.data.images import ImageInput
 from padim.data.preprocess import Preprocess, batches, image_shape, resolve_crop
 from padim.data.sources import expand_inputs
@@ -88,6 +89,15 @@ class Padim(ThresholdsAPI):
     embedding : "random" or "semi-orthogonal"
         How the channels are made: a seeded random subset (the paper) or a seeded projection
         onto orthonormal directions (Kim et al. 2021).
+    align : "none", "translation", "rigid", "similarity" or "homography"
+        Register every image onto a reference part before the features (`padim.data.align`);
+        `align_reference` (an image; default: the most typical training image), `align_roi`
+        (a mask at the reference's geometry: only its inside is matched; default: `roi`), and
+        the bounds beyond which an image gets the verdict "cannot_align": `align_max_shift`
+        (fraction of the longest side), `align_max_angle` (degrees), `align_max_scale`,
+        `align_min_quality` (correlation with the reference).
+    neighbourhood : int
+        Score each patch by the nearest Gaussian within this many grid cells (0: the paper).
     seed : int
         Seed of the channel selection and of the held-out split.
     weights : str, Path or None
@@ -119,6 +129,8 @@ class Padim(ThresholdsAPI):
         Views of `calibration_`: the current threshold, one per score mode, how it was chosen,
         the operating points and the current one's name, the held-out good scores' spread and
         the scores themselves, per score mode.
+    aligner_ : Aligner or None
+        The registration onto the reference part (`align` other than "none").
     statistics_ : GaussianStats or None
         The training sums (statistics="keep"): what `partial_fit` adds new images to.
     training_ : TrainingSummary or None
@@ -155,6 +167,14 @@ class Padim(ThresholdsAPI):
         tile_statistics: str = options.TILE_STATISTICS.default,
         statistics: str = options.KEEP_STATISTICS.default,
         embedding: str = options.EMBEDDING.default,
+        align: str = options.ALIGN.default,
+        align_reference: ImageInput | None = options.ALIGN_REFERENCE.default,
+        align_roi: str | Path | np.ndarray | None = options.ALIGN_ROI.default,
+        align_max_shift: float = options.ALIGN_MAX_SHIFT.default,
+        align_max_angle: float = options.ALIGN_MAX_ANGLE.default,
+        align_max_scale: float = options.ALIGN_MAX_SCALE.default,
+        align_min_quality: float = options.ALIGN_MIN_QUALITY.default,
+        neighbourhood: int = options.NEIGHBOURHOOD.default,
         progress: bool = False,
     ) -> None:
         self.backbone = backbone
@@ -178,6 +198,14 @@ class Padim(ThresholdsAPI):
         self.tile_statistics = tile_statistics
         self.statistics = statistics
         self.embedding = embedding
+        self.align = align
+        self.align_reference = align_reference
+        self.align_roi = align_roi
+        self.align_max_shift = align_max_shift
+        self.align_max_angle = align_max_angle
+        self.align_max_scale = align_max_scale
+        self.align_min_quality = align_min_quality
+        self.neighbourhood = neighbourhood
         self.progress = progress
 
     # ------------------------------------------------------------------ parameters
@@ -226,7 +254,16 @@ class Padim(ThresholdsAPI):
         """A `Fitter` for this model's (validated) parameters."""
         config = validated_config(self.get_params())
         device = resolve_device(self.device)
-        return Fitter(config, self.weights, device, self.batch_size, self.progress, self.roi)
+        return Fitter(
+            config,
+            self.weights,
+            device,
+            self.batch_size,
+            self.progress,
+            self.roi,
+            self.align_reference,
+            self.align_roi,
+        )
 
     # ------------------------------------------------------------------ fitting
 
@@ -283,6 +320,7 @@ class Padim(ThresholdsAPI):
             getattr(self, "training_", None),
             getattr(self, "statistics_", None),
             self.device_,
+            getattr(self, "aligner_", None),
         )
 
     def _adopt(self, state: ModelState) -> Padim:
@@ -291,6 +329,7 @@ class Padim(ThresholdsAPI):
         self.calibration_ = state.calibration
         self.training_ = state.training
         self.statistics_ = state.statistics
+        self.aligner_ = state.aligner
         self._device = state.device
         return self
 
@@ -351,11 +390,15 @@ class Padim(ThresholdsAPI):
     def iter_batches(
         self, items: Sequence[ImageInput]
     ) -> Iterator[tuple[Sequence[ImageInput], np.ndarray, np.ndarray, np.ndarray]]:
-        """Per batch: the items, their preprocessed images (B, 3, H, W), scores (B,) and
-        anomaly maps (B, H, W) -- for callers that also want the pictures."""
+        """Per batch: the items (`AlignedItem`s, holding their transforms, when the model
+        aligns), their preprocessed images (B, 3, H, W), scores (B,) and anomaly maps
+        (B, H, W) -- for callers that also want the pictures."""
         net = self.fitted_net()
         bar = self.progress_bar(len(items), "predict")
         pre = self.preprocess
+        aligner = getattr(self, "aligner_", None)
+        if aligner is not None:
+            items = [AlignedItem(item, aligner) for item in items]
         with torch.inference_mode():
             chunks = list(batches(items, self.effective_batch()))
             for chunk, x in zip(chunks, pre.stream(chunks), strict=True):
@@ -363,6 +406,14 @@ class Padim(ThresholdsAPI):
                 bar.update(len(chunk))
                 yield chunk, x, s.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
         bar.close()
+
+    def geometry_of(self, item: ImageInput) -> Geometry:
+        """How an item's maps get back onto its photo: the model geometry, or through the
+        item's alignment (an `AlignedItem` that was scored)."""
+        aligner = getattr(self, "aligner_", None)
+        if isinstance(item, AlignedItem) and item.transform is not None and aligner is not None:
+            return AlignedGeometry(self.preprocess, aligner, item.transform)
+        return self.preprocess
 
     def score_tensors(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Scores (B,) and maps (B, H, W) for images already at the model's input geometry
@@ -395,27 +446,36 @@ class Padim(ThresholdsAPI):
         """
         self.fitted_net()
         items = expand_inputs(images)
+        if not items:
+            raise PadimError("no images to predict")
         thr = self.threshold_for(threshold, operating_point)
         scale = self.score_scale.at(thr)
-        scores, maps = self.score(items)
         out = []
-        for item, s, m in zip(items, scores, maps, strict=True):
-            wh = image_shape(item)
-            d = decide(float(s), m, thr, scale, self.preprocess, wh, min_area)
-            path = str(item) if isinstance(item, str | Path) else None
-            out.append(
-                Prediction(
-                    d.score,
-                    d.is_anomalous,
-                    thr,
-                    m,
-                    m > thr,
-                    path,
-                    d.normalised_score,
-                    d.regions,
-                    wh,
+        for chunk, _, scores, maps in self.iter_batches(items):
+            for item, s, m in zip(chunk, scores, maps, strict=True):
+                source = item.source if isinstance(item, AlignedItem) else item
+                wh = image_shape(source)
+                transform = item.transform if isinstance(item, AlignedItem) else None
+                geometry = self.geometry_of(item)
+                d = decide(float(s), m, thr, scale, geometry, wh, min_area, transform)
+                path = str(source) if isinstance(source, str | Path) else None
+                out.append(
+                    Prediction(
+                        d.score,
+                        d.is_anomalous,
+                        thr,
+                        m,
+                        m > thr,
+                        path,
+                        d.normalised_score,
+                        d.regions,
+                        wh,
+                        d.verdict,
+                        d.reason,
+                        None if transform is None else transform.to_dict(),
+                        geometry,
+                    )
                 )
-            )
         return out
 
     # ------------------------------------------------------------------ persistence

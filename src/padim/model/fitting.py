@@ -25,10 +25,12 @@ from padim.core.backbones import get_backbone
 from padim.core.features import Embedder, select_channels, semi_orthogonal
 from padim.core.gaussian import GaussianModel, HeldOut
 from padim.core.holdout import HoldoutStore
+from padim.core.neighbourhood import offsets, shift_embeddings
 from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
 from padim.core.statistics import GaussianStats
 from padim.core.tiling import TiledEmbedder
+from padim.data.align import AlignedItem, Aligner
 from padim.data.datasets import read_mask, training_images
 from padim.data.images import ImageInput
 from padim.data.preprocess import AUTO_SAMPLE, auto_size, batches, image_shape, native_size
@@ -135,6 +137,34 @@ def check_same_geometry(known: list[int] | None, items: Sequence[ImageInput]) ->
 THRESHOLD_MOVE = 0.25  # an update that moves the threshold more than this says so
 
 
+def aligned(items: list[tuple[int, ImageInput]], aligner: Aligner) -> list[tuple[int, ImageInput]]:
+    """(index, item) pairs whose items are registered onto the reference when read."""
+    return [(i, AlignedItem(item, aligner)) for i, item in items]
+
+
+def alignment_summary(plan: FitPlan) -> dict | None:
+    """How well the training images were aligned (when they were, and read here): the
+    quality's spread and how many could not be aligned (they still joined the Gaussians:
+    check them)."""
+    found = [
+        item.transform
+        for _, item in plan.fit_items + plan.hold_items
+        if isinstance(item, AlignedItem) and item.transform is not None
+    ]
+    if not found:
+        return None
+    quality = np.array([t.quality for t in found])
+    bad = [t.reason for t in found if not t.ok]
+    out: dict = {
+        "images": len(found),
+        "quality": score_summary(quality),
+        "cannot_align": len(bad),
+    }
+    if bad:
+        out["warning"] = f"{len(bad)} training image(s) could not be aligned, e.g. {bad[0]}"
+    return out
+
+
 def threshold_moved(before: float | None, after: float | None) -> str | None:
     """A warning when `update` moved the threshold far: its held-out pool mixes scores of the
     older Gaussians (kept from earlier fits) with the new images' scores, so a large move is
@@ -189,6 +219,8 @@ class Fitter:
         batch_size: int,
         progress: bool = False,
         roi: str | Path | np.ndarray | None = None,
+        align_reference: ImageInput | None = None,
+        align_roi: str | Path | np.ndarray | None = None,
     ) -> None:
         self.config = config
         self.weights = weights
@@ -196,7 +228,10 @@ class Fitter:
         self.batch_size = batch_size
         self.progress = progress
         self.roi = roi
+        self.align_reference = align_reference
+        self.align_roi = align_roi
         self.image_size: tuple[int, int] | None = None  # learned by `plan`
+        self.aligner: Aligner | None = None  # learned by `plan` when the config aligns
 
     @property
     def sizing(self) -> Sizing:
@@ -225,7 +260,29 @@ class Fitter:
                 f"covariance, got {len(items)}"
             )
         rng = np.random.default_rng(self.config.seed)
-        return self.split(items, rng, MIN_TRAIN_IMAGES)
+        plan = self.split(items, rng, MIN_TRAIN_IMAGES)
+        if self.config.align != "none":
+            self.aligner = self.make_aligner(items)
+            plan.fit_items = aligned(plan.fit_items, self.aligner)
+            plan.hold_items = aligned(plan.hold_items, self.aligner)
+        return plan
+
+    def make_aligner(self, items: Sequence[ImageInput]) -> Aligner:
+        """The registration onto the reference part (given, or the most typical training
+        image), matching inside `align_roi` (else the region of interest) when there is one."""
+        cfg = self.config
+        roi = self.align_roi if self.align_roi is not None else self.roi
+        if roi is not None and not isinstance(roi, np.ndarray):
+            roi = read_mask(roi)
+        aligner = Aligner(
+            cfg.align,
+            cfg.align_max_shift,
+            cfg.align_max_angle,
+            cfg.align_max_scale,
+            cfg.align_min_quality,
+            roi,
+        )
+        return aligner.fit(items, self.align_reference)
 
     def split(self, items: list[ImageInput], rng: np.random.Generator, keep: int) -> FitPlan:
         """Hold out `holdout_fraction` of the items (none when fewer than
@@ -326,13 +383,26 @@ class Fitter:
             keep = cfg.statistics == "keep"
             bar = self.progress_bar(stats.positions, "factorise", unit="pos")
             gaussian, held_out = GaussianModel.fit(
-                stats, cfg.regularisation, holdout, not keep, bar.update, cfg.shrinkage
+                stats,
+                cfg.regularisation,
+                holdout,
+                not keep,
+                bar.update,
+                cfg.shrinkage,
+                cfg.neighbourhood,
             )
             bar.close()
             kept = stats if keep else None  # every image's sums, held-out included
             del stats, holdout
             roi = self.roi_mask(plan)
-            net = PadimNet(embedder, gaussian, cfg.sigma, cfg.score_mode, roi=roi).eval()
+            net = PadimNet(
+                embedder,
+                gaussian,
+                cfg.sigma,
+                cfg.score_mode,
+                roi=roi,
+                neighbourhood=cfg.neighbourhood,
+            ).eval()
             source = HELD_OUT
             if held_out is not None:
                 held_out = net.stitch_held_out(held_out)
@@ -361,7 +431,8 @@ class Fitter:
             roi=None if roi is None else self.roi_summary(roi),
             image_size=None if self.image_size is None else list(self.image_size),
         )
-        return ModelState(cfg, net, calibration, training, kept, self.device)
+        training.alignment = alignment_summary(plan)
+        return ModelState(cfg, net, calibration, training, kept, self.device, self.aligner)
 
     def roi_summary(self, roi: torch.Tensor) -> dict:
         source = "array" if isinstance(self.roi, np.ndarray) else Path(str(self.roi)).name
@@ -392,13 +463,18 @@ class Fitter:
     def in_sample_terms(
         self, net: PadimNet, items: Sequence[tuple[int, ImageInput]], loader: Loader | None
     ) -> HeldOut:
-        maha, cheb = [], []
+        k = net.neighbourhood
+        terms: dict[tuple[int, int], tuple[list, list]] = {o: ([], []) for o in offsets(k)}
         for x in self.tensor_batches(items, loader):
-            m, c = net.terms(net.embedder(x), "hybrid")
-            assert m is not None and c is not None  # "hybrid" needs both terms
-            maha.append(m)
-            cheb.append(c)
-        return HeldOut(torch.cat(maha), torch.cat(cheb))
+            emb = net.embedder(x)
+            for o, (maha, cheb) in terms.items():
+                m, c = net.terms(shift_embeddings(emb, *o, k), "hybrid")
+                assert m is not None and c is not None  # "hybrid" needs both terms
+                maha.append(m)
+                cheb.append(c)
+        joined = {o: (torch.cat(m), torch.cat(c)) for o, (m, c) in terms.items()}
+        own = joined.pop((0, 0))
+        return HeldOut(own[0], own[1], joined or None)
 
     def mode_scores(self, net: PadimNet, held: HeldOut) -> dict[str, np.ndarray]:
         """The held-out images' scores (float64) under every score mode."""
@@ -408,9 +484,7 @@ class Fitter:
         step = self.batch  # full-size maps of a few images at a time
         for mode in SCORE_MODES:
             parts = [
-                net.maps_from_terms(
-                    held.mahalanobis[i : i + step], held.chebyshev[i : i + step], size, mode
-                )[0]
+                net.maps_from_patches(net.held_out_patches(held, slice(i, i + step), mode), size)[0]
                 for i in range(0, n, step)
             ]
             out[mode] = torch.cat(parts).double().cpu().numpy()
@@ -429,6 +503,8 @@ class Fitter:
         items = training_items(images)
         if not items:
             raise PadimError("no new images to add")
+        if state.aligner is not None:
+            items = [AlignedItem(item, state.aligner) for item in items]
         training = state.training
         check_same_geometry(training.image_size if training else None, items)
         updates = list(training.updates or []) if training else []
@@ -448,7 +524,11 @@ class Fitter:
                 stats = stats.copy()
             cfg = self.config
             gaussian, held_out = GaussianModel.fit(
-                stats, cfg.regularisation, holdout, shrinkage=cfg.shrinkage
+                stats,
+                cfg.regularisation,
+                holdout,
+                shrinkage=cfg.shrinkage,
+                neighbourhood=cfg.neighbourhood,
             )
             net.set_gaussian(gaussian)
             new_scores: dict[str, np.ndarray] = {}

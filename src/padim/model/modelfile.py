@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from padim.core.net import PadimNet
+    from padim.data.align import Aligner
     from padim.model.config import PadimConfig
     from padim.model.state import ModelState
     from padim.model.tensorfile import Chunked
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 FORMAT_NAME = "padim-model"
 FORMAT_VERSION = 3  # 3: + per-channel std and score mode; 2: packed lower-triangular
 PROJECTION_VERSION = 4  # 4: a semi-orthogonal embedding (written only by models that have one)
-READABLE_VERSIONS = (1, 2, 3, 4)  # whitening; 1: full matrices
+ALIGNMENT_VERSION = 5  # 5: alignment and/or a scoring neighbourhood (only models that have them)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # whitening; 1: full matrices
 _META_KEY = "padim"
 MAX_HEADER_DEPTH = 16  # a real header is 4 levels deep
 MAX_SIGMA = 64.0  # pixels of anomaly-map smoothing; more is a damaged or hostile file
@@ -57,6 +59,9 @@ def save_model_file(
     from padim.model.tensorfile import write_safetensors
 
     version = PROJECTION_VERSION if "embedding.projection" in tensors else FORMAT_VERSION
+    settings = config.get("config", {})
+    if settings.get("align", "none") != "none" or settings.get("neighbourhood", 0):
+        version = ALIGNMENT_VERSION  # older padims refuse it instead of scoring unaligned
     header = {"format": FORMAT_NAME, "format_version": version, **config}
 
     def write(tmp: Path) -> None:
@@ -100,6 +105,7 @@ KNOWN_TENSORS = (
     "gaussian.",
     "scoring.",
     "roi.",
+    "align.",
     GOOD_SCORES_PREFIX,
     STATISTICS_PREFIX,
 )  # anything else in a file is not read (an unknown 3 GB tensor costs nothing)
@@ -193,7 +199,9 @@ def model_header(state: ModelState) -> dict[str, Any]:
 
 def write_model(state: ModelState, path: str | Path) -> None:
     """Save a fitted model: backbone weights, channel selection, Gaussians (lower triangles of
-    the whitening matrices in the configured precision) and the JSON header."""
+    the whitening matrices in the configured precision), the alignment reference (when it
+    aligns) and the JSON header."""
+    import numpy as np
     import torch
 
     from padim.model.tensorfile import Chunked
@@ -217,6 +225,10 @@ def write_model(state: ModelState, path: str | Path) -> None:
     tensors["scoring.term_stats"] = net.term_stats
     if net.roi is not None:
         tensors["roi.mask"] = net.roi[0, 0].to(torch.uint8)
+    if state.aligner is not None:
+        tensors["align.reference"] = torch.from_numpy(state.aligner.reference_image_.copy())
+        if state.aligner.mask_ is not None:
+            tensors["align.roi"] = torch.from_numpy(state.aligner.mask_.astype(np.uint8))
     for mode, scores in state.calibration.holdout_scores.items():
         tensors[GOOD_SCORES_PREFIX + mode] = torch.from_numpy(scores).to(torch.float64)
     if state.statistics is not None and state.keeps_statistics:
@@ -243,13 +255,48 @@ def read_model(path: str | Path, device: torch.device, statistics: bool = False)
         except PadimError as exc:
             raise PadimError(f"model file {path} is damaged or inconsistent: {exc}") from None
         net = _build_net(config, tensors, header).to(device).eval()
-        state = ModelState(config, net, calibration, TrainingSummary.from_dict(info), None, device)
+        training = TrainingSummary.from_dict(info)
+        aligner = read_aligner(config, tensors)
+        state = ModelState(config, net, calibration, training, None, device, aligner)
         _read_calibration(state, tensors, statistics)
     except PadimError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         raise PadimError(f"model file is incompatible or damaged: {path} ({exc})") from None
     return state
+
+
+def read_aligner(config: PadimConfig, tensors: dict[str, torch.Tensor]) -> Aligner | None:
+    """The registration a model aligns with, rebuilt from its reference (and matching mask)."""
+    import torch
+
+    from padim.data.align import Aligner
+    from padim.data.preprocess import MAX_SIDE, MIN_SIDE
+
+    if config.align == "none":
+        return None
+    reference = tensors.get("align.reference")
+    if reference is None:
+        raise PadimError("the model aligns images but its file holds no reference image")
+    h, w = reference.shape[:2]
+    if (
+        reference.dtype != torch.uint8
+        or reference.ndim != 3
+        or reference.shape[2] != 3
+        or not (min(h, w) >= MIN_SIDE and max(h, w) <= MAX_SIDE)
+    ):
+        raise PadimError(f"the alignment reference {tuple(reference.shape)} is not an RGB image")
+    roi = tensors.get("align.roi")
+    mask = None if roi is None else roi.numpy()
+    aligner = Aligner(
+        config.align,
+        config.align_max_shift,
+        config.align_max_angle,
+        config.align_max_scale,
+        config.align_min_quality,
+        mask,
+    )
+    return aligner.fit([], reference.numpy())
 
 
 def validate_model(
@@ -421,4 +468,12 @@ def _build_net(
         raise PadimError("model file tensors do not match each other (std)")
     term_stats = tensors.get("scoring.term_stats")
     roi = tensors.get("roi.mask")
-    return PadimNet(embedder, gaussian, config.sigma, config.score_mode, term_stats, roi=roi)
+    return PadimNet(
+        embedder,
+        gaussian,
+        config.sigma,
+        config.score_mode,
+        term_stats,
+        roi=roi,
+        neighbourhood=config.neighbourhood,
+    )

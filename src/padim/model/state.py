@@ -13,6 +13,7 @@ import torch
 
 from padim.core.net import PadimNet
 from padim.core.statistics import GaussianStats
+from padim.data.align import Aligner
 from padim.model.config import PadimConfig, TrainingSummary
 from padim.model.sizing import Sizing
 from padim.model.thresholds import Thresholds
@@ -30,6 +31,7 @@ class ModelState:
     training: TrainingSummary | None = None
     statistics: GaussianStats | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    aligner: Aligner | None = None  # the registration onto a reference part, when it aligns
 
     @property
     def sizing(self) -> Sizing:

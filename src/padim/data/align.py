@@ -1,0 +1,466 @@
+"""Registration of photos onto a reference before PaDiM sees them (parts never sit in the same
+place twice): estimate the transform that brings a photo onto the reference part, warp the
+photo, and bring maps back onto the photo.
+
+Method (OpenCV, `pip install "padim[align]"`), chosen because each step is a well-kept,
+closed-form or locally convergent estimator that needs no training:
+1. rotation and scale by phase correlation of the log-polar magnitude spectra (Fourier-Mellin:
+   invariant to the shift, so it works whatever the part's position);
+2. translation by phase correlation of the de-rotated photo (sub-pixel);
+3. refinement by ECC (enhanced correlation coefficient) with the mode's motion model, inside
+   the region of interest when one is given; its correlation is the alignment quality.
+A photo whose quality is below `min_quality`, or whose transform is beyond the allowed shift,
+angle or scale, is not aligned: the caller gets the reason, never a "good" verdict. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from padim import options
+from padim.data.images import ImageInput, as_image
+from padim.data.preprocess import Preprocess
+from padim.data.regions import Region, find_regions
+from padim.errors import PadimError
+
+MODES = options.ALIGN_MODES[1:]  # "none" is no Aligner
+PEAK_TIE = 0.8  # log-polar peaks this close to the best are equivalent poses: take the least turn
+REFERENCE_SAMPLE = 64  # training images the automatic reference is chosen among
+ANGLE_ROWS = 720  # log-polar rows: half a degree each (then ECC refines)
+RADIUS_COLUMNS = 256
+WORK_SIDE = 256  # estimation runs on images with this longest side (the photo's own scale back)
+ECC_ITERATIONS = 50
+ECC_EPSILON = 1e-4
+
+
+def cv2_module() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        raise PadimError(
+            'alignment needs OpenCV: pip install "padim[align]" (opencv-python-headless)'
+        ) from None
+    return cv2
+
+
+@dataclass(frozen=True)
+class Transform:
+    """`matrix` (3x3) maps a photo's pixel coordinates onto the reference's; `quality` is the
+    ECC correlation of the aligned photo with the reference (1: identical); `reason` is why a
+    photo could not be aligned (empty when it was)."""
+
+    matrix: np.ndarray
+    quality: float
+    reason: str = ""
+    center: tuple[float, float] = (0.0, 0.0)  # the reference's centre (the shift is measured there)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+    @property
+    def shift(self) -> tuple[float, float]:
+        """How far (pixels, x and y) the part's centre lies from where the reference has it."""
+        cx, cy = self.center
+        p = np.linalg.solve(self.matrix, np.array([cx, cy, 1.0]))
+        return float(p[0] / p[2] - cx), float(p[1] / p[2] - cy)
+
+    @property
+    def angle(self) -> float:
+        """How far the photo is turned from the reference, in degrees (counter-clockwise as
+        the image is seen, OpenCV's sense)."""
+        return math.degrees(math.atan2(self.matrix[1, 0], self.matrix[0, 0]))
+
+    @property
+    def scale(self) -> float:
+        return math.sqrt(abs(float(np.linalg.det(self.matrix[:2, :2]))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shift": [round(v, 3) for v in self.shift],
+            "angle": round(self.angle, 3),
+            "scale": round(self.scale, 5),
+            "quality": round(self.quality, 5),
+            "aligned": self.ok,
+            "reason": self.reason or None,
+        }
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8/float -> (H, W) float32 in [0, 1]."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    return array / 255.0 if array.max(initial=0) > 1.0 else array
+
+
+def _resize(gray: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """`gray` with its longest side at `side` and the factor applied."""
+    cv2 = cv2_module()
+    factor = side / max(gray.shape)
+    size = (max(8, round(gray.shape[1] * factor)), max(8, round(gray.shape[0] * factor)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), factor
+
+
+def _scaling(factor: float) -> np.ndarray:
+    return np.diag([factor, factor, 1.0])
+
+
+class Aligner:
+    """Registers photos onto one reference image (scikit-learn shape: `fit` picks the reference
+    from good images, `estimate` and `warp` align a photo, `to_photo` brings a map back).
+
+    Parameters: `mode` (one of MODES), `max_shift` (fraction of the reference's longest side),
+    `max_angle` (degrees), `max_scale` (relative change), `min_quality` (ECC correlation),
+    `roi` (a mask at the reference's size: only its inside is matched).
+    """
+
+    def __init__(
+        self,
+        mode: str = "rigid",
+        max_shift: float = options.ALIGN_MAX_SHIFT.default,
+        max_angle: float = options.ALIGN_MAX_ANGLE.default,
+        max_scale: float = options.ALIGN_MAX_SCALE.default,
+        min_quality: float = options.ALIGN_MIN_QUALITY.default,
+        roi: np.ndarray | None = None,
+    ) -> None:
+        self.mode = mode
+        self.max_shift = max_shift
+        self.max_angle = max_angle
+        self.max_scale = max_scale
+        self.min_quality = min_quality
+        self.roi = roi
+
+    # ------------------------------------------------------------------ reference
+
+    def fit(self, images: Sequence[ImageInput], reference: ImageInput | None = None) -> Aligner:
+        """Choose the reference: `reference` when given, else the good image closest to the
+        pixel-wise median of (up to REFERENCE_SAMPLE of) the others: a typical part in a
+        typical place."""
+        if self.mode not in MODES:
+            raise PadimError(f"--align must be none or one of {', '.join(MODES)}, got {self.mode}")
+        for name, value, low, high in (
+            ("--align-max-shift", self.max_shift, 0.0, 1.0),
+            ("--align-max-angle", self.max_angle, 0.0, 180.0),
+            ("--align-max-scale", self.max_scale, 0.0, 1.0),
+            ("--align-min-quality", self.min_quality, -1.0, 1.0),
+        ):
+            if not (math.isfinite(value) and low <= value <= high):
+                raise PadimError(f"{name} must be from {low:g} to {high:g}, got {value!r}")
+        if reference is None:
+            reference = typical_image(images)
+        rgb = np.asarray(as_image(reference).convert("RGB"))
+        gray = to_gray(rgb)
+        self.reference_image_ = rgb  # (H, W, 3) uint8: fills what a moved photo leaves empty
+        self.reference_size_ = (gray.shape[1], gray.shape[0])  # (width, height)
+        self.reference_, self.factor_ = _resize(gray, WORK_SIDE)
+        h, w = self.reference_.shape
+        window = cv2_module().createHanningWindow((w, h), cv2_module().CV_32F)
+        self.spectrum_ = log_polar_spectrum(self.reference_ * window)
+        self.mask_ = None
+        if self.roi is not None:
+            cv2 = cv2_module()
+            roi = np.asarray(self.roi)
+            if roi.ndim != 2:
+                raise PadimError(f"--align-roi must be a single-channel mask, got {roi.shape}")
+            if abs(roi.shape[1] / roi.shape[0] - gray.shape[1] / gray.shape[0]) > 0.02:
+                raise PadimError(
+                    f"--align-roi is {roi.shape[1]}x{roi.shape[0]} but the reference is "
+                    f"{gray.shape[1]}x{gray.shape[0]}: give it at the reference's geometry"
+                )
+            size = (self.reference_.shape[1], self.reference_.shape[0])
+            mask = cv2.resize((roi > 0).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            if not mask.any():
+                raise PadimError("--align-roi is empty: nothing to match")
+            self.mask_ = mask
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "reference_")
+
+    def align(self, photo: Image.Image) -> tuple[Image.Image, Transform]:
+        """The photo brought onto the reference (at its size; what the photo does not cover
+        is filled from the reference, so it looks like a good part and scores no evidence),
+        and the transform that did it."""
+        array = np.asarray(photo.convert("RGB"))
+        t = self.estimate(array)
+        warped, covered = self.warp(array, t)
+        warped[~covered] = self.reference_image_[~covered]
+        return Image.fromarray(warped), t
+
+    # ------------------------------------------------------------------ estimation
+
+    def estimate(self, image: np.ndarray) -> Transform:
+        """The transform taking `image`'s pixels onto the reference's, checked against the
+        allowed ranges and quality (see `Transform.reason`)."""
+        gray = to_gray(image)
+        photo, photo_factor = _resize(gray, WORK_SIDE)
+        photo = self._to_reference_canvas(photo)
+        warp = self._coarse(photo)  # 3x3, working photo -> working reference
+        warp, quality = self._refine(photo, warp)
+        # back to full-resolution coordinates: photo (full) -> work -> reference work -> full
+        matrix = _scaling(1 / self.factor_) @ warp @ _scaling(photo_factor)
+        center = (self.reference_size_[0] / 2, self.reference_size_[1] / 2)
+        transform = Transform(matrix, quality, "", center)
+        return Transform(matrix, quality, self._check(transform), center)
+
+    def _to_reference_canvas(self, photo: np.ndarray) -> np.ndarray:
+        """The working photo padded or cut to the reference's working size (same origin)."""
+        h, w = self.reference_.shape
+        canvas = np.zeros((h, w), np.float32)
+        ph, pw = min(h, photo.shape[0]), min(w, photo.shape[1])
+        canvas[:ph, :pw] = photo[:ph, :pw]
+        return canvas
+
+    def _coarse(self, photo: np.ndarray) -> np.ndarray:
+        """Rotation and scale (Fourier-Mellin), then translation, by phase correlation."""
+        cv2 = cv2_module()
+        ref = self.reference_
+        h, w = ref.shape
+        window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+        rotation = np.eye(3)
+        if self.mode != "translation":
+            max_scale = 0.0 if self.mode == "rigid" else self.max_scale
+            angle, scale = rotation_and_scale(
+                photo * window, self.spectrum_, self.max_angle, max_scale
+            )
+            if self.mode == "rigid":
+                scale = 1.0
+            rotation = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale), [0, 0, 1]])
+        turned = cv2.warpAffine(photo, rotation[:2], (w, h), flags=cv2.INTER_LINEAR)
+        (dx, dy), _ = cv2.phaseCorrelate(ref * window, turned * window)
+        shift = np.array([[1, 0, -dx], [0, 1, -dy], [0, 0, 1]], np.float64)
+        return shift @ rotation
+
+    def _refine(self, photo: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, float]:
+        """ECC refinement with the mode's motion model; its correlation is the quality."""
+        cv2 = cv2_module()
+        motion = {
+            "translation": cv2.MOTION_TRANSLATION,
+            "rigid": cv2.MOTION_EUCLIDEAN,
+            "similarity": cv2.MOTION_AFFINE,
+            "homography": cv2.MOTION_HOMOGRAPHY,
+        }[self.mode]
+        # ECC warps the input onto the template: template = reference, input = photo, and its
+        # matrix maps reference coordinates to photo coordinates (the inverse of ours)
+        inverse = np.linalg.inv(warp)
+        start = inverse.astype(np.float32) if self.mode == "homography" else inverse[:2]
+        start = np.ascontiguousarray(start, dtype=np.float32)
+        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
+        try:
+            quality, found = cv2.findTransformECC(
+                self.reference_, photo, start, motion, criteria, self.mask_, 5
+            )
+        except cv2.error:
+            return warp, -1.0  # did not converge: the quality says it
+        full = found if found.shape == (3, 3) else np.vstack([found, [0, 0, 1]])
+        refined = np.linalg.inv(full.astype(np.float64))
+        if self.mode == "similarity":  # the closest rotation + uniform scale to the affine fit
+            refined = _nearest_similarity(refined)
+        return refined, float(quality)
+
+    def _check(self, t: Transform) -> str:
+        if not np.isfinite(t.matrix).all() or not math.isfinite(t.quality):
+            return "the registration did not converge"
+        if t.quality < self.min_quality:
+            return f"alignment quality {t.quality:.3f} is below {self.min_quality:g}"
+        if max(abs(v) for v in t.shift) > self.max_shift * max(self.reference_size_):
+            return f"the part is shifted by {t.shift[0]:.0f}, {t.shift[1]:.0f} pixels"
+        if abs(t.angle) > self.max_angle:
+            return f"the part is rotated by {t.angle:.1f} degrees"
+        if abs(t.scale - 1) > self.max_scale:
+            return f"the part is scaled by {t.scale:.3f}"
+        return ""
+
+    # ------------------------------------------------------------------ warping
+
+    def warp(self, image: np.ndarray, t: Transform) -> tuple[np.ndarray, np.ndarray]:
+        """`image` brought onto the reference (at its full size), and where it is covered
+        (False where the warp left no photo: those pixels are not inspected)."""
+        cv2 = cv2_module()
+        size = self.reference_size_
+        array = np.asarray(image)
+        warped = cv2.warpPerspective(array, t.matrix, size, flags=cv2.INTER_LINEAR)
+        ones = np.ones(array.shape[:2], np.uint8)
+        covered = cv2.warpPerspective(ones, t.matrix, size, flags=cv2.INTER_NEAREST) > 0
+        return warped, covered
+
+    def to_photo(
+        self, amap: np.ndarray, t: Transform, photo_size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A map at the reference's size brought back onto the photo (`photo_size` (width,
+        height)), and where the photo lies outside the reference (not inspected)."""
+        cv2 = cv2_module()
+        back = np.linalg.inv(t.matrix)
+        values = np.asarray(amap, np.float32)
+        mapped = cv2.warpPerspective(values, back, photo_size, flags=cv2.INTER_LINEAR)
+        ones = np.ones(values.shape[:2], np.uint8)
+        inside = cv2.warpPerspective(ones, back, photo_size, flags=cv2.INTER_NEAREST) > 0
+        return mapped, inside
+
+
+def log_polar_spectrum(gray: np.ndarray) -> np.ndarray:
+    """The high-passed log magnitude spectrum of `gray` (zero-padded to a square, so a turn of
+    the image is a turn of its spectrum) in log-polar coordinates: rows are angles
+    (ANGLE_ROWS over 360 degrees), columns log-radii (RADIUS_COLUMNS). A shift of the image
+    leaves it unchanged; a turn moves it along the rows, a scaling along the columns."""
+    cv2 = cv2_module()
+    side = max(gray.shape)
+    square = np.zeros((side, side), np.float32)
+    square[: gray.shape[0], : gray.shape[1]] = gray
+    planes = cv2.dft(square, flags=cv2.DFT_COMPLEX_OUTPUT)
+    spectrum = np.fft.fftshift(cv2.magnitude(planes[..., 0], planes[..., 1]))
+    spectrum = np.log1p(spectrum) * _highpass(spectrum.shape)
+    flags = cv2.WARP_POLAR_LOG | cv2.INTER_LINEAR
+    return cv2.warpPolar(
+        spectrum, (RADIUS_COLUMNS, ANGLE_ROWS), (side / 2, side / 2), side / 2, flags
+    )
+
+
+def rotation_and_scale(
+    photo: np.ndarray, reference: np.ndarray, max_angle: float, max_scale: float
+) -> tuple[float, float]:
+    """The turn (degrees, OpenCV's counter-clockwise sense) and the scale that bring the photo
+    back onto the reference: the phase correlation of their log-polar spectra
+    (`log_polar_spectrum`; `reference` is one already), its peak searched only among turns up
+    to `max_angle` and scalings up to `max_scale`, so a part with a symmetry takes the nearest
+    of its equivalent poses, not the first."""
+    cv2 = cv2_module()
+    side = max(photo.shape)
+    moved = cv2.dft(log_polar_spectrum(photo), flags=cv2.DFT_COMPLEX_OUTPUT)
+    fixed = cv2.dft(reference, flags=cv2.DFT_COMPLEX_OUTPUT)
+    cross = cv2.mulSpectrums(fixed, moved, 0, conjB=True)
+    cross /= np.maximum(cv2.magnitude(cross[..., 0], cross[..., 1]), 1e-12)[..., None]
+    corr = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    rows, cols = corr.shape
+    log_base = math.log(side / 2) / cols  # log-radius per column
+    dy = np.fft.fftfreq(rows, 1 / rows)  # signed shifts in FFT order
+    dx = np.fft.fftfreq(cols, 1 / cols)
+    turn = np.abs(dy) * 360.0 / rows
+    allowed = np.minimum(turn, np.abs(180.0 - turn)) <= max_angle + 1.0  # spectra repeat at 180
+    allowed &= turn <= 90.0 + 1e-9  # one of each pair of equivalent turns
+    scaled = np.abs(dx) * log_base <= math.log1p(max_scale) + log_base
+    window = np.where(allowed[:, None] & scaled[None, :], corr, -np.inf)
+    # near-ties (a part with a symmetry, a round one): the smallest turn and scaling
+    strong = window >= PEAK_TIE * window.max()
+    cost = turn[:, None] * 1e3 + np.abs(dx)[None, :]
+    r, c = np.unravel_index(int(np.argmin(np.where(strong, cost, np.inf))), corr.shape)
+    sub_r, sub_c = _subpixel(corr, r, c)
+    return float(-(dy[r] + sub_r) * 360.0 / rows), math.exp(-(dx[c] + sub_c) * log_base)
+
+
+def _subpixel(corr: np.ndarray, r: int, c: int) -> tuple[float, float]:
+    """The peak's sub-cell offset (parabola through it and its neighbours, with wrap-around)."""
+    rows, cols = corr.shape
+
+    def offset(left: float, mid: float, right: float) -> float:
+        den = left - 2 * mid + right
+        return 0.0 if den >= 0 else float(np.clip(0.5 * (left - right) / den, -0.5, 0.5))
+
+    return (
+        offset(corr[(r - 1) % rows, c], corr[r, c], corr[(r + 1) % rows, c]),
+        offset(corr[r, (c - 1) % cols], corr[r, c], corr[r, (c + 1) % cols]),
+    )
+
+
+def _highpass(shape: tuple[int, int]) -> np.ndarray:
+    """A high-pass filter for log spectra (the usual one for Fourier-Mellin registration)."""
+    yy = np.cos(np.pi * (np.arange(shape[0]) / shape[0] - 0.5))
+    xx = np.cos(np.pi * (np.arange(shape[1]) / shape[1] - 0.5))
+    grid = np.outer(yy, xx)
+    return ((1.0 - grid) * (2.0 - grid)).astype(np.float32)
+
+
+def _nearest_similarity(matrix: np.ndarray) -> np.ndarray:
+    """The rotation + uniform scale + shift closest to an affine matrix (polar decomposition)."""
+    a = matrix[:2, :2]
+    u, s, vt = np.linalg.svd(a)
+    rotation = u @ vt
+    if np.linalg.det(rotation) < 0:
+        u[:, -1] *= -1
+        rotation = u @ vt
+    out = np.eye(3)
+    out[:2, :2] = rotation * float(s.mean())
+    out[:2, 2] = matrix[:2, 2]
+    return out
+
+
+def typical_image(images: Sequence[ImageInput]) -> ImageInput:
+    """The image closest (mean squared difference of 64-pixel thumbnails) to the pixel-wise
+    median of up to REFERENCE_SAMPLE evenly spread images of the most common size."""
+    if not len(images):
+        raise PadimError("alignment needs at least one good image to choose a reference")
+    step = max(1, len(images) // REFERENCE_SAMPLE)
+    sample = list(images[::step])[:REFERENCE_SAMPLE]
+    thumbs = [_resize(to_gray(np.asarray(as_image(i).convert("RGB"))), 64)[0] for i in sample]
+    shapes = [t.shape for t in thumbs]
+    common = max(set(shapes), key=shapes.count)
+    keep = [i for i, t in enumerate(thumbs) if t.shape == common]
+    median = np.median(np.stack([thumbs[i] for i in keep]), axis=0)
+    best = min(keep, key=lambda i: float(np.square(thumbs[i] - median).mean()))
+    return sample[best]
+
+
+class AlignedItem:
+    """A photo to be aligned when it is read (a lazy image, like a video frame): the model's
+    input pipelines read it as the aligned image and it keeps the transform and the photo's
+    size for the results."""
+
+    def __init__(self, source: ImageInput, aligner: Aligner) -> None:
+        self.source = source
+        self.aligner = aligner
+        self.transform: Transform | None = None
+        self.photo_size: tuple[int, int] | None = None
+
+    def load_image(self) -> Image.Image:
+        photo = as_image(self.source)
+        self.photo_size = photo.size
+        aligned, self.transform = self.aligner.align(photo)
+        return aligned
+
+    def __repr__(self) -> str:
+        return f"AlignedItem({self.source!r})"
+
+
+@dataclass(frozen=True)
+class AlignedGeometry:
+    """How one aligned photo's maps get back onto it: the model geometry (`pre`) up to the
+    reference's size, then the inverse of the photo's transform. Same interface as
+    `Preprocess` for `decide` and the pictures; photo pixels the reference does not cover are
+    not inspected (`uninspected`)."""
+
+    pre: Preprocess
+    aligner: Aligner
+    transform: Transform
+
+    def map_to_image(self, amap: np.ndarray, image_wh: tuple[int, int]) -> np.ndarray:
+        """An (H, W) map at the model input -> the photo's (h, w); uninspected pixels get the
+        map's minimum (no evidence)."""
+        on_reference = self.pre.map_to_image(amap, self.aligner.reference_size_)
+        mapped, inside = self.aligner.to_photo(on_reference, self.transform, image_wh)
+        mapped[~inside] = float(on_reference.min())
+        return mapped
+
+    def uninspected(self, image_wh: tuple[int, int]) -> np.ndarray:
+        """(h, w) bool: photo pixels outside the reference frame (nothing was scored there)."""
+        ones = np.ones(self.aligner.reference_size_[::-1], np.float32)
+        return ~self.aligner.to_photo(ones, self.transform, image_wh)[1]
+
+    def regions(
+        self,
+        amap: np.ndarray,
+        threshold: float,
+        image_wh: tuple[int, int],
+        min_area: int = 0,
+        normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> list[Region]:
+        """Defect regions found on the map brought onto the photo (any transform keeps them
+        whole), in the photo's pixels."""
+        return find_regions(self.map_to_image(amap, image_wh), threshold, min_area, normalise)
