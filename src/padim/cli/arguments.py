@@ -145,6 +145,11 @@ def add_model_options(
     g = p.add_argument_group("model")
     for opt in options.MODEL_OPTIONS:
         add(g, opt, **MODEL_OVERRIDES.get(opt.flag, {}))
+    g = p.add_argument_group(
+        "alignment", "parts that are never in the same place twice (docs/alignment.md)"
+    )
+    for opt in options.ALIGNMENT_OPTIONS:
+        add(g, opt, metavar="IMAGE" if opt is options.ALIGN_REFERENCE else None)
     if not threshold:
         return
     g = p.add_argument_group("threshold")

@@ -50,7 +50,7 @@ def input_size(args: argparse.Namespace) -> int | tuple[int, int] | str:
 def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Padim(...) keyword arguments from the fit options (`options.MODEL_OPTIONS` and
     `options.THRESHOLD_OPTIONS` where the command has them, and the run-time ones)."""
-    declared = (*options.MODEL_OPTIONS, *options.THRESHOLD_OPTIONS)
+    declared = (*options.MODEL_OPTIONS, *options.THRESHOLD_OPTIONS, *options.ALIGNMENT_OPTIONS)
     settings = {o.name: getattr(args, o.dest) for o in declared if hasattr(args, o.dest)}
     settings.update(
         size=input_size(args),

@@ -30,6 +30,9 @@ from padim.data.regions import Region, find_regions
 from padim.errors import PadimError
 
 MODES = options.ALIGN_MODES[1:]  # "none" is no Aligner
+SIMPLER = 0.003  # a shift alone is kept unless the mode's motion correlates this much better:
+# a round part's turn is not defined, and turning it by what its texture suggests moves the
+# patches the Gaussians were fitted on
 PEAK_TIE = 0.8  # log-polar peaks this close to the best are equivalent poses: take the least turn
 REFERENCE_SAMPLE = 64  # training images the automatic reference is chosen among
 ANGLE_ROWS = 720  # log-polar rows: half a degree each (then ECC refines)
@@ -203,8 +206,11 @@ class Aligner:
         gray = to_gray(image)
         photo, photo_factor = _resize(gray, WORK_SIDE)
         photo = self._to_reference_canvas(photo)
-        warp = self._coarse(photo)  # 3x3, working photo -> working reference
-        warp, quality = self._refine(photo, warp)
+        warp, quality = self._refine(photo, self._coarse(photo, self.mode), self.mode)
+        if self.mode != "translation":  # a shift alone, when it does as well (see SIMPLER)
+            shift, shift_quality = self._refine(photo, self._coarse(photo, "translation"))
+            if shift_quality >= quality - SIMPLER:
+                warp, quality = shift, shift_quality
         # back to full-resolution coordinates: photo (full) -> work -> reference work -> full
         matrix = _scaling(1 / self.factor_) @ warp @ _scaling(photo_factor)
         center = (self.reference_size_[0] / 2, self.reference_size_[1] / 2)
@@ -219,19 +225,19 @@ class Aligner:
         canvas[:ph, :pw] = photo[:ph, :pw]
         return canvas
 
-    def _coarse(self, photo: np.ndarray) -> np.ndarray:
+    def _coarse(self, photo: np.ndarray, mode: str) -> np.ndarray:
         """Rotation and scale (Fourier-Mellin), then translation, by phase correlation."""
         cv2 = cv2_module()
         ref = self.reference_
         h, w = ref.shape
         window = cv2.createHanningWindow((w, h), cv2.CV_32F)
         rotation = np.eye(3)
-        if self.mode != "translation":
-            max_scale = 0.0 if self.mode == "rigid" else self.max_scale
+        if mode != "translation":
+            max_scale = 0.0 if mode == "rigid" else self.max_scale
             angle, scale = rotation_and_scale(
                 photo * window, self.spectrum_, self.max_angle, max_scale
             )
-            if self.mode == "rigid":
+            if mode == "rigid":
                 scale = 1.0
             rotation = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale), [0, 0, 1]])
         turned = cv2.warpAffine(photo, rotation[:2], (w, h), flags=cv2.INTER_LINEAR)
@@ -239,19 +245,21 @@ class Aligner:
         shift = np.array([[1, 0, -dx], [0, 1, -dy], [0, 0, 1]], np.float64)
         return shift @ rotation
 
-    def _refine(self, photo: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, float]:
-        """ECC refinement with the mode's motion model; its correlation is the quality."""
+    def _refine(
+        self, photo: np.ndarray, warp: np.ndarray, mode: str = "translation"
+    ) -> tuple[np.ndarray, float]:
+        """ECC refinement with a mode's motion model; its correlation is the quality."""
         cv2 = cv2_module()
         motion = {
             "translation": cv2.MOTION_TRANSLATION,
             "rigid": cv2.MOTION_EUCLIDEAN,
             "similarity": cv2.MOTION_AFFINE,
             "homography": cv2.MOTION_HOMOGRAPHY,
-        }[self.mode]
+        }[mode]
         # ECC warps the input onto the template: template = reference, input = photo, and its
         # matrix maps reference coordinates to photo coordinates (the inverse of ours)
         inverse = np.linalg.inv(warp)
-        start = inverse.astype(np.float32) if self.mode == "homography" else inverse[:2]
+        start = inverse.astype(np.float32) if mode == "homography" else inverse[:2]
         start = np.ascontiguousarray(start, dtype=np.float32)
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
         try:
@@ -262,7 +270,7 @@ class Aligner:
             return warp, -1.0  # did not converge: the quality says it
         full = found if found.shape == (3, 3) else np.vstack([found, [0, 0, 1]])
         refined = np.linalg.inv(full.astype(np.float64))
-        if self.mode == "similarity":  # the closest rotation + uniform scale to the affine fit
+        if mode == "similarity":  # the closest rotation + uniform scale to the affine fit
             refined = _nearest_similarity(refined)
         return refined, float(quality)
 

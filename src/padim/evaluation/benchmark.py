@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from padim import __version__, options
@@ -32,6 +33,7 @@ from padim.data.datasets import (
     stc_test_set,
     stc_training_frames,
 )
+from padim.data.pictures import to_picture
 from padim.data.preprocess import as_wh, resolve_crop, to_json
 from padim.errors import PadimError
 from padim.evaluation.evaluate import EvaluationRun, evaluate
@@ -43,6 +45,7 @@ from padim.evaluation.tables import render_tables, run_label
 from padim.files import write_text_atomic
 from padim.memory import PeakRSS
 from padim.model.estimator import Padim
+from padim.model.fitting import training_items
 
 CSV_FIELDS = (
     "backbone",
@@ -93,6 +96,12 @@ class BenchmarkOptions:
     tile_statistics: str = options.TILE_STATISTICS.default
     channels: int | str | None = options.CHANNELS.default  # None: the backbone's; "all"
     embedding: str = options.EMBEDDING.default
+    align: str = options.ALIGN.default
+    align_max_shift: float = options.ALIGN_MAX_SHIFT.default
+    align_max_angle: float = options.ALIGN_MAX_ANGLE.default
+    align_max_scale: float = options.ALIGN_MAX_SCALE.default
+    align_min_quality: float = options.ALIGN_MIN_QUALITY.default
+    neighbourhood: int = options.NEIGHBOURHOOD.default
     seed: int = options.SEED.default
     weights: str | None = options.WEIGHTS.default
     storage: str = options.STORAGE.default
@@ -125,13 +134,15 @@ def parse_geometry(spec: str) -> dict[str, Any]:
         "tile": "tile",
         "overlap": "tile_overlap",
         "statistics": "tile_statistics",
+        "align": "align",
+        "neighbourhood": "neighbourhood",
     }
     for part in rest:
         key, sep, value = part.partition("=")
         if not sep or key not in keys:
             raise PadimError(
                 f"--geometry {spec!r}: expected SIZE[,crop=C][,tile=T][,overlap=O]"
-                "[,statistics=location|shared]"
+                "[,statistics=location|shared][,align=MODE][,neighbourhood=K]"
             )
         if key == "crop":
             out["crop"] = None if value == "none" else geometry(value)
@@ -141,8 +152,12 @@ def parse_geometry(spec: str) -> dict[str, Any]:
             if not value.isdigit():
                 raise PadimError(f"--geometry {spec!r}: overlap must be a whole number of pixels")
             out["tile_overlap"] = int(value)
+        elif key == "neighbourhood":
+            if not value.isdigit():
+                raise PadimError(f"--geometry {spec!r}: neighbourhood must be a whole number")
+            out["neighbourhood"] = int(value)
         else:
-            out["tile_statistics"] = value
+            out[keys[key]] = value
     return out
 
 
@@ -245,6 +260,7 @@ def _row(
         "positions": geometry["positions"],
         "category": category,
         "perturbation": m["perturbation"],
+        "cannot_align": m.get("cannot_align"),
         "score_mode": opts.score_mode,
         "shrinkage": opts.shrinkage,
         "size": to_json(as_wh(model.preprocess.size)),
@@ -358,6 +374,12 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
     return results
 
 
+def perturbed_training_photos(training: Any, loader: Any) -> list[np.ndarray]:
+    """The training images perturbed as photos ((S, S, 3) uint8), for models that align."""
+    items = training_items(training)
+    return [to_picture(loader(i, item).numpy()) for i, item in enumerate(items)]
+
+
 def _fit(
     opts: BenchmarkOptions,
     backbone: str,
@@ -371,6 +393,11 @@ def _fit(
     given = {k: v for k, v in dataclasses.asdict(opts).items() if k in params}
     model = Padim(backbone=backbone, **given)
     loader = None if perturbation is None else training_loader(perturbation, model.preprocess)
+    if loader is not None and model.align != "none":  # the perturbed photos are registered
+        training = perturbed_training_photos(training, loader)
+        side = model.preprocess.output_wh[0]  # they are the model input already: no more crop
+        model.set_params(size=side, crop=None)
+        loader = None
     with PeakRSS() as mem:
         model.fit(training, loader=loader)
     if perturbation is not None and model.training_ is not None:

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from padim.data.align import AlignedItem
 from padim.data.datasets import Sample, read_mask
 from padim.data.images import read_image
 from padim.data.pictures import to_picture
-from padim.data.preprocess import Preprocess, batches
+from padim.data.preprocess import Preprocess, batches, centre_crop
 from padim.errors import PadimError
 from padim.evaluation.metrics import metric_suite
 from padim.evaluation.perturb import RandomRotateCrop, perturbed_sample
@@ -34,6 +36,7 @@ class EvaluationRun:
     perturbation: RandomRotateCrop | None = None
     preprocess: Preprocess | None = None
     scale: ScoreScale | None = None  # the model's normalised score: the pictures' colours
+    cannot_align: int | None = None  # test images the model could not align (when it aligns)
 
     @property
     def labels(self) -> np.ndarray:
@@ -87,6 +90,49 @@ def _score_perturbed(
     return np.concatenate(scores), np.concatenate(maps), np.stack(masks) if has_masks else None
 
 
+def aligned_maps(
+    model: Padim, photos: list[Any], on_model_grid: bool
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores, maps and the number of photos that could not be aligned, for a model that
+    aligns: each map is brought back onto its photo (through the inverse of its alignment),
+    then (`on_model_grid`) through the model's resize and crop, where the masks are."""
+    pre = model.preprocess
+    scores, maps, unaligned = [], [], 0
+    for chunk, _, s_batch, m_batch in model.iter_batches(photos):
+        for item, amap in zip(chunk, m_batch, strict=True):
+            assert isinstance(item, AlignedItem) and item.photo_size is not None
+            unaligned += int(item.transform is None or not item.transform.ok)
+            on_photo = model.geometry_of(item).map_to_image(amap, item.photo_size)
+            maps.append(map_on_model_grid(on_photo, pre) if on_model_grid else on_photo)
+        scores.append(s_batch)
+    return np.concatenate(scores), np.stack(maps), unaligned
+
+
+def map_on_model_grid(amap: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """A map at a photo's size resized and cropped like the photo itself (bilinear)."""
+    resized = Image.fromarray(np.ascontiguousarray(amap, np.float32)).resize(
+        pre.size_wh, Image.Resampling.BILINEAR
+    )
+    return np.ascontiguousarray(centre_crop(np.asarray(resized, np.float32), pre.crop_wh))
+
+
+def perturbed_photos(
+    model: Padim, samples: list[Sample], perturbation: RandomRotateCrop
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Perturbed test images as photos ((S, S, 3) uint8) and their masks, for models that
+    align (the photo is what they register)."""
+    has_masks = any(s.mask_path for s in samples)
+    photos, masks = [], []
+    for i, s in enumerate(samples):
+        if has_masks and s.label == 1 and s.mask_path is None:
+            raise PadimError(f"missing ground-truth mask for {s.path}")
+        img, mask = perturbed_sample(perturbation, model.preprocess, i, s.path, s.mask_path)
+        photos.append(to_picture(img.numpy()))
+        if has_masks:
+            masks.append(mask.numpy() if mask is not None else np.zeros(img.shape[1:], bool))
+    return photos, np.stack(masks) if has_masks else None
+
+
 def evaluate(
     model: Padim,
     samples: list[Sample],
@@ -106,11 +152,17 @@ def score_run(
     the memory peak of an evaluation)."""
     masks = None if perturbation else ground_truth_masks(model, samples)
     started = time.perf_counter()
-    if perturbation is None:
+    unaligned = None
+    if getattr(model, "aligner_", None) is not None:  # maps judged on the photos themselves
+        photos: list[Any] = [s.path for s in samples]
+        if perturbation is not None:
+            photos, masks = perturbed_photos(model, samples, perturbation)
+        scores, maps, unaligned = aligned_maps(model, photos, perturbation is None)
+    elif perturbation is None:
         scores, maps = model.score([s.path for s in samples])
     else:
         scores, maps, masks = _score_perturbed(model, samples, perturbation)
-    return EvaluationRun(
+    run = EvaluationRun(
         samples,
         scores,
         maps,
@@ -121,6 +173,8 @@ def score_run(
         preprocess=model.preprocess,
         scale=model.score_scale if model.threshold_ is not None else None,
     )
+    run.cannot_align = unaligned
+    return run
 
 
 def add_metrics(run: EvaluationRun, min_area: int = 0) -> EvaluationRun:
@@ -147,6 +201,8 @@ def add_metrics(run: EvaluationRun, min_area: int = 0) -> EvaluationRun:
         "image_accuracy_at_threshold": float((predicted == labels.astype(bool)).mean()),
         **suite,
     }
+    if run.cannot_align is not None:
+        run.metrics["cannot_align"] = run.cannot_align
     return run
 
 
