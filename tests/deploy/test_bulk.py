@@ -29,6 +29,7 @@ class MeanScorer:
     geometry = Preprocess(16, None)
     score_scale = ScoreScale(0.5, 0.1)
     operating_points: ClassVar[dict[str, float]] = {}
+    aligner = None
 
     def preprocess(self, image):
         return resize_crop(image, 16, None)

@@ -135,7 +135,8 @@ class Slow:
 
     def __init__(self, scorer):
         self.scorer = scorer
-        for name in ("model_id", "threshold", "input_hw", "geometry", "score_scale", "thresholds"):
+        names = ("model_id", "threshold", "input_hw", "geometry", "score_scale", "thresholds")
+        for name in (*names, "aligner"):
             setattr(self, name, getattr(scorer, name))
         self.preprocess = scorer.preprocess
 

@@ -380,6 +380,7 @@ def test_concurrent_requests_share_forward_passes(scorer, client, images):
         model_id, threshold, input_size = scorer.model_id, scorer.threshold, scorer.input_size
         geometry, score_scale = scorer.geometry, scorer.score_scale
         operating_points, image_aspect = scorer.operating_points, scorer.image_aspect
+        aligner = None
         preprocess = staticmethod(scorer.preprocess)
         describe = staticmethod(scorer.describe)
 

@@ -205,10 +205,10 @@ class Aligner:
         allowed ranges and quality (see `Transform.reason`)."""
         gray = to_gray(image)
         photo, photo_factor = _resize(gray, WORK_SIDE)
-        photo = self._to_reference_canvas(photo)
-        warp, quality = self._refine(photo, self._coarse(photo, self.mode), self.mode)
+        photo, valid = self._to_reference_canvas(photo)
+        warp, quality = self._refine(photo, valid, self._coarse(photo, self.mode), self.mode)
         if self.mode != "translation":  # a shift alone, when it does as well (see SIMPLER)
-            shift, shift_quality = self._refine(photo, self._coarse(photo, "translation"))
+            shift, shift_quality = self._refine(photo, valid, self._coarse(photo, "translation"))
             if shift_quality >= quality - SIMPLER:
                 warp, quality = shift, shift_quality
         # back to full-resolution coordinates: photo (full) -> work -> reference work -> full
@@ -217,13 +217,16 @@ class Aligner:
         transform = Transform(matrix, quality, "", center)
         return Transform(matrix, quality, self._check(transform), center)
 
-    def _to_reference_canvas(self, photo: np.ndarray) -> np.ndarray:
-        """The working photo padded or cut to the reference's working size (same origin)."""
+    def _to_reference_canvas(self, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The working photo padded (with its mean) or cut to the reference's working size
+        (same origin), and where it has pixels (uint8 mask: only those are matched)."""
         h, w = self.reference_.shape
-        canvas = np.zeros((h, w), np.float32)
+        canvas = np.full((h, w), float(photo.mean()), np.float32)
+        valid = np.zeros((h, w), np.uint8)
         ph, pw = min(h, photo.shape[0]), min(w, photo.shape[1])
         canvas[:ph, :pw] = photo[:ph, :pw]
-        return canvas
+        valid[:ph, :pw] = 1
+        return canvas, valid
 
     def _coarse(self, photo: np.ndarray, mode: str) -> np.ndarray:
         """Rotation and scale (Fourier-Mellin), then translation, by phase correlation."""
@@ -246,7 +249,7 @@ class Aligner:
         return shift @ rotation
 
     def _refine(
-        self, photo: np.ndarray, warp: np.ndarray, mode: str = "translation"
+        self, photo: np.ndarray, valid: np.ndarray, warp: np.ndarray, mode: str = "translation"
     ) -> tuple[np.ndarray, float]:
         """ECC refinement with a mode's motion model; its correlation is the quality."""
         cv2 = cv2_module()
@@ -263,9 +266,15 @@ class Aligner:
         start = np.ascontiguousarray(start, dtype=np.float32)
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
         try:
-            quality, found = cv2.findTransformECC(
-                self.reference_, photo, start, motion, criteria, self.mask_, 5
-            )
+            if hasattr(cv2, "findTransformECCWithMask"):  # OpenCV >= 4.12: both masks
+                template = self.mask_ if self.mask_ is not None else np.ones_like(valid)
+                quality, found = cv2.findTransformECCWithMask(
+                    self.reference_, photo, template, valid, start, motion, criteria, 5
+                )
+            else:  # older: the photo's valid pixels only
+                quality, found = cv2.findTransformECC(
+                    self.reference_, photo, start, motion, criteria, valid, 5
+                )
         except cv2.error:
             return warp, -1.0  # did not converge: the quality says it
         full = found if found.shape == (3, 3) else np.vstack([found, [0, 0, 1]])
@@ -360,7 +369,7 @@ def rotation_and_scale(
     strong = window >= PEAK_TIE * window.max()
     cost = turn[:, None] * 1e3 + np.abs(dx)[None, :]
     r, c = np.unravel_index(int(np.argmin(np.where(strong, cost, np.inf))), corr.shape)
-    sub_r, sub_c = _subpixel(corr, r, c)
+    sub_r, sub_c = _subpixel(corr, int(r), int(c))
     return float(-(dy[r] + sub_r) * 360.0 / rows), math.exp(-(dx[c] + sub_c) * log_base)
 
 

@@ -39,7 +39,8 @@ class Geometry(Protocol):
 class Alignment(Protocol):
     """What a decision needs of a photo's alignment (`padim.data.align.Transform`)."""
 
-    reason: str
+    @property
+    def reason(self) -> str: ...
 
     @property
     def ok(self) -> bool: ...

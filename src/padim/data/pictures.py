@@ -104,6 +104,19 @@ PICTURE_KINDS = ("overlay", "heatmap", "mask", "input")
 PICTURES = PICTURE_KINDS[:3]
 
 
+def hatch(picture: np.ndarray, where: np.ndarray | None) -> np.ndarray:
+    """`picture` with grey diagonal stripes where nothing was inspected (photo pixels outside
+    the reference part after alignment): visibly not "good", just not looked at."""
+    if where is None or not where.any():
+        return picture
+    out = picture.copy()
+    rows, cols = np.nonzero(where)
+    stripe = ((rows + cols) // 6) % 2 == 0
+    out[rows[stripe], cols[stripe]] = (128, 128, 128)
+    out[rows[~stripe], cols[~stripe]] //= 2
+    return out
+
+
 def render_pictures(
     image: np.ndarray,
     amap: np.ndarray,
@@ -111,13 +124,15 @@ def render_pictures(
     kinds: Sequence[str],
     scale: ScoreScale | None = None,
     regions: Sequence[Region] = (),
+    uninspected: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """A scored image's pictures as arrays, by kind: overlay, heatmap, mask (amap > threshold)
     and input. `image` is the (3, H, W) model input in [0, 1], or the photo itself as an
     (H, W, 3) uint8 array (pictures at the photo's resolution: `Preprocess.map_to_image` brings
     the map there); `amap` is the (H, W) anomaly map, coloured by its normalised value
     (`scale`, the model's; without one, a tenth of the threshold per unit), so colours mean
-    the same on every picture; `regions` are boxed on the overlay."""
+    the same on every picture; `regions` are boxed on the overlay; `uninspected` pixels
+    (bool, the photo's shape) are hatched on the overlay and heat map."""
     scale = scale if scale is not None else ScoreScale.of(threshold, None)
     mask = amap > threshold
 
@@ -127,8 +142,10 @@ def render_pictures(
     colours = functools.cache(lambda: scale(amap))  # heat map and overlay share it
 
     make: dict[str, Callable[[], np.ndarray]] = {
-        "overlay": lambda: overlay(picture(), colours(), mask, 0.0, 1.0, regions=regions),
-        "heatmap": lambda: heatmap_rgb(colours(), 0.0, 1.0),
+        "overlay": lambda: hatch(
+            overlay(picture(), colours(), mask, 0.0, 1.0, regions=regions), uninspected
+        ),
+        "heatmap": lambda: hatch(heatmap_rgb(colours(), 0.0, 1.0), uninspected),
         "mask": lambda: mask,
         "input": picture,
     }
@@ -144,11 +161,13 @@ def save_pictures(
     kinds: Sequence[str] = PICTURES,
     scale: ScoreScale | None = None,
     regions: Sequence[Region] = (),
+    uninspected: np.ndarray | None = None,
 ) -> dict[str, str]:
     """`render_pictures`, each written atomically as folder/<name>_<kind>.png; returns the file
     names by kind."""
     names = {}
-    for kind, picture in render_pictures(image, amap, threshold, kinds, scale, regions).items():
+    pictures = render_pictures(image, amap, threshold, kinds, scale, regions, uninspected)
+    for kind, picture in pictures.items():
         names[kind] = f"{name}_{kind}.png"
         save_png(folder / names[kind], picture)
     return names

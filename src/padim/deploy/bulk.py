@@ -23,10 +23,17 @@ from typing import Any
 import numpy as np
 
 from padim import options
-from padim.data.decision import decide
 from padim.data.pictures import PICTURES
 from padim.data.sources import pyarrow_modules
-from padim.deploy.scorers import RESULT_COLUMNS, Scorer, save_scored_pictures, score_files
+from padim.deploy.scorers import (
+    ALIGNMENT_COLUMNS,
+    RESULT_COLUMNS,
+    Scorer,
+    alignment_columns,
+    decide_scored,
+    save_scored_pictures,
+    score_files,
+)
 from padim.errors import PadimError
 from padim.files import atomic_path, write_atomic, write_text_atomic
 
@@ -60,16 +67,16 @@ def score_part(
         if item.score is None or item.anomaly_map is None:
             found.append(row)
             continue
-        assert item.size is not None
-        decision = decide(
-            item.score, item.anomaly_map, threshold, scale, scorer.geometry, item.size, min_area
-        )
+        decision = decide_scored(scorer, item, threshold, scale, min_area)
         regions = decision.regions
         row.update(
             score=decision.score,
             normalised_score=decision.normalised_score,
             label=int(decision.is_anomalous),
             regions=len(regions),
+            verdict=decision.verdict,
+            reason=decision.reason,
+            **alignment_columns(item.transform),
         )
         if maps_dir is not None:
             files = save_scored_pictures(scorer, item, maps_dir, name, threshold, pictures, regions)
@@ -107,6 +114,9 @@ def _table(rows: dict[str, list]):
             ("overlay", pa.string()),
             ("heatmap", pa.string()),
             ("mask", pa.string()),
+            ("verdict", pa.string()),
+            ("reason", pa.string()),
+            *((c, pa.float64()) for c in ALIGNMENT_COLUMNS),
             ("map", pa.string()),
         ]
     )

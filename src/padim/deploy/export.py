@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from padim import __version__
-from padim.deploy.metadata import model_metadata, read_onnx_metadata
+from padim.data.pictures import save_png
+from padim.deploy.metadata import (
+    ALIGN_ROI_SUFFIX,
+    REFERENCE_SUFFIX,
+    model_metadata,
+    read_onnx_metadata,
+)
 from padim.errors import PadimError
 from padim.files import check_output_file, default_file_mode
 
@@ -37,9 +43,12 @@ def export_onnx(
     model_id: str = "in-memory",
     opset: int = DEFAULT_OPSET,
     external_data: bool | None = None,
+    stem: str | None = None,
 ) -> Path:
     """Write `model` (a fitted `Padim`) as ONNX, atomically; `external_data` None: only when
-    the weights exceed the protobuf limit."""
+    the weights exceed the protobuf limit. A model that aligns also gets its reference part
+    (and matching mask) as PNG files beside it (`<stem>.reference.png`): the alignment runs
+    outside the graph, in every runtime."""
     import onnx
     import torch
 
@@ -68,7 +77,9 @@ def export_onnx(
                 },
             )
         graph = onnx.load(str(raw))
-        meta = model_metadata(model, model_id)
+        stem = stem or out.stem
+        meta = model_metadata(model, model_id, stem)
+        write_alignment_files(model, out.parent, stem)
         for key, value in {
             "padim": json.dumps(meta),
             "threshold": str(model.threshold_),
@@ -101,6 +112,16 @@ def export_onnx(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def write_alignment_files(model: Any, folder: Path, stem: str) -> None:
+    """The reference part (and its matching mask) of a model that aligns, as PNG files."""
+    aligner = getattr(model, "aligner_", None)
+    if aligner is None:
+        return
+    save_png(folder / f"{stem}{REFERENCE_SUFFIX}", aligner.reference_image_)
+    if aligner.mask_ is not None:
+        save_png(folder / f"{stem}{ALIGN_ROI_SUFFIX}", aligner.mask_.astype(bool))
 
 
 def export_openvino(onnx_path: str | Path, out: str | Path, fp16: bool = False) -> Path:
@@ -155,6 +176,17 @@ def parity(model: Any, scorer: Any, images: np.ndarray) -> dict[str, float]:
     }
 
 
+def aligned_parity(model: Any, scorer: Any, paths: Sequence[Path]) -> float:
+    """Whole-image parity for a model that aligns: photos registered, scored and decided by
+    the export's runtime against the torch model's `predict`."""
+    from padim.deploy.scorers import score_files
+
+    mine = model.predict(list(paths))
+    theirs = score_files(scorer, paths)
+    pairs = zip(mine, theirs, strict=True)
+    return max(abs((t.score or 0.0) - m.score) / abs(m.score) for m, t in pairs)
+
+
 @dataclass
 class ExportReport:
     """What `export_model` wrote and how well it agrees with the torch model."""
@@ -191,9 +223,14 @@ def export_model(
         raise PadimError(f"--format {fmt} writes a {want} file: got --out {out}")
     check_output_file(out)
     model = Padim.load(model_path, device="cpu")
+    paths: list[Path] = []
     if verify:
         paths = source_paths(verify)[:16]
-        check = np.stack([model.preprocess.image(read_image(p)) for p in paths])
+        aligner = model.aligner_
+        photos = [read_image(p) for p in paths]
+        if aligner is not None:
+            photos = [aligner.align(photo)[0] for photo in photos]
+        check = np.stack([model.preprocess.image(photo) for photo in photos])
     else:
         h, w = model.preprocess.output_hw
         check = np.random.default_rng(0).random((4, 3, h, w), dtype=np.float32)
@@ -205,13 +242,22 @@ def export_model(
         staged = stage / out.name
         onnx_out = staged if fmt == "onnx" else stage / (out.stem + ".onnx.tmp")
         export_onnx(
-            model, onnx_out, model_id=file_id(model_path), opset=opset, external_data=external_data
+            model,
+            onnx_out,
+            model_id=file_id(model_path),
+            opset=opset,
+            external_data=external_data,
+            stem=out.stem,
         )
         if fmt == "openvino":
             export_openvino(onnx_out, staged, fp16=fp16)
             onnx_out.unlink()
             onnx_out.with_name(onnx_out.name + ".data").unlink(missing_ok=True)
-        diff = parity(model, load_scorer(staged, threads=threads), check)
+        scorer = load_scorer(staged, threads=threads)
+        diff = parity(model, scorer, check)
+        if verify and model.aligner_ is not None:  # the alignment outside the graph, too
+            whole = aligned_parity(model, scorer, paths)
+            diff["max_rel_score_diff"] = max(diff["max_rel_score_diff"], whole)
         limit = tolerance * (100 if fp16 else 1)
         if diff["max_rel_score_diff"] > limit:
             rejected = reject(stage, out)

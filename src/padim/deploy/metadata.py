@@ -14,12 +14,28 @@ from padim.model.modelfile import model_header
 
 ONNX_FORMAT = "padim-onnx"
 ONNX_FORMAT_VERSION = 1
+REFERENCE_SUFFIX = ".reference.png"
+ALIGN_ROI_SUFFIX = ".align-roi.png"
 
 
-def model_metadata(model: Any, model_id: str) -> dict[str, Any]:
-    """What a runtime needs besides the graph (stored in exports; describes torch models)."""
+def model_metadata(model: Any, model_id: str, stem: str | None = None) -> dict[str, Any]:
+    """What a runtime needs besides the graph (stored in exports; describes torch models).
+    A model that aligns names its reference image (and matching mask), PNG files written
+    beside the export as `<stem>.reference.png` (`<stem>.align-roi.png`)."""
     cfg = model.config
     header = model_header(model.state())
+    aligner = getattr(model, "aligner_", None)
+    alignment = None
+    if aligner is not None:
+        alignment = {
+            "mode": cfg.align,
+            "max_shift": cfg.align_max_shift,
+            "max_angle": cfg.align_max_angle,
+            "max_scale": cfg.align_max_scale,
+            "min_quality": cfg.align_min_quality,
+            "reference": f"{stem or 'model'}{REFERENCE_SUFFIX}",
+            "roi": f"{stem or 'model'}{ALIGN_ROI_SUFFIX}" if aligner.mask_ is not None else None,
+        }
     return {
         "format": ONNX_FORMAT,
         "format_version": ONNX_FORMAT_VERSION,
@@ -35,6 +51,8 @@ def model_metadata(model: Any, model_id: str) -> dict[str, Any]:
         "score_mode": cfg.score_mode,
         "threshold": model.threshold_,
         "info": model.info,
+        "neighbourhood": cfg.neighbourhood,  # inside the graph
+        **({"alignment": alignment} if alignment else {}),  # outside it (every runtime)
     }
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from PIL import Image
 
 from padim import options
-from padim.data.decision import decide
 from padim.data.pictures import PICTURES
 from padim.data.sources import output_names, source_paths
 from padim.data.video import frame_count, is_video, read_frames
 from padim.deploy.scorers import (
+    ALIGNMENT_COLUMNS,
     RESULT_COLUMNS,
     Scorer,
+    decide_scored,
     read_photo,
     resolve_threshold,
     save_scored_pictures,
@@ -56,12 +57,17 @@ class ResultRow:
     regions: list[dict] = field(default_factory=list)
     frame: int | None = None  # a video frame's index (from 0) and time (s)
     time: float | None = None
+    verdict: str | None = None  # good, anomalous or cannot_align (then `reason` says why)
+    reason: str | None = None
+    alignment: dict | None = None  # shift, angle, scale, quality (models that align)
 
     def to_dict(self) -> dict:
         """The JSON record (an image's has no frame or time)."""
         out = dict(self.__dict__)
         if self.frame is None:
             del out["frame"], out["time"]
+        if self.alignment is None:
+            del out["alignment"]
         return out
 
 
@@ -156,16 +162,10 @@ def write_predictions(
                 if scored.score is None or scored.image is None or scored.anomaly_map is None:
                     row.error = scored.error or "unknown"
                     continue
-                assert scored.size is not None
-                decision = decide(
-                    scored.score,
-                    scored.anomaly_map,
-                    thr,
-                    scale,
-                    scorer.geometry,
-                    scored.size,
-                    min_area,
-                )
+                decision = decide_scored(scorer, scored, thr, scale, min_area)
+                row.verdict, row.reason = decision.verdict, decision.reason
+                if scored.transform is not None:
+                    row.alignment = scored.transform.to_dict()
                 regions = decision.regions
                 row.score, row.is_anomalous = decision.score, decision.is_anomalous
                 row.normalised_score = decision.normalised_score
@@ -219,6 +219,14 @@ def previous_outputs(out: Path) -> set[str]:
     return {n for n in names if n and "/" not in n and not n.startswith(".")}
 
 
+def _alignment_cells(alignment: dict | None) -> list[str]:
+    """The CSV's alignment columns (empty for models that do not align)."""
+    if alignment is None:
+        return [""] * len(ALIGNMENT_COLUMNS)
+    (dx, dy), values = alignment["shift"], (alignment["angle"], alignment["scale"])
+    return [f"{v:g}" for v in (dx, dy, *values, alignment["quality"])]
+
+
 def _csv(rows: list[ResultRow], frames: bool = False) -> str:
     """results.csv; with videos, `frame` and `time` columns follow `path`."""
     buf = io.StringIO()
@@ -240,6 +248,9 @@ def _csv(rows: list[ResultRow], frames: bool = False) -> str:
                 r.overlay,
                 r.heatmap,
                 r.mask,
+                r.verdict or "",
+                r.reason or "",
+                *_alignment_cells(r.alignment),
             ]
         )
     return buf.getvalue()

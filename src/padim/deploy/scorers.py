@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 
 from padim import __version__
+from padim.data.align import AlignedGeometry, Aligner, Transform
+from padim.data.decision import Decision, Geometry, decide
 from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures
 from padim.data.preprocess import Preprocess, as_wh, to_json
@@ -40,6 +42,7 @@ class Scorer(Protocol):
     score_scale: ScoreScale  # raw score -> normalised, at the model's threshold
     operating_points: dict[str, float]  # named thresholds usable with this model's score mode
     image_aspect: float  # width / height of the images the model was fitted on
+    aligner: Aligner | None  # registers photos onto the model's reference part, when it aligns
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB image -> (3, S, S) float32 in [0, 1] at the model's input geometry."""
@@ -60,6 +63,7 @@ def file_id(path: str | Path) -> str:
     return f"{Path(path).stem}-{digest.hexdigest()[:12]}"
 
 
+ALIGNMENT_COLUMNS = ("align_dx", "align_dy", "align_angle", "align_scale", "align_quality")
 RESULT_COLUMNS = (
     "path",
     "score",
@@ -71,8 +75,20 @@ RESULT_COLUMNS = (
     "overlay",
     "heatmap",
     "mask",
+    "verdict",
+    "reason",
+    *ALIGNMENT_COLUMNS,
 )
 """One scored image's columns in results tables (`padim predict`'s CSV, bulk jobs' tables)."""
+
+
+def alignment_columns(transform: Transform | None) -> dict[str, float | None]:
+    """A photo's alignment as flat table columns (None for models that do not align)."""
+    if transform is None:
+        return dict.fromkeys(ALIGNMENT_COLUMNS)
+    (dx, dy), t = transform.shift, transform
+    values = (dx, dy, t.angle, t.scale, t.quality)
+    return {c: round(float(v), 5) for c, v in zip(ALIGNMENT_COLUMNS, values, strict=True)}
 
 
 @dataclass
@@ -86,6 +102,8 @@ class Scored:
     anomaly_map: np.ndarray | None = None  # (S, S)
     error: str | None = None  # "code: message", one line
     size: tuple[int, int] | None = None  # (width, height) of the photo
+    transform: Transform | None = None  # the photo's alignment (models that align)
+    aligned: Image.Image | None = None  # the photo brought onto the reference, when asked for
 
 
 def is_finite(scores: np.ndarray | float, maps: np.ndarray) -> bool:
@@ -127,8 +145,11 @@ def score_images(
             continue
         try:
             item.size = photo.size
-            item.image = scorer.preprocess(photo)
             item.original = photo if keep_originals else None
+            if scorer.aligner is not None:  # registered outside the graph, in every runtime
+                photo, item.transform = scorer.aligner.align(photo)
+                item.aligned = photo if keep_originals else None
+            item.image = scorer.preprocess(photo)
             readable.append(item)
             arrays.append(item.image)
         except PadimError as exc:
@@ -155,10 +176,45 @@ def resolve_threshold(
     return scorer.thresholds.resolve(threshold, operating_point)
 
 
+def item_geometry(scorer: Scorer, item: Scored) -> Geometry:
+    """How a scored image's map gets onto its photo: the model geometry, then (when the model
+    aligns) the inverse of the photo's alignment."""
+    if scorer.aligner is not None and item.transform is not None:
+        return AlignedGeometry(scorer.geometry, scorer.aligner, item.transform)
+    return scorer.geometry
+
+
+def decide_scored(
+    scorer: Scorer, item: Scored, threshold: float, scale: ScoreScale, min_area: int = 0
+) -> Decision:
+    """`decide` for a scored image: regions on the photo through its alignment, and the
+    verdict "cannot_align" for a photo that could not be aligned."""
+    assert item.score is not None and item.anomaly_map is not None and item.size is not None
+    geometry = item_geometry(scorer, item)
+    return decide(
+        item.score,
+        item.anomaly_map,
+        threshold,
+        scale,
+        geometry,
+        item.size,
+        min_area,
+        item.transform,
+    )
+
+
 def native_map(scorer: Scorer, item: Scored) -> np.ndarray:
     """A scored image's anomaly map at the photo's own resolution."""
     assert item.anomaly_map is not None and item.size is not None
-    return scorer.geometry.map_to_image(item.anomaly_map, item.size)
+    return item_geometry(scorer, item).map_to_image(item.anomaly_map, item.size)
+
+
+def uninspected(scorer: Scorer, item: Scored) -> np.ndarray | None:
+    """Photo pixels the model did not inspect (outside the reference after alignment)."""
+    geometry = item_geometry(scorer, item)
+    if isinstance(geometry, AlignedGeometry) and item.size is not None:
+        return geometry.uninspected(item.size)
+    return None
 
 
 def save_scored_pictures(
@@ -177,7 +233,15 @@ def save_scored_pictures(
     amap = native_map(scorer, item)
     scale = scorer.score_scale.at(threshold)
     return save_pictures(
-        folder, name, np.asarray(item.original), amap, threshold, kinds, scale, regions
+        folder,
+        name,
+        np.asarray(item.original),
+        amap,
+        threshold,
+        kinds,
+        scale,
+        regions,
+        uninspected(scorer, item),
     )
 
 
@@ -267,6 +331,7 @@ class TorchScorer:
         self.operating_points = self.thresholds.usable()
         trained = model.training_.image_size if model.training_ is not None else None
         self.image_aspect = image_aspect(trained, self.geometry)
+        self.aligner = getattr(model, "aligner_", None)
 
     @classmethod
     def from_file(
@@ -295,6 +360,30 @@ class TorchScorer:
         )
 
 
+def exported_aligner(meta: dict[str, Any], path: Path) -> Aligner | None:
+    """The registration an export's metadata describes, its reference (and matching mask)
+    read from the PNG files written beside it (torch-free)."""
+    settings = meta.get("alignment")
+    if not settings:
+        return None
+    try:
+        reference = read_image(path.parent / settings["reference"])
+        mask = None
+        if settings.get("roi"):
+            mask = np.asarray(Image.open(path.parent / settings["roi"]).convert("L")) > 0
+        aligner = Aligner(
+            settings["mode"],
+            float(settings["max_shift"]),
+            float(settings["max_angle"]),
+            float(settings["max_scale"]),
+            float(settings["min_quality"]),
+            mask,
+        )
+        return aligner.fit([], np.asarray(reference))
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise PadimError(f"exported model's alignment is damaged: {path} ({exc})") from None
+
+
 class ExportedScorer:
     """Shared part of the torch-free runtimes: metadata, preprocessing, description."""
 
@@ -318,6 +407,7 @@ class ExportedScorer:
         self.operating_points = self.thresholds.usable()
         trained = (meta.get("info") or {}).get("image_size")
         self.image_aspect = image_aspect(trained, self.geometry)
+        self.aligner = exported_aligner(meta, Path(path))
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.geometry.image(image)

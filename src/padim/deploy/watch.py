@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image
 
 from padim import options
-from padim.data.decision import decide
+from padim.data.align import AlignedGeometry
 from padim.data.pictures import render_pictures
 from padim.data.video import Frame, is_live, read_frames
-from padim.deploy.scorers import Scorer, score_images
+from padim.deploy.scorers import Scorer, decide_scored, item_geometry, score_images
 from padim.errors import PadimError
 from padim.files import write_text_atomic
 
@@ -146,12 +146,13 @@ class FolderSink(Sink):
         super().__init__()
 
     def deliver(self, event: dict, payload: Any) -> bool:
-        photo, small_map, regions = payload
-        amap = self.scorer.geometry.map_to_image(small_map, photo.size)
+        photo, small_map, regions, geometry = payload
+        amap = geometry.map_to_image(small_map, photo.size)
+        hidden = geometry.uninspected(photo.size) if isinstance(geometry, AlignedGeometry) else None
         name = event["id"]
         scale = self.scorer.score_scale.at(event["threshold"])
         overlay = render_pictures(
-            np.asarray(photo), amap, event["threshold"], ("overlay",), scale, regions
+            np.asarray(photo), amap, event["threshold"], ("overlay",), scale, regions, hidden
         )["overlay"]
         files = {"frame_file": f"{name}.jpg", "overlay_file": f"{name}_overlay.jpg"}
         for picture, file in ((photo, files["frame_file"]), (overlay, files["overlay_file"])):
@@ -365,18 +366,11 @@ def watch(
                 stats.errors += 1
                 continue
             stats.scored += 1
-            if not scored.score > opts.threshold:  # good frames: no regions to look for
+            unaligned = scored.transform is not None and not scored.transform.ok
+            if not unaligned and not scored.score > opts.threshold:  # good: nothing to send
                 continue
             stats.anomalous += 1
-            decision = decide(
-                scored.score,
-                scored.anomaly_map,
-                opts.threshold,
-                scale,
-                scorer.geometry,
-                scored.size,
-                opts.min_area,
-            )
+            decision = decide_scored(scorer, scored, opts.threshold, scale, opts.min_area)
             regions = decision.regions
             wall = datetime.now(UTC)
             event = {
@@ -388,14 +382,21 @@ def watch(
                 "score": scored.score,
                 "normalised_score": decision.normalised_score,
                 "threshold": opts.threshold,
-                "verdict": "anomalous",
+                "verdict": decision.verdict,
+                **({"reason": decision.reason} if decision.reason else {}),
+                **(
+                    {"alignment": scored.transform.to_dict()}
+                    if scored.transform is not None
+                    else {}
+                ),
                 "model_id": scorer.model_id,
                 "n_regions": len(regions),
                 "regions": [r.to_dict() for r in regions[: options.MAX_REGIONS]],
             }
             # the map at the model's input (256 KB), brought to the photo's size by the sink's
             # thread: at 4K the native map is 33 MB more per queued alarm
-            payload = (scored.original, scored.anomaly_map, regions)
+            geometry = item_geometry(scorer, scored)
+            payload = (scored.original, scored.anomaly_map, regions, geometry)
             for sink in sinks:
                 sink.send(event, payload)
     except (KeyboardInterrupt, SystemExit):

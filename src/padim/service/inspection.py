@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from padim import options
-from padim.data.decision import Decision, decide
+from padim.data.align import AlignedGeometry, Transform
+from padim.data.decision import Decision, Geometry, decide
 from padim.data.images import decode_image
 from padim.data.pictures import (
     PICTURE_KINDS,
@@ -65,10 +66,10 @@ class Service:
 
     def prepare(
         self, scorer: Scorer, upload: Upload, keep_photo: bool = False
-    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
-        """Decode and preprocess (in a worker thread): model input, original size and (for an
-        overlay) the photo. At most `max_decodes` images are decoded at once, which bounds the
-        service's decoding memory."""
+    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, Transform | None]:
+        """Decode, align (models that align) and preprocess, in a worker thread: model input,
+        original size, (for an overlay) the photo and its alignment. At most `max_decodes`
+        images are decoded at once, which bounds the service's decoding memory."""
         if len(upload.data) > self.settings.max_upload_bytes:
             raise too_large(
                 f"image {upload.name}", len(upload.data), self.settings.max_upload_bytes
@@ -76,7 +77,10 @@ class Service:
         with self.decode_slots:
             image = decode_image(upload.data, upload.name, self.settings.max_pixels)
             photo = np.asarray(image) if keep_photo else None
-            return scorer.preprocess(image), image.size, photo
+            size, transform = image.size, None
+            if scorer.aligner is not None:
+                image, transform = scorer.aligner.align(image)
+            return scorer.preprocess(image), size, photo, transform
 
     async def predict(
         self,
@@ -90,7 +94,7 @@ class Service:
         scorer, batcher = model.scorer, model.batcher
         batcher.expecting += 1  # lets a forming batch wait for this image
         try:
-            x, (width, height), photo = await run_in_threadpool(
+            x, (width, height), photo, transform = await run_in_threadpool(
                 self.prepare, scorer, upload, "overlay" in include
             )
         finally:
@@ -106,9 +110,20 @@ class Service:
             )
         scored = time.perf_counter()
         decision, pictures = await run_in_threadpool(
-            render, scorer, x, result, threshold, include, (width, height), photo, min_area
+            render,
+            scorer,
+            x,
+            result,
+            threshold,
+            include,
+            (width, height),
+            photo,
+            min_area,
+            transform,
         )
         out = result_body(scorer, upload.name, result, decision, width, height)
+        if transform is not None:
+            out["alignment"] = transform.to_dict()
         out["model"] = model.name
         out.update(pictures)
         done = time.perf_counter()
@@ -171,7 +186,8 @@ def result_body(
         "normalised_score": decision.normalised_score,
         "threshold": decision.threshold,
         "is_anomalous": decision.is_anomalous,
-        "verdict": "anomalous" if decision.is_anomalous else "good",
+        "verdict": decision.verdict,
+        "reason": decision.reason,
         "model_id": scorer.model_id,
         "image": {"width": width, "height": height, "input_size": scorer.input_size},
         "warnings": shape_warnings(scorer, width, height),
@@ -188,14 +204,21 @@ def render(
     image_wh: tuple[int, int],
     photo: np.ndarray | None = None,
     min_area: int = 0,
+    transform: Transform | None = None,
 ) -> tuple[Decision, dict]:
     """The decision (`padim.data.decision.decide`: verdict, normalised score, defect regions
     at the uploaded image's size) and the pictures asked for, as base64 PNGs: heat map, mask
     and overlay at the uploaded image's size, coloured on the normalised score, the model
-    input as it is; and the raw map at the model input (float32 little-endian)."""
+    input as it is (aligned onto the reference, for models that align); and the raw map at
+    the model input (float32 little-endian). Maps and regions go back onto the upload through
+    the inverse of its alignment; what the reference does not cover is hatched."""
     amap = result.anomaly_map
     scale = scorer.score_scale.at(threshold)
-    decision = decide(result.score, amap, threshold, scale, scorer.geometry, image_wh, min_area)
+    geometry: Geometry = scorer.geometry
+    hidden = None
+    if transform is not None and scorer.aligner is not None:
+        geometry = AlignedGeometry(scorer.geometry, scorer.aligner, transform)
+    decision = decide(result.score, amap, threshold, scale, geometry, image_wh, min_area, transform)
     regions = decision.regions
     out: dict[str, Any] = {
         "n_regions": len(regions),
@@ -204,9 +227,11 @@ def render(
     kinds = [name for name in PICTURE_KINDS if name in include and name != "input"]
     arrays: dict[str, np.ndarray] = {}
     if kinds:
-        native = scorer.geometry.map_to_image(amap, image_wh)
+        native = geometry.map_to_image(amap, image_wh)
+        if isinstance(geometry, AlignedGeometry):
+            hidden = geometry.uninspected(image_wh)
         canvas = photo if photo is not None else np.zeros((1, 1, 3), np.uint8)
-        arrays = render_pictures(canvas, native, threshold, kinds, scale, regions)
+        arrays = render_pictures(canvas, native, threshold, kinds, scale, regions, hidden)
     if "input" in include:
         arrays["input"] = to_picture(x)
     if arrays:

@@ -102,6 +102,40 @@ function setThreshold(value) {
   for (const r of state.results) if (r.body.model === state.name) drawDecision(r);
 }
 
+// matplotlib's jet, as padim's pictures colour maps: (x, value) break points per channel.
+const JET = [
+  [[0, 0], [0.35, 0], [0.66, 1], [0.89, 1], [1, 0.5]],
+  [[0, 0], [0.125, 0], [0.375, 1], [0.64, 1], [0.91, 0], [1, 0]],
+  [[0, 0.5], [0.11, 1], [0.34, 1], [0.65, 0], [1, 0]],
+];
+
+function jet(x, points) {
+  for (let i = 1; i < points.length; i++) {
+    const [x0, y0] = points[i - 1];
+    const [x1, y1] = points[i];
+    if (x <= x1) return y0 + ((x - x0) / (x1 - x0 || 1)) * (y1 - y0);
+  }
+  return points[points.length - 1][1];
+}
+
+// The heat map drawn from the raw map (at the model input, where the image shown is),
+// coloured on the normalised score at the model's threshold, like the server's pictures.
+function heatCanvas(map, w, h, thr) {
+  const canvas = document.createElement("canvas");
+  canvas.width = w;
+  canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  const spread = state.model.score_scale ? state.model.score_scale.scale : thr / 10;
+  for (let i = 0; i < w * h; i++) {
+    const z = Math.max(-60, Math.min(60, (map[i] - thr) / spread));
+    const x = 1 / (1 + Math.exp(-z));
+    img.data.set([0, 1, 2].map((c) => Math.round(255 * jet(x, JET[c]))).concat(255), i * 4);
+  }
+  ctx.putImageData(img, 0, 0);
+  return canvas;
+}
+
 function decodeMap(m) {
   const bytes = Uint8Array.from(atob(m.data), (c) => c.charCodeAt(0));
   return new Float32Array(bytes.buffer);
@@ -126,7 +160,7 @@ async function predictFiles(files) {
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const url = `${modelPath()}/predict?include=input,heatmap,map`;
+      const url = `${modelPath()}/predict?include=input,map`;
       const res = await fetch(url, { method: "POST", body: form });
       const body = await res.json();
       if (!res.ok) {
@@ -149,8 +183,8 @@ async function addResult(body) {
     body, node, w, h,
     map: decodeMap(body.anomaly_map),
     input: await loadImage(body.pictures.input),
-    heat: await loadImage(body.pictures.heatmap),
   };
+  r.heat = heatCanvas(r.map, w, h, body.threshold);
   node.querySelector(".name").textContent = body.filename;
   const m = state.model;
   node.querySelector(".model-name").textContent =
@@ -159,6 +193,17 @@ async function addResult(body) {
   const warning = node.querySelector(".warning");
   warning.textContent = (body.warnings || []).join(" ");
   warning.hidden = !(body.warnings || []).length;
+  const a = body.alignment;
+  const align = node.querySelector(".alignment");
+  align.hidden = !a;
+  if (a) {
+    align.textContent =
+      `aligned onto the reference part: shift ${a.shift[0].toFixed(1)}, ${a.shift[1].toFixed(1)} px · ` +
+      `angle ${a.angle.toFixed(2)}° · scale ${a.scale.toFixed(3)} · quality ${a.quality.toFixed(3)}` +
+      (a.aligned ? "" : ` · CANNOT ALIGN: ${a.reason}`);
+    align.classList.toggle("bad", !a.aligned);
+    node.querySelector(".input-caption").textContent = "image aligned onto the reference (model input)";
+  }
   for (const c of node.querySelectorAll("canvas")) {
     c.width = w;
     c.height = h;
@@ -213,11 +258,12 @@ function drawDecision(r) {
   for (const b of regions) ctx.strokeRect(b.x0 - 1, b.y0 - 1, b.x1 - b.x0 + 3, b.y1 - b.y0 + 3);
   node.dataset.regions = String(regions.length);
 
-  const anomalous = body.score > thr;
+  const unaligned = body.verdict === "cannot_align"; // never good, whatever the slider says
+  const anomalous = unaligned || body.score > thr;
   const verdict = node.querySelector(".verdict");
-  verdict.textContent = anomalous ? "ANOMALOUS" : "GOOD";
+  verdict.textContent = unaligned ? "CANNOT ALIGN" : anomalous ? "ANOMALOUS" : "GOOD";
   verdict.className = `verdict ${anomalous ? "bad" : "good"}`;
-  node.dataset.verdict = anomalous ? "anomalous" : "good";
+  node.dataset.verdict = unaligned ? "cannot_align" : anomalous ? "anomalous" : "good";
   node.dataset.maskPixels = String(count);
   const spread = state.model.score_scale ? state.model.score_scale.scale : thr / 10;
   const normalised = 1 / (1 + Math.exp(-Math.max(-60, Math.min(60, (body.score - thr) / spread))));
