@@ -36,6 +36,35 @@ def with_defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     return out, mask
 
 
+def part(size: tuple[int, int] = (320, 240), seed: int = 0) -> np.ndarray:
+    """A part on a plain background: a bright body with holes, an edge and some texture."""
+    import cv2
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 40, np.uint8)
+    cv2.rectangle(img, (w // 4, h // 4), (3 * w // 4, 3 * h // 4), (200, 190, 180), -1)
+    cv2.circle(img, (w // 3, h // 2), h // 10, (60, 60, 60), -1)
+    cv2.circle(img, (2 * w // 3, h // 2 - 10), h // 14, (90, 80, 70), -1)
+    cv2.line(img, (w // 4, h // 3), (3 * w // 4, 2 * h // 3), (120, 140, 160), 3)
+    # texture with some extent (as a camera sees a surface), not independent pixels: resampling
+    # would smooth those away, and any moved copy would look cleaner than the original
+    noise = cv2.GaussianBlur(rng.normal(0, 12, img.shape).astype(np.float32), (0, 0), 1.5)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def moved(image: np.ndarray, angle: float, scale: float, shift: tuple[float, float]):
+    """The image turned by `angle` degrees and scaled about its centre, then shifted; and the
+    3x3 matrix of that motion (reference -> photo)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    m = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale), [0, 0, 1]])
+    m[:2, 2] += shift
+    photo = cv2.warpAffine(image, m[:2], (w, h), borderValue=(40, 40, 40))
+    return photo, m
+
+
 def save(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

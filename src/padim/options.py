@@ -122,9 +122,10 @@ ALIGN_MAX_SCALE = Option(
 )
 ALIGN_MIN_QUALITY = Option(
     "--align-min-quality",
-    0.5,
+    None,
     "smallest alignment quality (correlation of the aligned photo with the reference, 1: "
-    "identical) accepted; below it the verdict is cannot_align",
+    "identical) accepted; below it the verdict is cannot_align (default: learned from the "
+    "training images, their lowest quality q minus 2 x (1 - q), within 0.5-0.8)",
     kind="float",
 )
 NEIGHBOURHOOD = Option(

@@ -11,30 +11,9 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
+from conftest import moved, part  # noqa: E402
+
 from padim.data.align import Aligner, Transform  # noqa: E402
-
-
-def part(size: tuple[int, int] = (320, 240), seed: int = 0) -> np.ndarray:
-    """A part on a plain background: a bright body with holes, an edge and some texture."""
-    w, h = size
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), 40, np.uint8)
-    cv2.rectangle(img, (w // 4, h // 4), (3 * w // 4, 3 * h // 4), (200, 190, 180), -1)
-    cv2.circle(img, (w // 3, h // 2), h // 10, (60, 60, 60), -1)
-    cv2.circle(img, (2 * w // 3, h // 2 - 10), h // 14, (90, 80, 70), -1)
-    cv2.line(img, (w // 4, h // 3), (3 * w // 4, 2 * h // 3), (120, 140, 160), 3)
-    noise = rng.normal(0, 6, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-def moved(image: np.ndarray, angle: float, scale: float, shift: tuple[float, float]):
-    """The image turned by `angle` degrees and scaled about its centre, then shifted; and the
-    3x3 matrix of that motion (reference -> photo)."""
-    h, w = image.shape[:2]
-    m = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale), [0, 0, 1]])
-    m[:2, 2] += shift
-    photo = cv2.warpAffine(image, m[:2], (w, h), borderValue=(40, 40, 40))
-    return photo, m
 
 
 def corner_error(found: Transform, truth_ref_to_photo: np.ndarray, size) -> float:

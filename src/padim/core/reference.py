@@ -33,3 +33,25 @@ def distances(embeddings: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tenso
     x = embeddings.double().reshape(b, d, h * w).permute(2, 0, 1) - mean[:, None, :]  # (P, B, d)
     squared = torch.einsum("pbi,pij,pbj->pb", x, inv_cov, x)
     return squared.clamp_min(0).sqrt().T.reshape(b, h, w)
+
+
+def neighbourhood_distances(
+    embeddings: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Shift-tolerant scoring (`padim.core.neighbourhood`), cell by cell:
+    s(x_ij) = min over |a|, |b| <= k (inside the grid) of M(x_ij) under the Gaussian of cell
+    (i + a, j + b). k = 0 is `distances`."""
+    b, d, h, w = embeddings.shape
+    out = torch.full((b, h, w), float("inf"), dtype=torch.float64)
+    x = embeddings.double()
+    for i in range(h):
+        for j in range(w):
+            for a in range(-k, k + 1):
+                for c in range(-k, k + 1):
+                    if not (0 <= i + a < h and 0 <= j + c < w):
+                        continue
+                    p = (i + a) * w + (j + c)
+                    z = x[:, :, i, j] - mean[p]
+                    m = torch.einsum("bi,ij,bj->b", z, inv_cov[p], z).clamp_min(0).sqrt()
+                    out[:, i, j] = torch.minimum(out[:, i, j], m)
+    return out

@@ -35,6 +35,9 @@ SIMPLER = 0.003  # a shift alone is kept unless the mode's motion correlates thi
 # patches the Gaussians were fitted on
 PEAK_TIE = 0.8  # log-polar peaks this close to the best are equivalent poses: take the least turn
 REFERENCE_SAMPLE = 64  # training images the automatic reference is chosen among
+QUALITY_SAMPLE = 32  # training images the learned quality bound is measured on
+MIN_QUALITY = 0.5  # the lowest bound: photos of another part correlate at about 0.4-0.7
+MAX_LEARNED_QUALITY = 0.8  # the highest learned bound: a defect lowers the correlation too
 ANGLE_ROWS = 720  # log-polar rows: half a degree each (then ECC refines)
 RADIUS_COLUMNS = 256
 WORK_SIDE = 256  # estimation runs on images with this longest side (the photo's own scale back)
@@ -130,7 +133,7 @@ class Aligner:
         max_shift: float = options.ALIGN_MAX_SHIFT.default,
         max_angle: float = options.ALIGN_MAX_ANGLE.default,
         max_scale: float = options.ALIGN_MAX_SCALE.default,
-        min_quality: float = options.ALIGN_MIN_QUALITY.default,
+        min_quality: float = MIN_QUALITY,
         roi: np.ndarray | None = None,
     ) -> None:
         self.mode = mode
@@ -183,6 +186,19 @@ class Aligner:
                 raise PadimError("--align-roi is empty: nothing to match")
             self.mask_ = mask
         return self
+
+    def learn_min_quality(self, images: Sequence[ImageInput]) -> float:
+        """Set `min_quality` from good images (up to QUALITY_SAMPLE, evenly spread): their
+        lowest quality q minus 2 x (1 - q), within [MIN_QUALITY, MAX_LEARNED_QUALITY]. Good
+        photos of a part sit close to 1 (ECC ignores brightness and contrast: 0.92-0.99 on
+        BSData and MVTec bottle), photos of another part, or of it turned beyond the allowed
+        range, at 0.4-0.7; a defective part must still align, so the bound stays below 0.8."""
+        step = max(1, len(images) // QUALITY_SAMPLE)
+        sample = list(images[::step])[:QUALITY_SAMPLE]
+        low = min(self.estimate(np.asarray(as_image(i).convert("RGB"))).quality for i in sample)
+        bound = min(MAX_LEARNED_QUALITY, max(MIN_QUALITY, low - 2 * (1 - low)))
+        self.min_quality = float(bound)
+        return self.min_quality
 
     @property
     def is_fitted(self) -> bool:
@@ -304,7 +320,9 @@ class Aligner:
         cv2 = cv2_module()
         size = self.reference_size_
         array = np.asarray(image)
-        warped = cv2.warpPerspective(array, t.matrix, size, flags=cv2.INTER_LINEAR)
+        warped = cv2.warpPerspective(
+            array, t.matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )  # no black blended into the edge pixels
         ones = np.ones(array.shape[:2], np.uint8)
         covered = cv2.warpPerspective(ones, t.matrix, size, flags=cv2.INTER_NEAREST) > 0
         return warped, covered

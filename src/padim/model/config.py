@@ -41,7 +41,7 @@ class PadimConfig:
     align_max_shift: float = options.ALIGN_MAX_SHIFT.default  # fraction of the longest side
     align_max_angle: float = options.ALIGN_MAX_ANGLE.default  # degrees
     align_max_scale: float = options.ALIGN_MAX_SCALE.default  # relative
-    align_min_quality: float = options.ALIGN_MIN_QUALITY.default  # ECC correlation
+    align_min_quality: float | None = options.ALIGN_MIN_QUALITY.default  # None: learned
     neighbourhood: int = options.NEIGHBOURHOOD.default  # cells of shift tolerance (0: the paper)
 
     def validate(self) -> None:

@@ -30,7 +30,7 @@ from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
 from padim.core.statistics import GaussianStats
 from padim.core.tiling import TiledEmbedder
-from padim.data.align import AlignedItem, Aligner
+from padim.data.align import MIN_QUALITY, AlignedItem, Aligner
 from padim.data.datasets import read_mask, training_images
 from padim.data.images import ImageInput
 from padim.data.preprocess import AUTO_SAMPLE, auto_size, batches, image_shape, native_size
@@ -274,15 +274,19 @@ class Fitter:
         roi = self.align_roi if self.align_roi is not None else self.roi
         if roi is not None and not isinstance(roi, np.ndarray):
             roi = read_mask(roi)
+        quality = cfg.align_min_quality
         aligner = Aligner(
             cfg.align,
             cfg.align_max_shift,
             cfg.align_max_angle,
             cfg.align_max_scale,
-            cfg.align_min_quality,
+            MIN_QUALITY if quality is None else quality,
             roi,
         )
-        return aligner.fit(items, self.align_reference)
+        aligner.fit(items, self.align_reference)
+        if quality is None:  # learned from the good images, kept in the resolved config
+            cfg.align_min_quality = round(aligner.learn_min_quality(items), 4)
+        return aligner
 
     def split(self, items: list[ImageInput], rng: np.random.Generator, keep: int) -> FitPlan:
         """Hold out `holdout_fraction` of the items (none when fewer than

@@ -270,7 +270,7 @@ def read_aligner(config: PadimConfig, tensors: dict[str, torch.Tensor]) -> Align
     """The registration a model aligns with, rebuilt from its reference (and matching mask)."""
     import torch
 
-    from padim.data.align import Aligner
+    from padim.data.align import MIN_QUALITY, Aligner
     from padim.data.preprocess import MAX_SIDE, MIN_SIDE
 
     if config.align == "none":
@@ -293,7 +293,7 @@ def read_aligner(config: PadimConfig, tensors: dict[str, torch.Tensor]) -> Align
         config.align_max_shift,
         config.align_max_angle,
         config.align_max_scale,
-        config.align_min_quality,
+        MIN_QUALITY if config.align_min_quality is None else config.align_min_quality,
         mask,
     )
     return aligner.fit([], reference.numpy())
