@@ -41,7 +41,7 @@ def neighbourhood_distances(
     """Shift-tolerant scoring (`padim.core.neighbourhood`), cell by cell:
     s(x_ij) = min over |a|, |b| <= k (inside the grid) of M(x_ij) under the Gaussian of cell
     (i + a, j + b). k = 0 is `distances`."""
-    b, d, h, w = embeddings.shape
+    b, _, h, w = embeddings.shape
     out = torch.full((b, h, w), float("inf"), dtype=torch.float64)
     x = embeddings.double()
     for i in range(h):
