@@ -62,6 +62,7 @@ TORCH_FREE = {
     "padim.model.calibration",
     "padim.model.thresholds",
     "padim.data.decision",
+    "padim.data.align",
     "padim.model.config",
     "padim.model.modelfile",
     "padim.model.fit_many",

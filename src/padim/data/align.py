@@ -28,6 +28,7 @@ from padim.data.images import ImageInput, as_image
 from padim.data.preprocess import Preprocess
 from padim.data.regions import Region, find_regions
 from padim.errors import PadimError
+from padim.extras import require
 
 MODES = options.ALIGN_MODES[1:]  # "none" is no Aligner
 SIMPLER = 0.003  # a shift alone is kept unless the mode's motion correlates this much better:
@@ -46,13 +47,8 @@ ECC_EPSILON = 1e-4
 
 
 def cv2_module() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        raise PadimError(
-            'alignment needs OpenCV: pip install "padim[align]" (opencv-python-headless)'
-        ) from None
-    return cv2
+    """OpenCV, or one line saying how to install it."""
+    return require("cv2", "align", "--align (registering parts onto a reference)")
 
 
 @dataclass(frozen=True)
