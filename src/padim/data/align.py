@@ -110,6 +110,15 @@ def _resize(gray: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), factor
 
 
+def _scaled(gray: np.ndarray, factor: float) -> tuple[np.ndarray, float]:
+    """`gray` resized by `factor` (both sides), and the factor applied."""
+    cv2 = cv2_module()
+    size = (max(8, round(gray.shape[1] * factor)), max(8, round(gray.shape[0] * factor)))
+    if size == (gray.shape[1], gray.shape[0]):
+        return gray, 1.0
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), factor
+
+
 def _scaling(factor: float) -> np.ndarray:
     return np.diag([factor, factor, 1.0])
 
@@ -216,7 +225,9 @@ class Aligner:
         """The transform taking `image`'s pixels onto the reference's, checked against the
         allowed ranges and quality (see `Transform.reason`)."""
         gray = to_gray(image)
-        photo, photo_factor = _resize(gray, WORK_SIDE)
+        # at the reference's working scale (same camera, same pixels per millimetre): a photo
+        # of another size must not be rescaled to fill the working side
+        photo, photo_factor = _scaled(gray, self.factor_)
         photo, valid = self._to_reference_canvas(photo)
         warp, quality = self._refine(photo, valid, self._coarse(photo, self.mode), self.mode)
         if self.mode != "translation":  # a shift alone, when it does as well (see SIMPLER)
