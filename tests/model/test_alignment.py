@@ -49,7 +49,7 @@ def aligned_model(photos) -> Padim:
 
 def test_the_fit_aligns_its_training_images(aligned_model):
     summary = aligned_model.training_.alignment
-    assert summary["images"] == 24 and summary["cannot_align"] == 0
+    assert summary["sampled"] == 24 and summary["cannot_align"] == 0
     assert summary["quality"]["min"] > 0.8
     assert aligned_model.aligner_.reference_size_ == SIZE
     assert np.array_equal(aligned_model.aligner_.reference_image_, REFERENCE)
@@ -142,3 +142,28 @@ def test_exports_align_outside_the_graph_with_parity(aligned_model, tmp_path):
     for t, o in zip(torch_scored, onnx_scored, strict=True):
         assert o.transform is not None and o.transform.to_dict() == t.transform.to_dict()
         assert abs(o.score - t.score) / t.score < 1e-4
+
+
+def test_update_aligns_new_images_onto_the_models_reference(photos):
+    """`partial_fit` (padim update) registers new good images like the fit did: the updated
+    Gaussians equal a fit on all images."""
+    kwargs = dict(size=SIZE, crop=None, align="rigid", align_reference=REFERENCE, device="cpu")
+    first = Padim(**kwargs, batch_size=8, statistics="keep").fit(photos[:16])
+    first.partial_fit(photos[16:])
+    whole = Padim(**kwargs, batch_size=8, holdout_fraction=0.0).fit(photos)
+    np.testing.assert_allclose(
+        first.net_.gauss_mean.numpy(), whole.net_.gauss_mean.numpy(), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_matching_can_be_restricted_to_a_region(photos):
+    """--align-roi: only the inside of the mask is matched (a fixture, a datum edge)."""
+    roi = np.zeros((SIZE[1], SIZE[0]), bool)
+    roi[20:76, 28:100] = True  # the part's body
+    model = Padim(
+        size=SIZE, crop=None, align="rigid", align_reference=REFERENCE, align_roi=roi, device="cpu"
+    ).fit(photos[:8])
+    assert model.aligner_.mask_ is not None and model.aligner_.mask_.mean() < 0.5
+    photo = moved(part(SIZE, seed=120), 5.0, 1.0, (4.0, 2.0))[0]
+    (p,) = model.predict([photo])
+    assert p.alignment["aligned"] and abs(p.alignment["angle"] - 5.0) < 0.5

@@ -164,6 +164,18 @@ def test_cli_ray_fit_equals_local_fit(cluster, data, tmp_path, one_thread, capsy
     _assert_same_model_file(local, remote)
 
 
+def test_cli_ray_fit_aligns_like_the_local_fit(cluster, data, tmp_path, one_thread):
+    """The reference chosen on the driver travels with the tasks: a Ray fit that aligns its
+    images equals the local one."""
+    pytest.importorskip("cv2")
+    local, remote = tmp_path / "local.safetensors", tmp_path / "ray.safetensors"
+    common = [str(data), *FAST, "--batch-size", "3", "--align", "translation"]
+    assert main(["fit", *common, "--out", str(local), "--threads", "1"]) == 0
+    ray_args = ["--engine", "ray", "--address", cluster, "--shards", "3"]
+    assert main(["fit", *common, "--out", str(remote), *ray_args]) == 0
+    _assert_same_model_file(local, remote)
+
+
 def test_ray_fit_few_images_and_errors(cluster, tmp_path, one_thread):
     rng = np.random.default_rng(0)
     few = [save(tmp_path / "few" / f"{i}.png", texture(rng)) for i in range(3)]

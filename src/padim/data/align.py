@@ -192,15 +192,20 @@ class Aligner:
             self.mask_ = mask
         return self
 
-    def learn_min_quality(self, images: Sequence[ImageInput]) -> float:
-        """Set `min_quality` from good images (up to QUALITY_SAMPLE, evenly spread): their
-        lowest quality q minus 2 x (1 - q), within [MIN_QUALITY, MAX_LEARNED_QUALITY]. Good
-        photos of a part sit close to 1 (ECC ignores brightness and contrast: 0.92-0.99 on
-        BSData and MVTec bottle), photos of another part, or of it turned beyond the allowed
-        range, at 0.4-0.7; a defective part must still align, so the bound stays below 0.8."""
+    def sample(self, images: Sequence[ImageInput]) -> list[Transform]:
+        """The transforms of up to QUALITY_SAMPLE good images, evenly spread (checked
+        against the current bounds)."""
         step = max(1, len(images) // QUALITY_SAMPLE)
-        sample = list(images[::step])[:QUALITY_SAMPLE]
-        low = min(self.estimate(np.asarray(as_image(i).convert("RGB"))).quality for i in sample)
+        chosen = list(images[::step])[:QUALITY_SAMPLE]
+        return [self.estimate(np.asarray(as_image(i).convert("RGB"))) for i in chosen]
+
+    def learn_min_quality(self, sample: Sequence[Transform]) -> float:
+        """Set `min_quality` from good images' transforms (`sample`): their lowest quality q
+        minus 2 x (1 - q), within [MIN_QUALITY, MAX_LEARNED_QUALITY]. Good photos of a part
+        sit close to 1 (ECC ignores brightness and contrast: 0.92-0.99 on BSData and MVTec
+        bottle), photos of another part, or of it turned beyond the allowed range, at 0.4-0.7;
+        a defective part must still align, so the bound stays below 0.8."""
+        low = min(t.quality for t in sample)
         bound = min(MAX_LEARNED_QUALITY, max(MIN_QUALITY, low - 2 * (1 - low)))
         self.min_quality = float(bound)
         return self.min_quality
@@ -305,6 +310,10 @@ class Aligner:
         if mode == "similarity":  # the closest rotation + uniform scale to the affine fit
             refined = _nearest_similarity(refined)
         return refined, float(quality)
+
+    def estimate_checked(self, t: Transform) -> Transform:
+        """`t` checked again against the current bounds (after `learn_min_quality`)."""
+        return Transform(t.matrix, t.quality, self._check(t), t.center)
 
     def _check(self, t: Transform) -> str:
         if not np.isfinite(t.matrix).all() or not math.isfinite(t.quality):

@@ -30,7 +30,7 @@ from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
 from padim.core.statistics import GaussianStats
 from padim.core.tiling import TiledEmbedder
-from padim.data.align import MIN_QUALITY, AlignedItem, Aligner
+from padim.data.align import MIN_QUALITY, AlignedItem, Aligner, Transform
 from padim.data.datasets import read_mask, training_images
 from padim.data.images import ImageInput
 from padim.data.preprocess import AUTO_SAMPLE, auto_size, batches, image_shape, native_size
@@ -142,26 +142,18 @@ def aligned(items: list[tuple[int, ImageInput]], aligner: Aligner) -> list[tuple
     return [(i, AlignedItem(item, aligner)) for i, item in items]
 
 
-def alignment_summary(plan: FitPlan) -> dict | None:
-    """How well the training images were aligned (when they were, and read here): the
-    quality's spread and how many could not be aligned (they still joined the Gaussians:
+def alignment_summary(sample: list[Transform]) -> dict:
+    """How well training images aligned (a sample of up to 32, the same for every engine):
+    the quality's spread and how many could not be aligned (they still join the Gaussians:
     check them)."""
-    found = [
-        item.transform
-        for _, item in plan.fit_items + plan.hold_items
-        if isinstance(item, AlignedItem) and item.transform is not None
-    ]
-    if not found:
-        return None
-    quality = np.array([t.quality for t in found])
-    bad = [t.reason for t in found if not t.ok]
+    bad = [t.reason for t in sample if not t.ok]
     out: dict = {
-        "images": len(found),
-        "quality": score_summary(quality),
+        "sampled": len(sample),
+        "quality": score_summary(np.array([t.quality for t in sample])),
         "cannot_align": len(bad),
     }
     if bad:
-        out["warning"] = f"{len(bad)} training image(s) could not be aligned, e.g. {bad[0]}"
+        out["warning"] = f"{len(bad)} sampled training image(s) could not be aligned: {bad[0]}"
     return out
 
 
@@ -232,6 +224,7 @@ class Fitter:
         self.align_roi = align_roi
         self.image_size: tuple[int, int] | None = None  # learned by `plan`
         self.aligner: Aligner | None = None  # learned by `plan` when the config aligns
+        self.alignment: dict | None = None  # how well a sample of the training images aligned
 
     @property
     def sizing(self) -> Sizing:
@@ -284,8 +277,10 @@ class Fitter:
             roi,
         )
         aligner.fit(items, self.align_reference)
+        sample = aligner.sample(items)
         if quality is None:  # learned from the good images, kept in the resolved config
-            cfg.align_min_quality = round(aligner.learn_min_quality(items), 4)
+            cfg.align_min_quality = round(aligner.learn_min_quality(sample), 4)
+        self.alignment = alignment_summary([aligner.estimate_checked(t) for t in sample])
         return aligner
 
     def split(self, items: list[ImageInput], rng: np.random.Generator, keep: int) -> FitPlan:
@@ -435,7 +430,7 @@ class Fitter:
             roi=None if roi is None else self.roi_summary(roi),
             image_size=None if self.image_size is None else list(self.image_size),
         )
-        training.alignment = alignment_summary(plan)
+        training.alignment = self.alignment
         return ModelState(cfg, net, calibration, training, kept, self.device, self.aligner)
 
     def roi_summary(self, roi: torch.Tensor) -> dict:
