@@ -39,10 +39,11 @@ REFERENCE_SAMPLE = 64  # training images the automatic reference is chosen among
 QUALITY_SAMPLE = 32  # training images the learned quality bound is measured on
 MIN_QUALITY = 0.5  # the lowest bound: photos of another part correlate at about 0.4-0.7
 MAX_LEARNED_QUALITY = 0.8  # the highest learned bound: a defect lowers the correlation too
-ANGLE_ROWS = 720  # log-polar rows: half a degree each (then ECC refines)
-RADIUS_COLUMNS = 256
+ANGLE_ROWS = 360  # log-polar rows: a degree each (then ECC refines)
+RADIUS_COLUMNS = 128
 WORK_SIDE = 256  # estimation runs on images with this longest side (the photo's own scale back)
-ECC_ITERATIONS = 50
+ECC_ITERATIONS = 50  # at the half-size level, from the phase correlations' estimate
+ECC_FINE_ITERATIONS = 15  # at the working size, from the half-size level's
 ECC_EPSILON = 1e-4
 
 
@@ -123,6 +124,48 @@ def _scaling(factor: float) -> np.ndarray:
     return np.diag([factor, factor, 1.0])
 
 
+@dataclass(frozen=True)
+class Level:
+    """The reference at one scale of the estimation: its image, a Hanning window, its
+    log-polar spectrum, the matching mask (uint8, ones when the whole image is matched), and
+    `to_fine`: the 3x3 scaling from this level's pixels to the working size's."""
+
+    reference: np.ndarray
+    window: np.ndarray
+    spectrum: np.ndarray
+    mask: np.ndarray
+    to_fine: np.ndarray
+
+    @classmethod
+    def of(
+        cls, reference: np.ndarray, mask: np.ndarray | None, to_fine: np.ndarray | None = None
+    ) -> Level:
+        cv2 = cv2_module()
+        h, w = reference.shape
+        window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+        ones = np.ones((h, w), np.uint8) if mask is None else mask
+        scale = np.eye(3) if to_fine is None else to_fine
+        return cls(reference, window, log_polar_spectrum(reference * window), ones, scale)
+
+    def halved(self) -> Level:
+        """The same reference at half the size."""
+        cv2 = cv2_module()
+        h, w = self.reference.shape
+        size = (max(8, w // 2), max(8, h // 2))
+        small = cv2.resize(self.reference, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(self.mask, size, interpolation=cv2.INTER_NEAREST)
+        return Level.of(small, mask, np.diag([w / size[0], h / size[1], 1.0]))
+
+    def resized(self, image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An image and its valid mask at this level's size (from the working size)."""
+        cv2 = cv2_module()
+        h, w = self.reference.shape
+        if image.shape == (h, w):
+            return image, valid
+        small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        return small, cv2.resize(valid, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
 class Aligner:
     """Registers photos onto one reference image (scikit-learn shape: `fit` picks the reference
     from good images, `estimate` and `warp` align a photo, `to_photo` brings a map back).
@@ -171,9 +214,6 @@ class Aligner:
         self.reference_image_ = rgb  # (H, W, 3) uint8: fills what a moved photo leaves empty
         self.reference_size_ = (gray.shape[1], gray.shape[0])  # (width, height)
         self.reference_, self.factor_ = _resize(gray, WORK_SIDE)
-        h, w = self.reference_.shape
-        window = cv2_module().createHanningWindow((w, h), cv2_module().CV_32F)
-        self.spectrum_ = log_polar_spectrum(self.reference_ * window)
         self.mask_ = None
         if self.roi is not None:
             cv2 = cv2_module()
@@ -190,6 +230,8 @@ class Aligner:
             if not mask.any():
                 raise PadimError("--align-roi is empty: nothing to match")
             self.mask_ = mask
+        self.fine_ = Level.of(self.reference_, self.mask_)
+        self.coarse_ = self.fine_.halved()
         return self
 
     def sample(self, images: Sequence[ImageInput]) -> list[Transform]:
@@ -228,17 +270,25 @@ class Aligner:
 
     def estimate(self, image: np.ndarray) -> Transform:
         """The transform taking `image`'s pixels onto the reference's, checked against the
-        allowed ranges and quality (see `Transform.reason`)."""
+        allowed ranges and quality (see `Transform.reason`). Estimated on a half-size copy
+        (turn and scale, shift, ECC), then refined by a few ECC steps at the working size,
+        whose correlation is the quality."""
         gray = to_gray(image)
         # at the reference's working scale (same camera, same pixels per millimetre): a photo
         # of another size must not be rescaled to fill the working side
         photo, photo_factor = _scaled(gray, self.factor_)
         photo, valid = self._to_reference_canvas(photo)
-        warp, quality = self._refine(photo, valid, self._coarse(photo, self.mode), self.mode)
-        if self.mode != "translation":  # a shift alone, when it does as well (see SIMPLER)
-            shift, shift_quality = self._refine(photo, valid, self._coarse(photo, "translation"))
+        level, mode = self.coarse_, self.mode
+        small, small_valid = level.resized(photo, valid)
+        start = self._coarse(level, small, mode)
+        warp, quality = self._refine(level, small, small_valid, start, mode)
+        if mode != "translation":  # a shift alone, when it does as well (see SIMPLER)
+            start = self._coarse(level, small, "translation")
+            shift, shift_quality = self._refine(level, small, small_valid, start, "translation")
             if shift_quality >= quality - SIMPLER:
-                warp, quality = shift, shift_quality
+                warp, mode = shift, "translation"
+        up = level.to_fine @ warp @ np.linalg.inv(level.to_fine)
+        warp, quality = self._refine(self.fine_, photo, valid, up, mode, ECC_FINE_ITERATIONS)
         # back to full-resolution coordinates: photo (full) -> work -> reference work -> full
         matrix = _scaling(1 / self.factor_) @ warp @ _scaling(photo_factor)
         center = (self.reference_size_[0] / 2, self.reference_size_[1] / 2)
@@ -256,17 +306,16 @@ class Aligner:
         valid[:ph, :pw] = 1
         return canvas, valid
 
-    def _coarse(self, photo: np.ndarray, mode: str) -> np.ndarray:
+    def _coarse(self, level: Level, photo: np.ndarray, mode: str) -> np.ndarray:
         """Rotation and scale (Fourier-Mellin), then translation, by phase correlation."""
         cv2 = cv2_module()
-        ref = self.reference_
+        ref, window = level.reference, level.window
         h, w = ref.shape
-        window = cv2.createHanningWindow((w, h), cv2.CV_32F)
         rotation = np.eye(3)
         if mode != "translation":
             max_scale = 0.0 if mode == "rigid" else self.max_scale
             angle, scale = rotation_and_scale(
-                photo * window, self.spectrum_, self.max_angle, max_scale
+                photo * window, level.spectrum, self.max_angle, max_scale
             )
             if mode == "rigid":
                 scale = 1.0
@@ -277,9 +326,16 @@ class Aligner:
         return shift @ rotation
 
     def _refine(
-        self, photo: np.ndarray, valid: np.ndarray, warp: np.ndarray, mode: str = "translation"
+        self,
+        level: Level,
+        photo: np.ndarray,
+        valid: np.ndarray,
+        warp: np.ndarray,
+        mode: str,
+        iterations: int = ECC_ITERATIONS,
     ) -> tuple[np.ndarray, float]:
-        """ECC refinement with a mode's motion model; its correlation is the quality."""
+        """ECC refinement with a mode's motion model at one level; its correlation is the
+        quality."""
         cv2 = cv2_module()
         motion = {
             "translation": cv2.MOTION_TRANSLATION,
@@ -292,16 +348,15 @@ class Aligner:
         inverse = np.linalg.inv(warp)
         start = inverse.astype(np.float32) if mode == "homography" else inverse[:2]
         start = np.ascontiguousarray(start, dtype=np.float32)
-        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
+        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, ECC_EPSILON)
         try:
             if hasattr(cv2, "findTransformECCWithMask"):  # OpenCV >= 4.12: both masks
-                template = self.mask_ if self.mask_ is not None else np.ones_like(valid)
                 quality, found = cv2.findTransformECCWithMask(
-                    self.reference_, photo, template, valid, start, motion, criteria, 5
+                    level.reference, photo, level.mask, valid, start, motion, criteria, 5
                 )
             else:  # older: the photo's valid pixels only
                 quality, found = cv2.findTransformECC(
-                    self.reference_, photo, start, motion, criteria, valid, 5
+                    level.reference, photo, start, motion, criteria, valid, 5
                 )
         except cv2.error:
             return warp, -1.0  # did not converge: the quality says it
