@@ -336,3 +336,26 @@ def test_an_export_with_wrong_output_shapes_is_one_line_everywhere(onnx_file, tm
     assert main(["predict", str(wrong), str(image), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("padim: error:") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_the_neighbourhood_is_inside_the_exported_graph(category, tmp_path, fmt):
+    """Shift-tolerant scoring (pads, slices, a running minimum) exports as part of the graph:
+    onnxruntime and OpenVINO score like torch."""
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+    import torch
+
+    from padim import Padim
+
+    model = Padim(size=SIZE, crop=None, neighbourhood=2, batch_size=5, device="cpu")
+    path = model.fit(category).save(tmp_path / "k2.safetensors")
+    out = tmp_path / ("k2.onnx" if fmt == "onnx" else "k2.xml")
+    assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 0
+    scorer = load_scorer(out)
+    assert scorer.describe()["runtime"] in ("onnxruntime", "openvino")
+    x = random_images(2, seed=4)
+    t_scores, t_maps = model.score_tensors(torch.from_numpy(x))
+    o_scores, o_maps = scorer.score_batch(x)
+    np.testing.assert_allclose(o_scores, t_scores, rtol=1e-4)
+    np.testing.assert_allclose(o_maps, t_maps, rtol=1e-4, atol=1e-4 * float(t_maps.max()))

@@ -4,6 +4,7 @@ Playwright. Skipped when Chromium or Playwright is missing, unless PADIM_REQUIRE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -65,26 +67,12 @@ def models(bottle_model_file, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(models, bottle, tmp_path_factory):
-    """`padim serve DIR` as users start it, in its own process; yields its base URL."""
+@contextlib.contextmanager
+def serving(args: list[str], log: Path):
+    """`padim serve ARGS` as users start it, in its own process; yields its base URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "padim",
-        "serve",
-        str(models),
-        "--port",
-        str(port),
-        "--examples",
-        str(bottle / "test"),
-        "--threads",
-        "2",
-        "--log-level",
-        "warning",
-    ]
+    cmd = [sys.executable, "-m", "padim", "serve", *args, "--port", str(port)]
+    cmd += ["--threads", "2", "--log-level", "warning"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -108,6 +96,13 @@ def server(models, bottle, tmp_path_factory):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(models, bottle, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serving([str(models), "--examples", str(bottle / "test")], log) as url:
+        yield url
 
 
 def test_page_scores_an_uploaded_bottle_image(server, bottle, artifacts: Path):
@@ -208,5 +203,52 @@ def test_page_scores_an_uploaded_bottle_image(server, bottle, artifacts: Path):
             assert first_defect.locator("[data-testid=verdict]").inner_text() == "ANOMALOUS"
             assert not failed, failed
             assert not external, f"the page reached outside the service: {external}"
+        finally:
+            browser.close()
+
+
+def test_page_shows_the_alignment_and_never_calls_an_unaligned_part_good(tmp_path, artifacts):
+    """A model that aligns: the card shows the aligned model input and the transform; a photo
+    that cannot be aligned says CANNOT ALIGN whatever the threshold slider says."""
+    sync_playwright = _need_browser()
+    pytest.importorskip("cv2")
+    from conftest import moved, part, save
+
+    from padim import Padim
+
+    size = (128, 96)
+    rng = np.random.default_rng(3)
+    train = [
+        moved(part(size, seed=i), rng.uniform(-6, 6), 1.0, tuple(rng.uniform(-4, 4, 2)))[0]
+        for i in range(12)
+    ]
+    model = Padim(size=size, crop=None, align="rigid", align_reference=part(size, seed=30))
+    model.fit(train).save(tmp_path / "part.safetensors")
+    good = save(tmp_path / "good.png", moved(part(size, seed=31), 5.0, 1.0, (3.0, -2.0))[0])
+    noise = np.random.default_rng(4).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    bad = save(tmp_path / "noise.png", noise)
+    served = serving([str(tmp_path / "part.safetensors")], tmp_path / "serve.log")
+    with served as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            cards = page.locator("[data-testid=result]")
+            for i, photo in enumerate((good, bad)):
+                page.set_input_files("[data-testid=file-input]", str(photo))
+                cards.nth(i).wait_for(timeout=60_000)
+            unaligned, aligned = cards.nth(0), cards.nth(1)  # newest first
+            line = aligned.locator("[data-testid=alignment]").inner_text()
+            assert "aligned onto the reference" in line and "angle 5." in line
+            assert aligned.locator("[data-testid=verdict]").inner_text() == "GOOD"
+            assert unaligned.locator("[data-testid=verdict]").inner_text() == "CANNOT ALIGN"
+            assert "CANNOT ALIGN" in unaligned.locator("[data-testid=alignment]").inner_text()
+            page.evaluate("""() => {
+                    const s = document.querySelector('[data-testid=threshold]');
+                    s.value = s.max; s.dispatchEvent(new Event('input'));
+                }""")  # the most lenient threshold: still not good
+            assert unaligned.get_attribute("data-verdict") == "cannot_align"
+            page.screenshot(path=str(artifacts / "web-page-aligned.png"), full_page=True)
         finally:
             browser.close()

@@ -302,6 +302,8 @@ def describe(
         "weights": info.get("weights"),
         "sigma": meta.get("sigma"),
         "score_mode": meta.get("score_mode", "mahalanobis"),
+        "neighbourhood": meta.get("neighbourhood", 0),
+        "alignment": meta.get("alignment"),
         "score_scale": thresholds_of(meta, threshold).scale().to_dict(),
         "operating_point": info.get("operating_point"),
         "operating_points": {

@@ -198,9 +198,9 @@ async function addResult(body) {
   align.hidden = !a;
   if (a) {
     align.textContent =
-      `aligned onto the reference part: shift ${a.shift[0].toFixed(1)}, ${a.shift[1].toFixed(1)} px · ` +
-      `angle ${a.angle.toFixed(2)}° · scale ${a.scale.toFixed(3)} · quality ${a.quality.toFixed(3)}` +
-      (a.aligned ? "" : ` · CANNOT ALIGN: ${a.reason}`);
+      (a.aligned ? "aligned onto the reference part: " : `CANNOT ALIGN: ${a.reason}; the best found: `) +
+      `shift ${a.shift[0].toFixed(1)}, ${a.shift[1].toFixed(1)} px · angle ${a.angle.toFixed(2)}° · ` +
+      `scale ${a.scale.toFixed(3)} · quality ${a.quality.toFixed(3)}`;
     align.classList.toggle("bad", !a.aligned);
     node.querySelector(".input-caption").textContent = "image aligned onto the reference (model input)";
   }
