@@ -167,3 +167,28 @@ def test_matching_can_be_restricted_to_a_region(photos):
     photo = moved(part(SIZE, seed=120), 5.0, 1.0, (4.0, 2.0))[0]
     (p,) = model.predict([photo])
     assert p.alignment["aligned"] and abs(p.alignment["angle"] - 5.0) < 0.5
+
+
+def test_tiling_and_a_region_of_interest_work_on_the_aligned_image(photos):
+    """Tiles and the ROI apply to the image brought onto the reference (the ROI given at
+    the reference's geometry): outside the ROI nothing is scored, wherever the part sat."""
+    roi = np.zeros((SIZE[1], SIZE[0]), bool)
+    roi[:, :48] = True  # the left part of the reference (the scratch lies at x 70-82)
+    photo, _ = with_defect(part(SIZE, seed=130))
+    moved_photo = moved(photo, 4.0, 1.0, (3.0, 3.0))[0]
+    found = []
+    for region in (None, roi):
+        model = Padim(
+            size=SIZE,
+            crop=None,
+            tile=64,
+            align="rigid",
+            align_reference=REFERENCE,
+            roi=region,
+            device="cpu",
+        ).fit(photos[:10])
+        assert model.tile_grid is not None
+        (p,) = model.predict([moved_photo])
+        assert p.alignment["aligned"]
+        found.append(p.regions)
+    assert found[0] and not found[1]  # found without the ROI; outside it: not reported
