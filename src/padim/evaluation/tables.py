@@ -185,6 +185,7 @@ GEOMETRY_COLUMNS = (
     ("predict_ms_per_image", "predict ms/image"),
     ("peak_rss_fit_mib", "fit peak MiB"),
     ("model_mib", "model MiB"),
+    ("cannot_align", "cannot align"),  # test images a model that aligns could not register
 )
 
 
