@@ -31,9 +31,9 @@ from padim.errors import PadimError
 from padim.extras import require
 
 MODES = options.ALIGN_MODES[1:]  # "none" is no Aligner
-SIMPLER = 0.003  # a shift alone is kept unless the mode's motion correlates this much better:
-# a round part's turn is not defined, and turning it by what its texture suggests moves the
-# patches the Gaussians were fitted on
+SIMPLER = 0.003  # the registration started from no turn is kept unless the one started from
+# Fourier-Mellin's turn correlates this much better: a round part's spectrum suggests turns
+# that are not there, and turning it moves the patches the Gaussians were fitted on
 PEAK_TIE = 0.8  # log-polar peaks this close to the best are equivalent poses: take the least turn
 REFERENCE_SAMPLE = 64  # training images the automatic reference is chosen among
 QUALITY_SAMPLE = 32  # training images the learned quality bound is measured on
@@ -280,13 +280,14 @@ class Aligner:
         photo, valid = self._to_reference_canvas(photo)
         level, mode = self.coarse_, self.mode
         small, small_valid = level.resized(photo, valid)
-        start = self._coarse(level, small, mode)
+        # ECC from a shift alone (it finds a turn of up to ~15 degrees by itself) ...
+        start = self._coarse(level, small, "translation")
         warp, quality = self._refine(level, small, small_valid, start, mode)
-        if mode != "translation":  # a shift alone, when it does as well (see SIMPLER)
-            start = self._coarse(level, small, "translation")
-            shift, shift_quality = self._refine(level, small, small_valid, start, "translation")
-            if shift_quality >= quality - SIMPLER:
-                warp, mode = shift, "translation"
+        if mode != "translation":  # ... and from Fourier-Mellin's turn and scale: the
+            start = self._coarse(level, small, mode)  # latter must do clearly better (SIMPLER)
+            turned, turned_quality = self._refine(level, small, small_valid, start, mode)
+            if turned_quality > quality + SIMPLER:
+                warp, quality = turned, turned_quality
         up = level.to_fine @ warp @ np.linalg.inv(level.to_fine)
         warp, quality = self._refine(self.fine_, photo, valid, up, mode, ECC_FINE_ITERATIONS)
         # back to full-resolution coordinates: photo (full) -> work -> reference work -> full
