@@ -167,10 +167,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--only-timing", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    for name in args.datasets:
+    for name in [] if args.only_timing else args.datasets:
         for seed in args.seeds:
             rows.extend(run_benchmark(name, DATASETS[name], seed, args.out, args.variants))
             (args.out / "alignment.json").write_text(json.dumps({"rows": rows}, indent=1))
@@ -182,7 +183,7 @@ def main() -> None:
         }
     cpu = f"{cpu_name()}, {os.cpu_count()} CPUs"
     lines = [f"# Alignment and shift-tolerant scoring ({cpu})", ""]
-    for name in args.datasets:
+    for name in [] if args.only_timing else args.datasets:
         lines += accuracy_table(rows, name)
     if timing:
         lines += ["### Cost (bottle, 256 -> 224)", ""]
