@@ -63,6 +63,8 @@ TORCH_FREE = {
     "padim.model.thresholds",
     "padim.data.decision",
     "padim.data.align",
+    "padim.data.aligned",
+    "padim.data.fourier_mellin",
     "padim.model.config",
     "padim.model.modelfile",
     "padim.model.fit_many",

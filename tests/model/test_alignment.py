@@ -13,7 +13,7 @@ pytest.importorskip("cv2")
 from conftest import moved, part, save
 
 from padim import Padim, load
-from padim.data.align import AlignedGeometry
+from padim.data.aligned import AlignedGeometry
 from padim.data.decision import CANNOT_ALIGN
 
 SIZE = (128, 96)

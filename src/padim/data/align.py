@@ -1,22 +1,24 @@
-"""Registration of photos onto a reference before PaDiM sees them (parts never sit in the same
-place twice): estimate the transform that brings a photo onto the reference part, warp the
-photo, and bring maps back onto the photo.
+"""Registration of photos onto a reference part before PaDiM sees them (parts never sit in
+the same place twice): estimate the transform that brings a photo onto the reference, warp the
+photo, and bring maps back (`padim.data.aligned`).
 
-Method (OpenCV, `pip install "padim[align]"`), chosen because each step is a well-kept,
-closed-form or locally convergent estimator that needs no training:
-1. rotation and scale by phase correlation of the log-polar magnitude spectra (Fourier-Mellin:
-   invariant to the shift, so it works whatever the part's position);
-2. translation by phase correlation of the de-rotated photo (sub-pixel);
-3. refinement by ECC (enhanced correlation coefficient) with the mode's motion model, inside
-   the region of interest when one is given; its correlation is the alignment quality.
-A photo whose quality is below `min_quality`, or whose transform is beyond the allowed shift,
-angle or scale, is not aligned: the caller gets the reason, never a "good" verdict. Torch-free.
+Method (OpenCV, `pip install "padim[align]"`; measured against keypoints in
+benchmarks/registration.py), on a copy of at most 256 pixels per side at the reference's
+scale:
+1. on a half-size copy, ECC (enhanced correlation coefficient) with the mode's motion model,
+   started from the shift that phase correlation finds, and again from the turn and scale
+   that the log-polar spectra's phase correlation finds (Fourier-Mellin,
+   `padim.data.fourier_mellin`), the latter kept only when it correlates clearly better;
+2. a few ECC steps at the working size; the final correlation is the alignment quality.
+Only the photo's pixels and the inside of the matching mask count. A photo whose quality is
+below `min_quality`, or whose motion is beyond the allowed shift, turn or scale, is not aligned:
+the caller gets the reason, never a "good" verdict. Torch-free.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,32 +26,22 @@ import numpy as np
 from PIL import Image
 
 from padim import options
+from padim.data.fourier_mellin import cv2_module, log_polar_spectrum, rotation_and_scale
 from padim.data.images import ImageInput, as_image
-from padim.data.preprocess import Preprocess
-from padim.data.regions import Region, find_regions
 from padim.errors import PadimError
-from padim.extras import require
 
 MODES = options.ALIGN_MODES[1:]  # "none" is no Aligner
 SIMPLER = 0.003  # the registration started from no turn is kept unless the one started from
 # Fourier-Mellin's turn correlates this much better: a round part's spectrum suggests turns
 # that are not there, and turning it moves the patches the Gaussians were fitted on
-PEAK_TIE = 0.8  # log-polar peaks this close to the best are equivalent poses: take the least turn
 REFERENCE_SAMPLE = 64  # training images the automatic reference is chosen among
 QUALITY_SAMPLE = 32  # training images the learned quality bound is measured on
 MIN_QUALITY = 0.5  # the lowest bound: photos of another part correlate at about 0.4-0.7
 MAX_LEARNED_QUALITY = 0.8  # the highest learned bound: a defect lowers the correlation too
-ANGLE_ROWS = 360  # log-polar rows: a degree each (then ECC refines)
-RADIUS_COLUMNS = 128
 WORK_SIDE = 256  # estimation runs on images with this longest side (the photo's own scale back)
 ECC_ITERATIONS = 50  # at the half-size level, from the phase correlations' estimate
 ECC_FINE_ITERATIONS = 15  # at the working size, from the half-size level's
 ECC_EPSILON = 1e-4
-
-
-def cv2_module() -> Any:
-    """OpenCV, or one line saying how to install it."""
-    return require("cv2", "align", "--align (registering parts onto a reference)")
 
 
 @dataclass(frozen=True)
@@ -413,78 +405,6 @@ class Aligner:
         return mapped, inside
 
 
-def log_polar_spectrum(gray: np.ndarray) -> np.ndarray:
-    """The high-passed log magnitude spectrum of `gray` (zero-padded to a square, so a turn of
-    the image is a turn of its spectrum) in log-polar coordinates: rows are angles
-    (ANGLE_ROWS over 360 degrees), columns log-radii (RADIUS_COLUMNS). A shift of the image
-    leaves it unchanged; a turn moves it along the rows, a scaling along the columns."""
-    cv2 = cv2_module()
-    side = max(gray.shape)
-    square = np.zeros((side, side), np.float32)
-    square[: gray.shape[0], : gray.shape[1]] = gray
-    planes = cv2.dft(square, flags=cv2.DFT_COMPLEX_OUTPUT)
-    spectrum = np.fft.fftshift(cv2.magnitude(planes[..., 0], planes[..., 1]))
-    spectrum = np.log1p(spectrum) * _highpass(spectrum.shape)
-    flags = cv2.WARP_POLAR_LOG | cv2.INTER_LINEAR
-    return cv2.warpPolar(
-        spectrum, (RADIUS_COLUMNS, ANGLE_ROWS), (side / 2, side / 2), side / 2, flags
-    )
-
-
-def rotation_and_scale(
-    photo: np.ndarray, reference: np.ndarray, max_angle: float, max_scale: float
-) -> tuple[float, float]:
-    """The turn (degrees, OpenCV's counter-clockwise sense) and the scale that bring the photo
-    back onto the reference: the phase correlation of their log-polar spectra
-    (`log_polar_spectrum`; `reference` is one already), its peak searched only among turns up
-    to `max_angle` and scalings up to `max_scale`, so a part with a symmetry takes the nearest
-    of its equivalent poses, not the first."""
-    cv2 = cv2_module()
-    side = max(photo.shape)
-    moved = cv2.dft(log_polar_spectrum(photo), flags=cv2.DFT_COMPLEX_OUTPUT)
-    fixed = cv2.dft(reference, flags=cv2.DFT_COMPLEX_OUTPUT)
-    cross = cv2.mulSpectrums(fixed, moved, 0, conjB=True)
-    cross /= np.maximum(cv2.magnitude(cross[..., 0], cross[..., 1]), 1e-12)[..., None]
-    corr = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
-    rows, cols = corr.shape
-    log_base = math.log(side / 2) / cols  # log-radius per column
-    dy = np.fft.fftfreq(rows, 1 / rows)  # signed shifts in FFT order
-    dx = np.fft.fftfreq(cols, 1 / cols)
-    turn = np.abs(dy) * 360.0 / rows
-    allowed = np.minimum(turn, np.abs(180.0 - turn)) <= max_angle + 1.0  # spectra repeat at 180
-    allowed &= turn <= 90.0 + 1e-9  # one of each pair of equivalent turns
-    scaled = np.abs(dx) * log_base <= math.log1p(max_scale) + log_base
-    window = np.where(allowed[:, None] & scaled[None, :], corr, -np.inf)
-    # near-ties (a part with a symmetry, a round one): the smallest turn and scaling
-    strong = window >= PEAK_TIE * window.max()
-    cost = turn[:, None] * 1e3 + np.abs(dx)[None, :]
-    r, c = np.unravel_index(int(np.argmin(np.where(strong, cost, np.inf))), corr.shape)
-    sub_r, sub_c = _subpixel(corr, int(r), int(c))
-    return float(-(dy[r] + sub_r) * 360.0 / rows), math.exp(-(dx[c] + sub_c) * log_base)
-
-
-def _subpixel(corr: np.ndarray, r: int, c: int) -> tuple[float, float]:
-    """The peak's sub-cell offset (parabola through it and its neighbours, with wrap-around)."""
-    rows, cols = corr.shape
-
-    def offset(left: float, mid: float, right: float) -> float:
-        den = left - 2 * mid + right
-        return 0.0 if den >= 0 else float(np.clip(0.5 * (left - right) / den, -0.5, 0.5))
-
-    return (
-        offset(corr[(r - 1) % rows, c], corr[r, c], corr[(r + 1) % rows, c]),
-        offset(corr[r, (c - 1) % cols], corr[r, c], corr[r, (c + 1) % cols]),
-    )
-
-
-def _highpass(shape: tuple[int, int]) -> np.ndarray:
-    """A high-pass filter for log spectra (the usual one for Fourier-Mellin registration)."""
-    yy = np.cos(np.pi * (np.arange(shape[0]) / shape[0] - 0.5))
-    xx = np.cos(np.pi * (np.arange(shape[1]) / shape[1] - 0.5))
-    grid = np.outer(yy, xx)
-    return ((1.0 - grid) * (2.0 - grid)).astype(np.float32)
-
-
 def _nearest_similarity(matrix: np.ndarray) -> np.ndarray:
     """The rotation + uniform scale + shift closest to an affine matrix (polar decomposition)."""
     a = matrix[:2, :2]
@@ -513,61 +433,3 @@ def typical_image(images: Sequence[ImageInput]) -> ImageInput:
     median = np.median(np.stack([thumbs[i] for i in keep]), axis=0)
     best = min(keep, key=lambda i: float(np.square(thumbs[i] - median).mean()))
     return sample[best]
-
-
-class AlignedItem:
-    """A photo to be aligned when it is read (a lazy image, like a video frame): the model's
-    input pipelines read it as the aligned image and it keeps the transform and the photo's
-    size for the results."""
-
-    def __init__(self, source: ImageInput, aligner: Aligner) -> None:
-        self.source = source
-        self.aligner = aligner
-        self.transform: Transform | None = None
-        self.photo_size: tuple[int, int] | None = None
-
-    def load_image(self) -> Image.Image:
-        photo = as_image(self.source)
-        self.photo_size = photo.size
-        aligned, self.transform = self.aligner.align(photo)
-        return aligned
-
-    def __repr__(self) -> str:
-        return f"AlignedItem({self.source!r})"
-
-
-@dataclass(frozen=True)
-class AlignedGeometry:
-    """How one aligned photo's maps get back onto it: the model geometry (`pre`) up to the
-    reference's size, then the inverse of the photo's transform. Same interface as
-    `Preprocess` for `decide` and the pictures; photo pixels the reference does not cover are
-    not inspected (`uninspected`)."""
-
-    pre: Preprocess
-    aligner: Aligner
-    transform: Transform
-
-    def map_to_image(self, amap: np.ndarray, image_wh: tuple[int, int]) -> np.ndarray:
-        """An (H, W) map at the model input -> the photo's (h, w); uninspected pixels get the
-        map's minimum (no evidence)."""
-        on_reference = self.pre.map_to_image(amap, self.aligner.reference_size_)
-        mapped, inside = self.aligner.to_photo(on_reference, self.transform, image_wh)
-        mapped[~inside] = float(on_reference.min())
-        return mapped
-
-    def uninspected(self, image_wh: tuple[int, int]) -> np.ndarray:
-        """(h, w) bool: photo pixels outside the reference frame (nothing was scored there)."""
-        ones = np.ones(self.aligner.reference_size_[::-1], np.float32)
-        return ~self.aligner.to_photo(ones, self.transform, image_wh)[1]
-
-    def regions(
-        self,
-        amap: np.ndarray,
-        threshold: float,
-        image_wh: tuple[int, int],
-        min_area: int = 0,
-        normalise: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> list[Region]:
-        """Defect regions found on the map brought onto the photo (any transform keeps them
-        whole), in the photo's pixels."""
-        return find_regions(self.map_to_image(amap, image_wh), threshold, min_area, normalise)

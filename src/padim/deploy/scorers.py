@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from padim import __version__
-from padim.data.align import AlignedGeometry, Aligner, Transform
+from padim.data.align import Aligner, Transform
+from padim.data.aligned import AlignedGeometry
 from padim.data.decision import Decision, Geometry, decide
 from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures

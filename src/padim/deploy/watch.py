@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from padim import options
-from padim.data.align import AlignedGeometry
+from padim.data.aligned import AlignedGeometry
 from padim.data.pictures import render_pictures
 from padim.data.video import Frame, is_live, read_frames
 from padim.deploy.scorers import Scorer, decide_scored, item_geometry, score_images

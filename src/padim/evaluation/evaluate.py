@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from padim.data.align import AlignedItem
+from padim.data.aligned import AlignedItem
 from padim.data.datasets import Sample, read_mask
 from padim.data.images import read_image
 from padim.data.pictures import to_picture

@@ -23,7 +23,7 @@ from padim import options
 from padim.core.backbones import get_backbone
 from padim.core.net import PadimNet
 from padim.core.tiling import TileGrid
-from padim.data.align import AlignedGeometry, AlignedItem
+from padim.data.aligned import AlignedGeometry, AlignedItem
 from padim.data.decision import Geometry, Prediction, decide
 from padim.data.images import ImageInput
 from padim.data.preprocess import Preprocess, batches, image_shape, resolve_crop

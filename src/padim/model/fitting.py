@@ -30,7 +30,8 @@ from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
 from padim.core.statistics import GaussianStats
 from padim.core.tiling import TiledEmbedder
-from padim.data.align import MIN_QUALITY, AlignedItem, Aligner, Transform
+from padim.data.align import MIN_QUALITY, Aligner, Transform
+from padim.data.aligned import AlignedItem
 from padim.data.datasets import read_mask, training_images
 from padim.data.images import ImageInput
 from padim.data.preprocess import AUTO_SAMPLE, auto_size, batches, image_shape, native_size

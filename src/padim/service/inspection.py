@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from padim import options
-from padim.data.align import AlignedGeometry, Transform
+from padim.data.align import Transform
+from padim.data.aligned import AlignedGeometry
 from padim.data.decision import Decision, Geometry, decide
 from padim.data.images import decode_image
 from padim.data.pictures import (
