@@ -33,13 +33,17 @@ from padim.data.datasets import (
     stc_test_set,
     stc_training_frames,
 )
-from padim.data.pictures import to_picture
 from padim.data.preprocess import as_wh, resolve_crop, to_json
 from padim.errors import PadimError
 from padim.evaluation.evaluate import EvaluationRun, evaluate
 from padim.evaluation.figures import roc_curves, roc_figure, run_figure
 from padim.evaluation.metrics import format_metric
-from padim.evaluation.perturb import RandomRotateCrop, make_perturbation, training_loader
+from padim.evaluation.perturb import (
+    RandomRotateCrop,
+    make_perturbation,
+    native_photo,
+    training_loader,
+)
 from padim.evaluation.published import CATEGORIES
 from padim.evaluation.tables import render_tables, run_label
 from padim.files import write_text_atomic
@@ -374,10 +378,12 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict[str, Any]]:
     return results
 
 
-def perturbed_training_photos(training: Any, loader: Any) -> list[np.ndarray]:
-    """The training images perturbed as photos ((S, S, 3) uint8), for models that align."""
+def perturbed_training_photos(training: Any, perturbation: RandomRotateCrop) -> list[np.ndarray]:
+    """The training images perturbed as photos at their own resolution (the training stream's
+    draws), for models that align."""
+    train = perturbation.for_training()
     items = training_items(training)
-    return [to_picture(loader(i, item).numpy()) for i, item in enumerate(items)]
+    return [native_photo(train, i, item)[0] for i, item in enumerate(items)]
 
 
 def _fit(
@@ -393,10 +399,11 @@ def _fit(
     given = {k: v for k, v in dataclasses.asdict(opts).items() if k in params}
     model = Padim(backbone=backbone, **given)
     loader = None if perturbation is None else training_loader(perturbation, model.preprocess)
-    if loader is not None and model.align != "none":  # the perturbed photos are registered
-        training = perturbed_training_photos(training, loader)
-        side = model.preprocess.output_wh[0]  # they are the model input already: no more crop
-        model.set_params(size=side, crop=None)
+    if perturbation is not None and model.align != "none":  # the photos are registered
+        training = perturbed_training_photos(training, perturbation)
+        # as the non-aligned protocol does: the perturbed crop is the whole model input
+        w, h = model.preprocess.output_wh
+        model.set_params(size=w if w == h else (w, h), crop=None)
         loader = None
     with PeakRSS() as mem:
         model.fit(training, loader=loader)

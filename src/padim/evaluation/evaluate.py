@@ -14,10 +14,10 @@ from padim.data.aligned import AlignedItem
 from padim.data.datasets import Sample, read_mask
 from padim.data.images import read_image
 from padim.data.pictures import to_picture
-from padim.data.preprocess import Preprocess, batches, centre_crop
+from padim.data.preprocess import Preprocess, batches, centre_crop, nearest_indices
 from padim.errors import PadimError
 from padim.evaluation.metrics import metric_suite
-from padim.evaluation.perturb import RandomRotateCrop, perturbed_sample
+from padim.evaluation.perturb import RandomRotateCrop, native_photo, perturbed_sample
 from padim.model.estimator import Padim
 from padim.normalise import ScoreScale
 
@@ -119,18 +119,34 @@ def map_on_model_grid(amap: np.ndarray, pre: Preprocess) -> np.ndarray:
 def perturbed_photos(
     model: Padim, samples: list[Sample], perturbation: RandomRotateCrop
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Perturbed test images as photos ((S, S, 3) uint8) and their masks, for models that
-    align (the photo is what they register)."""
+    """Perturbed test images as photos at their own resolution, and their masks at the model
+    input's size (where the maps are judged), for models that align (the photo is what they
+    register)."""
     has_masks = any(s.mask_path for s in samples)
     photos, masks = [], []
     for i, s in enumerate(samples):
         if has_masks and s.label == 1 and s.mask_path is None:
             raise PadimError(f"missing ground-truth mask for {s.path}")
-        img, mask = perturbed_sample(perturbation, model.preprocess, i, s.path, s.mask_path)
-        photos.append(to_picture(img.numpy()))
+        photo, mask = native_photo(perturbation, i, s.path, s.mask_path)
+        photos.append(photo)
         if has_masks:
-            masks.append(mask.numpy() if mask is not None else np.zeros(img.shape[1:], bool))
+            shape = photo.shape[:2]
+            masks.append(judged(mask if mask is not None else np.zeros(shape, bool), model))
     return photos, np.stack(masks) if has_masks else None
+
+
+def judged(array: np.ndarray, model: Padim) -> np.ndarray:
+    """A photo-sized map (float, bilinear) or mask (bool, nearest) at the model input's size,
+    where a perturbed run's metrics are computed (as for models that do not align)."""
+    h, w = model.preprocess.output_hw
+    if array.shape == (h, w):
+        return array
+    if array.dtype == bool:
+        rows = nearest_indices(array.shape[0], h)
+        cols = nearest_indices(array.shape[1], w)
+        return array[rows[:, None], cols[None, :]]
+    image = Image.fromarray(np.ascontiguousarray(array, np.float32))
+    return np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), np.float32)
 
 
 def evaluate(
@@ -158,6 +174,8 @@ def score_run(
         if perturbation is not None:
             photos, masks = perturbed_photos(model, samples, perturbation)
         scores, maps, unaligned = aligned_maps(model, photos, perturbation is None)
+        if perturbation is not None:
+            maps = np.stack([judged(m, model) for m in maps])
     elif perturbation is None:
         scores, maps = model.score([s.path for s in samples])
     else:

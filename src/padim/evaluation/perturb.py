@@ -23,6 +23,7 @@ import torch
 
 from padim.data.datasets import read_mask
 from padim.data.images import ImageInput, as_image, read_image
+from padim.data.pictures import to_picture
 from padim.data.preprocess import Preprocess
 from padim.errors import PadimError
 from padim.model.fitting import Loader
@@ -43,6 +44,7 @@ class RandomRotateCrop:
     seed: int = 0
     train: bool = True  # also perturb the training images (the paper's protocol)
     stream: int = TEST_STREAM
+    side: int = 256  # the protocol's image side (the model's resize): where crops are drawn
 
     def for_training(self) -> RandomRotateCrop:
         return dataclasses.replace(self, stream=TRAIN_STREAM)
@@ -85,7 +87,9 @@ def make_perturbation(name: str, size: object, crop: object, seed: int = 0) -> R
     if not isinstance(size, int) or not (crop is None or isinstance(crop, int)):
         raise PadimError(f"--perturb {name} needs a square geometry (--size N, --crop N|none)")
     fraction = crop / size if crop is not None else PAPER_CROP_FRACTION
-    return RandomRotateCrop(name=name, crop_fraction=fraction, seed=seed, train=name == "rd-mvtec")
+    return RandomRotateCrop(
+        name=name, crop_fraction=fraction, seed=seed, train=name == "rd-mvtec", side=size
+    )
 
 
 def perturbed_sample(
@@ -109,3 +113,30 @@ def training_loader(perturbation: RandomRotateCrop, pre: Preprocess) -> Loader:
         return train.apply(index, image, None, pre.output_hw[0])[0]
 
     return load
+
+
+def native_photo(
+    perturbation: RandomRotateCrop, index: int, image: ImageInput, mask_path=None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image `index` perturbed at its own resolution, as a camera would see the part moved:
+    the same turn, and the crop box `draw` gives on the protocol's `side` x `side` image scaled
+    to the photo's width and height; (h, w, 3) uint8 and its mask (bool) transformed alike. For
+    models that align: they register the photo itself (a square resize first would distort a
+    non-square photo). A photo of `side` x `side` pixels is exactly `perturbed_sample`'s."""
+    side = perturbation.side
+    import torchvision.transforms.functional as TF
+
+    photo = torch.from_numpy(np.asarray(as_image(image), np.float32).transpose(2, 0, 1) / 255.0)
+    h, w = photo.shape[-2:]
+    angle, top, left, crop = perturbation.draw(index, side)
+    y0, x0 = round(top * h / side), round(left * w / side)
+    y1, x1 = y0 + round(crop * h / side), x0 + round(crop * w / side)
+    turned = TF.rotate(photo, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+    picture = to_picture(turned[:, y0:y1, x0:x1].numpy())
+    if mask_path is None:
+        return picture, None
+    mask = torch.from_numpy(read_mask(mask_path).astype(np.uint8))[None]
+    if mask.shape[-2:] != (h, w):
+        mask = TF.resize(mask, [h, w], interpolation=TF.InterpolationMode.NEAREST)
+    m = TF.rotate(mask, angle, interpolation=TF.InterpolationMode.NEAREST, fill=0.0)
+    return picture, m[0, y0:y1, x0:x1].numpy() > 0
