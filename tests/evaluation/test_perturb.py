@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from padim.data.pictures import to_picture
 from padim.data.preprocess import Preprocess
 from padim.errors import PadimError
 from padim.evaluation.perturb import (
@@ -74,3 +75,28 @@ def test_geometry_follows_the_model():
     assert make_perturbation("rd-mvtec", 320, 240).crop_fraction == pytest.approx(0.75)
     with pytest.raises(PadimError, match="unknown perturbation"):
         make_perturbation("blur", 256, 224)
+
+
+def test_native_photos_are_the_protocols_at_their_own_resolution(tmp_path):
+    """Models that align register perturbed photos at their own resolution: a square photo of
+    the protocol's side is exactly `perturbed_sample`'s image and mask; a wide photo keeps its
+    aspect ratio (a square resize first would distort it) and its mask moves with it."""
+    from padim.evaluation.perturb import native_photo, perturbed_sample
+
+    rng = np.random.default_rng(0)
+    square = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:30, 30:44] = 255
+    Image.fromarray(square).save(tmp_path / "a.png")
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    p = make_perturbation("rd-mvtec-test", 64, 56, seed=3)
+    photo, moved = native_photo(p, 5, tmp_path / "a.png", tmp_path / "a_mask.png")
+    img, want = perturbed_sample(
+        p, Preprocess(64, 56), 5, tmp_path / "a.png", tmp_path / "a_mask.png"
+    )
+    assert np.array_equal(photo, to_picture(img.numpy())) and np.array_equal(moved, want.numpy())
+
+    wide = rng.integers(0, 255, (40, 160, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "w.png")
+    photo, _ = native_photo(p, 5, tmp_path / "w.png")
+    assert photo.shape == (35, 140, 3)  # 56/64 of each side, not a square
