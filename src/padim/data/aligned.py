@@ -37,6 +37,16 @@ class AlignedItem:
         return f"AlignedItem({self.source!r})"
 
 
+def photo_geometry(
+    pre: Preprocess, aligner: Aligner | None, transform: Transform | None
+) -> Preprocess | AlignedGeometry:
+    """How a scored photo's maps get back onto it: the model geometry alone, or (a model that
+    aligns, a photo that was registered) through the inverse of the photo's transform."""
+    if aligner is None or transform is None:
+        return pre
+    return AlignedGeometry(pre, aligner, transform)
+
+
 @dataclass(frozen=True)
 class AlignedGeometry:
     """How one aligned photo's maps get back onto it: the model geometry (`pre`) up to the

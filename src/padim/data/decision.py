@@ -26,6 +26,8 @@ class Geometry(Protocol):
 
     def map_to_image(self, amap: np.ndarray, image_wh: tuple[int, int]) -> np.ndarray: ...
 
+    def uninspected(self, image_wh: tuple[int, int]) -> np.ndarray | None: ...
+
     def regions(
         self,
         amap: np.ndarray,

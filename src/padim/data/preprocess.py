@@ -220,6 +220,11 @@ class Preprocess:
         )
         return np.asarray(resized, np.float32)
 
+    def uninspected(self, image_wh: tuple[int, int]) -> None:
+        """Photo pixels outside what the model sees: none to mark for a plain resize and crop
+        (the cropped border carries no evidence, see `map_to_image`)."""
+        return None
+
     def regions(
         self,
         amap: np.ndarray,

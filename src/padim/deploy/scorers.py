@@ -21,7 +21,7 @@ from PIL import Image
 
 from padim import __version__
 from padim.data.align import Aligner, Transform
-from padim.data.aligned import AlignedGeometry
+from padim.data.aligned import photo_geometry
 from padim.data.decision import Decision, Geometry, decide
 from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures
@@ -180,9 +180,7 @@ def resolve_threshold(
 def item_geometry(scorer: Scorer, item: Scored) -> Geometry:
     """How a scored image's map gets onto its photo: the model geometry, then (when the model
     aligns) the inverse of the photo's alignment."""
-    if scorer.aligner is not None and item.transform is not None:
-        return AlignedGeometry(scorer.geometry, scorer.aligner, item.transform)
-    return scorer.geometry
+    return photo_geometry(scorer.geometry, scorer.aligner, item.transform)
 
 
 def decide_scored(
@@ -204,20 +202,6 @@ def decide_scored(
     )
 
 
-def native_map(scorer: Scorer, item: Scored) -> np.ndarray:
-    """A scored image's anomaly map at the photo's own resolution."""
-    assert item.anomaly_map is not None and item.size is not None
-    return item_geometry(scorer, item).map_to_image(item.anomaly_map, item.size)
-
-
-def uninspected(scorer: Scorer, item: Scored) -> np.ndarray | None:
-    """Photo pixels the model did not inspect (outside the reference after alignment)."""
-    geometry = item_geometry(scorer, item)
-    if isinstance(geometry, AlignedGeometry) and item.size is not None:
-        return geometry.uninspected(item.size)
-    return None
-
-
 def save_scored_pictures(
     scorer: Scorer,
     item: Scored,
@@ -230,8 +214,9 @@ def save_scored_pictures(
     """A scored image's pictures as PNG files at the photo's own resolution (the map brought
     back through the model's geometry), coloured on the normalised score at `threshold`,
     regions boxed; returns the file names by kind."""
-    assert item.original is not None and item.anomaly_map is not None
-    amap = native_map(scorer, item)
+    assert item.original is not None and item.anomaly_map is not None and item.size is not None
+    geometry = item_geometry(scorer, item)
+    amap = geometry.map_to_image(item.anomaly_map, item.size)
     scale = scorer.score_scale.at(threshold)
     return save_pictures(
         folder,
@@ -242,7 +227,7 @@ def save_scored_pictures(
         kinds,
         scale,
         regions,
-        uninspected(scorer, item),
+        geometry.uninspected(item.size),
     )
 
 

@@ -27,7 +27,6 @@ import numpy as np
 from PIL import Image
 
 from padim import options
-from padim.data.aligned import AlignedGeometry
 from padim.data.pictures import render_pictures
 from padim.data.video import Frame, is_live, read_frames
 from padim.deploy.scorers import Scorer, decide_scored, item_geometry, score_images
@@ -148,7 +147,7 @@ class FolderSink(Sink):
     def deliver(self, event: dict, payload: Any) -> bool:
         photo, small_map, regions, geometry = payload
         amap = geometry.map_to_image(small_map, photo.size)
-        hidden = geometry.uninspected(photo.size) if isinstance(geometry, AlignedGeometry) else None
+        hidden = geometry.uninspected(photo.size)
         name = event["id"]
         scale = self.scorer.score_scale.at(event["threshold"])
         overlay = render_pictures(

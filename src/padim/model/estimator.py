@@ -23,7 +23,7 @@ from padim import options
 from padim.core.backbones import get_backbone
 from padim.core.net import PadimNet
 from padim.core.tiling import TileGrid
-from padim.data.aligned import AlignedGeometry, AlignedItem
+from padim.data.aligned import AlignedItem, photo_geometry
 from padim.data.decision import Geometry, Prediction, decide
 from padim.data.images import ImageInput
 from padim.data.preprocess import Preprocess, batches, image_shape, resolve_crop
@@ -410,10 +410,8 @@ class Padim(ThresholdsAPI):
     def geometry_of(self, item: ImageInput) -> Geometry:
         """How an item's maps get back onto its photo: the model geometry, or through the
         item's alignment (an `AlignedItem` that was scored)."""
-        aligner = getattr(self, "aligner_", None)
-        if isinstance(item, AlignedItem) and item.transform is not None and aligner is not None:
-            return AlignedGeometry(self.preprocess, aligner, item.transform)
-        return self.preprocess
+        transform = item.transform if isinstance(item, AlignedItem) else None
+        return photo_geometry(self.preprocess, getattr(self, "aligner_", None), transform)
 
     def score_tensors(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Scores (B,) and maps (B, H, W) for images already at the model's input geometry

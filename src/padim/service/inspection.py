@@ -18,8 +18,8 @@ from starlette.concurrency import run_in_threadpool
 
 from padim import options
 from padim.data.align import Transform
-from padim.data.aligned import AlignedGeometry
-from padim.data.decision import Decision, Geometry, decide
+from padim.data.aligned import photo_geometry
+from padim.data.decision import Decision, decide
 from padim.data.images import decode_image
 from padim.data.pictures import (
     PICTURE_KINDS,
@@ -215,10 +215,7 @@ def render(
     the inverse of its alignment; what the reference does not cover is hatched."""
     amap = result.anomaly_map
     scale = scorer.score_scale.at(threshold)
-    geometry: Geometry = scorer.geometry
-    hidden = None
-    if transform is not None and scorer.aligner is not None:
-        geometry = AlignedGeometry(scorer.geometry, scorer.aligner, transform)
+    geometry = photo_geometry(scorer.geometry, scorer.aligner, transform)
     decision = decide(result.score, amap, threshold, scale, geometry, image_wh, min_area, transform)
     regions = decision.regions
     out: dict[str, Any] = {
@@ -229,8 +226,7 @@ def render(
     arrays: dict[str, np.ndarray] = {}
     if kinds:
         native = geometry.map_to_image(amap, image_wh)
-        if isinstance(geometry, AlignedGeometry):
-            hidden = geometry.uninspected(image_wh)
+        hidden = geometry.uninspected(image_wh)
         canvas = photo if photo is not None else np.zeros((1, 1, 3), np.uint8)
         arrays = render_pictures(canvas, native, threshold, kinds, scale, regions, hidden)
     if "input" in include:
