@@ -6,10 +6,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from padim import options
 from padim.errors import PadimError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from padim.data.align import Aligner
 
 MIN_TRAIN_IMAGES = 1
 MIN_IMAGES_FOR_HOLDOUT = 5
@@ -118,6 +123,21 @@ class PadimConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def aligner(self, roi: np.ndarray | None = None) -> Aligner:
+        """The (unfitted) registration this config describes, matching inside `roi`; the
+        quality bound not yet learned is the lowest one."""
+        from padim.data.align import MIN_QUALITY, Aligner
+
+        quality = self.align_min_quality
+        return Aligner(
+            self.align,
+            self.align_max_shift,
+            self.align_max_angle,
+            self.align_max_scale,
+            MIN_QUALITY if quality is None else quality,
+            roi,
+        )
 
 
 @dataclass

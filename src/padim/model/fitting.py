@@ -30,7 +30,7 @@ from padim.core.net import PadimNet
 from padim.core.scoring import SCORE_MODES, term_statistics
 from padim.core.statistics import GaussianStats
 from padim.core.tiling import TiledEmbedder
-from padim.data.align import MIN_QUALITY, Aligner, Transform
+from padim.data.align import Aligner, Transform
 from padim.data.aligned import AlignedItem
 from padim.data.datasets import read_mask, training_images
 from padim.data.images import ImageInput
@@ -268,18 +268,11 @@ class Fitter:
         roi = self.align_roi if self.align_roi is not None else self.roi
         if roi is not None and not isinstance(roi, np.ndarray):
             roi = read_mask(roi)
-        quality = cfg.align_min_quality
-        aligner = Aligner(
-            cfg.align,
-            cfg.align_max_shift,
-            cfg.align_max_angle,
-            cfg.align_max_scale,
-            MIN_QUALITY if quality is None else quality,
-            roi,
-        )
-        aligner.fit(items, self.align_reference)
+        aligner = cfg.aligner(roi).fit(items, self.align_reference)
         sample = aligner.sample(items)
-        if quality is None:  # learned from the good images, kept in the resolved config
+        if (
+            cfg.align_min_quality is None
+        ):  # learned from the good images, kept in the resolved config
             cfg.align_min_quality = round(aligner.learn_min_quality(sample), 4)
         self.alignment = alignment_summary([aligner.estimate_checked(t) for t in sample])
         return aligner
@@ -449,7 +442,8 @@ class Fitter:
             raise PadimError(
                 f"the region of interest must be a single-channel mask, got shape {mask.shape}"
             )
-        w, h = image_shape(plan.fit_items[0][1])
+        aligned = self.aligner.reference_size_ if self.aligner is not None else None
+        w, h = aligned or image_shape(plan.fit_items[0][1])
         if abs(mask.shape[1] / mask.shape[0] - w / h) > 0.02 * w / h:
             raise PadimError(
                 f"the region of interest is {mask.shape[1]}x{mask.shape[0]} but the "

@@ -270,7 +270,6 @@ def read_aligner(config: PadimConfig, tensors: dict[str, torch.Tensor]) -> Align
     """The registration a model aligns with, rebuilt from its reference (and matching mask)."""
     import torch
 
-    from padim.data.align import MIN_QUALITY, Aligner
     from padim.data.preprocess import MAX_SIDE, MIN_SIDE
 
     if config.align == "none":
@@ -287,16 +286,7 @@ def read_aligner(config: PadimConfig, tensors: dict[str, torch.Tensor]) -> Align
     ):
         raise PadimError(f"the alignment reference {tuple(reference.shape)} is not an RGB image")
     roi = tensors.get("align.roi")
-    mask = None if roi is None else roi.numpy()
-    aligner = Aligner(
-        config.align,
-        config.align_max_shift,
-        config.align_max_angle,
-        config.align_max_scale,
-        MIN_QUALITY if config.align_min_quality is None else config.align_min_quality,
-        mask,
-    )
-    return aligner.fit([], reference.numpy())
+    return config.aligner(None if roi is None else roi.numpy()).fit([], reference.numpy())
 
 
 def validate_model(
