@@ -14,7 +14,7 @@ from padim.data.aligned import AlignedItem
 from padim.data.datasets import Sample, read_mask
 from padim.data.images import read_image
 from padim.data.pictures import to_picture
-from padim.data.preprocess import Preprocess, batches, centre_crop, nearest_indices
+from padim.data.preprocess import Preprocess, batches, centre_crop
 from padim.errors import PadimError
 from padim.evaluation.metrics import metric_suite
 from padim.evaluation.perturb import RandomRotateCrop, native_photo, perturbed_sample
@@ -138,15 +138,8 @@ def perturbed_photos(
 def judged(array: np.ndarray, model: Padim) -> np.ndarray:
     """A photo-sized map (float, bilinear) or mask (bool, nearest) at the model input's size,
     where a perturbed run's metrics are computed (as for models that do not align)."""
-    h, w = model.preprocess.output_hw
-    if array.shape == (h, w):
-        return array
-    if array.dtype == bool:
-        rows = nearest_indices(array.shape[0], h)
-        cols = nearest_indices(array.shape[1], w)
-        return array[rows[:, None], cols[None, :]]
-    image = Image.fromarray(np.ascontiguousarray(array, np.float32))
-    return np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), np.float32)
+    grid = Preprocess(model.preprocess.output_wh, None)
+    return grid.mask(array) if array.dtype == bool else map_on_model_grid(array, grid)
 
 
 def evaluate(
