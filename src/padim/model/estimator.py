@@ -451,9 +451,10 @@ class Padim(ThresholdsAPI):
         out = []
         for chunk, _, scores, maps in self.iter_batches(items):
             for item, s, m in zip(chunk, scores, maps, strict=True):
-                source = item.source if isinstance(item, AlignedItem) else item
-                wh = image_shape(source)
-                transform = item.transform if isinstance(item, AlignedItem) else None
+                source, transform, wh = item, None, None
+                if isinstance(item, AlignedItem):  # read and registered already
+                    source, transform, wh = item.source, item.transform, item.photo_size
+                wh = wh or image_shape(source)
                 geometry = self.geometry_of(item)
                 d = decide(float(s), m, thr, scale, geometry, wh, min_area, transform)
                 path = str(source) if isinstance(source, str | Path) else None
