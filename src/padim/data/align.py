@@ -97,10 +97,7 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 def _resize(gray: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     """`gray` with its longest side at `side` and the factor applied."""
-    cv2 = cv2_module()
-    factor = side / max(gray.shape)
-    size = (max(8, round(gray.shape[1] * factor)), max(8, round(gray.shape[0] * factor)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), factor
+    return _scaled(gray, side / max(gray.shape))
 
 
 def _scaled(gray: np.ndarray, factor: float) -> tuple[np.ndarray, float]:
@@ -285,8 +282,7 @@ class Aligner:
         # back to full-resolution coordinates: photo (full) -> work -> reference work -> full
         matrix = _scaling(1 / self.factor_) @ warp @ _scaling(photo_factor)
         center = (self.reference_size_[0] / 2, self.reference_size_[1] / 2)
-        transform = Transform(matrix, quality, "", center)
-        return Transform(matrix, quality, self._check(transform), center)
+        return self.estimate_checked(Transform(matrix, quality, "", center))
 
     def _to_reference_canvas(self, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The working photo padded (with its mean) or cut to the reference's working size
