@@ -102,6 +102,12 @@ function setThreshold(value) {
   for (const r of state.results) if (r.body.model === state.name) drawDecision(r);
 }
 
+// The normalised score's width: the model's spread of held-out good scores (a tenth of the
+// threshold for models without one), as the server's pictures use it.
+function scoreSpread(thr) {
+  return state.model.score_scale ? state.model.score_scale.scale : thr / 10;
+}
+
 // matplotlib's jet, as padim's pictures colour maps: (x, value) break points per channel.
 const JET = [
   [[0, 0], [0.35, 0], [0.66, 1], [0.89, 1], [1, 0.5]],
@@ -126,7 +132,7 @@ function heatCanvas(map, w, h, thr) {
   canvas.height = h;
   const ctx = canvas.getContext("2d");
   const img = ctx.createImageData(w, h);
-  const spread = state.model.score_scale ? state.model.score_scale.scale : thr / 10;
+  const spread = scoreSpread(thr);
   for (let i = 0; i < w * h; i++) {
     const z = Math.max(-60, Math.min(60, (map[i] - thr) / spread));
     const x = 1 / (1 + Math.exp(-z));
@@ -265,7 +271,7 @@ function drawDecision(r) {
   verdict.className = `verdict ${anomalous ? "bad" : "good"}`;
   node.dataset.verdict = unaligned ? "cannot_align" : anomalous ? "anomalous" : "good";
   node.dataset.maskPixels = String(count);
-  const spread = state.model.score_scale ? state.model.score_scale.scale : thr / 10;
+  const spread = scoreSpread(thr);
   const normalised = 1 / (1 + Math.exp(-Math.max(-60, Math.min(60, (body.score - thr) / spread))));
   node.querySelector(".score").textContent =
     `score ${body.score.toFixed(2)} (normalised ${normalised.toFixed(3)}) vs threshold ` +
