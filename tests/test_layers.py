@@ -201,11 +201,10 @@ def test_no_private_names_across_modules():
 def test_options_agree_with_the_registries():
     from padim import options
     from padim.core.backbones import available_backbones
-    from padim.core.gaussian import SHRINKAGE
     from padim.core.scoring import SCORE_MODES
 
     assert sorted(options.BACKBONES) == available_backbones()
-    assert SCORE_MODES == options.SCORE_MODES and SHRINKAGE == options.SHRINKAGES
+    assert SCORE_MODES == options.SCORE_MODES
 
 
 def test_light_modules_import_without_torch():

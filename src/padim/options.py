@@ -43,7 +43,8 @@ class Option:
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", "resnet18", "wide_resnet50_2")
 SCORE_MODES = ("mahalanobis", "chebyshev", "hybrid", "hybrid-scaled")
 SHRINKAGES = ("none", "ledoit-wolf")
-STORAGES = ("float16", "float32")
+STORAGES = ("float16", "float32", "int8")
+COVARIANCES = ("full", "minor")
 ENGINES = ("local", "ray")
 RESULT_FORMATS = ("parquet", "csv")
 PERTURBATIONS = ("rd-mvtec", "rd-mvtec-test")
@@ -184,11 +185,26 @@ SHRINKAGE = Option(
     "for few training images) or none (the paper)",
     SHRINKAGES,
 )
+COVARIANCE = Option(
+    "--covariance",
+    "full",
+    "per-position Gaussians: full (the paper: every direction, d x d per position) or minor "
+    "(the --components directions of least variance exactly, the others as one variance: "
+    "a tenth of the size and the time, see docs/compact.md)",
+    COVARIANCES,
+)
+COMPONENTS = Option(
+    "--components",
+    16,
+    "minor: directions of least variance kept per position (the embedding size: the full "
+    "model's scores)",
+    kind="int",
+)
 STORAGE = Option(
     "--storage",
     "float16",
-    "precision of the whitening matrices in the model file (float16: half the "
-    "size, scores within 1e-4; float32: bit-exact reloads)",
+    "precision of the Gaussians in the model file: float16 (half the size, scores within "
+    "1e-4), float32, or int8 (minor only: per-row scales, a quarter of float32)",
     STORAGES,
 )
 SCORE_MODE = Option(
@@ -383,6 +399,8 @@ MODEL_OPTIONS = (
     SEED,
     WEIGHTS,
     SHRINKAGE,
+    COVARIANCE,
+    COMPONENTS,
     STORAGE,
     KEEP_STATISTICS,
 )

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from padim.core.factorise import fit_gaussians
 from padim.core.gaussian import GaussianModel, GaussianStats
 from padim.core.holdout import embeddings_by_position
 from padim.core.layout import POSITION_CHUNK, BlockLayout
@@ -73,7 +74,7 @@ def test_mahalanobis_matches_explicit_inverse():
     rng = np.random.default_rng(4)
     emb = _emb(rng, 40)
     stats = GaussianStats.from_batch(emb)
-    model, _ = GaussianModel.fit(stats, regularisation=0.01)
+    model, _ = fit_gaussians(stats, regularisation=0.01)
     query = _emb(rng, 3)
     got = model.distances(query.to(torch.float32)).numpy()  # (3, h, w)
     means, covs = _numpy_cov(emb)
@@ -94,7 +95,7 @@ def test_scoring_in_position_chunks_equals_one_piece(channels_last, monkeypatch)
 
     rng = np.random.default_rng(7)
     emb = _emb(rng, 40, d=6, h=5, w=4)
-    model, _ = GaussianModel.fit(GaussianStats.from_batch(emb), regularisation=0.01)
+    model, _ = fit_gaussians(GaussianStats.from_batch(emb), regularisation=0.01)
     query = _emb(rng, 7, d=6, h=5, w=4).float()
     if channels_last:
         query = query.contiguous(memory_format=torch.channels_last)
@@ -111,7 +112,7 @@ def test_scoring_in_position_chunks_equals_one_piece(channels_last, monkeypatch)
 def test_whitening_is_lower_triangular_and_inverts_the_covariance():
     rng = np.random.default_rng(5)
     stats = GaussianStats.from_batch(_emb(rng, 12, d=4))
-    model, _ = GaussianModel.fit(stats, regularisation=0.01)
+    model, _ = fit_gaussians(stats, regularisation=0.01)
     w = model.full().double()
     assert torch.allclose(w, torch.tril(w))
     cov = stats.covariance() + 0.01 * torch.eye(4, dtype=torch.float64)
@@ -138,7 +139,7 @@ def test_triangular_inverse_by_halves_equals_a_solve(d):
 def test_one_image_means_zero_covariance_plus_regularisation():
     rng = np.random.default_rng(6)
     one = _emb(rng, 1)
-    model, _ = GaussianModel.fit(GaussianStats.from_batch(one), regularisation=0.04)
+    model, _ = fit_gaussians(GaussianStats.from_batch(one), regularisation=0.04)
     other = _emb(rng, 1)
     expected = ((other - one).square().sum(dim=1).sqrt() / 0.2).float()  # |y-x|/sqrt(reg)
     torch.testing.assert_close(model.distances(other), expected, rtol=1e-4, atol=1e-4)
@@ -149,7 +150,7 @@ def test_non_finite_features_give_a_clear_error():
     emb = _emb(np.random.default_rng(7), 6)
     emb[0, 0, 0, 0] = float("nan")
     with pytest.raises(PadimError, match="positive definite"):
-        GaussianModel.fit(GaussianStats.from_batch(emb))
+        fit_gaussians(GaussianStats.from_batch(emb))
 
 
 def test_shape_mismatch_on_update():
@@ -210,11 +211,11 @@ def test_holdout_scored_by_the_model_without_it_then_added():
     rng = np.random.default_rng(10)
     emb = _emb(rng, 30, d=4)
     fit_part, held = emb[:24], emb[24:]
-    model, held_out = GaussianModel.fit(
+    model, held_out = fit_gaussians(
         GaussianStats.from_batch(fit_part), 0.01, holdout=held.to(torch.float32)
     )
-    without, _ = GaussianModel.fit(GaussianStats.from_batch(fit_part), 0.01)
-    everything, none = GaussianModel.fit(GaussianStats.from_batch(emb), 0.01)
+    without, _ = fit_gaussians(GaussianStats.from_batch(fit_part), 0.01)
+    everything, none = fit_gaussians(GaussianStats.from_batch(emb), 0.01)
     assert none is None
     np.testing.assert_allclose(
         held_out.mahalanobis.numpy(), without.distances(held.float()).numpy(), rtol=1e-4
@@ -231,13 +232,13 @@ def test_holdout_scored_by_the_model_without_it_then_added():
 
 def test_consume_frees_the_sums():
     stats = GaussianStats.from_batch(_emb(np.random.default_rng(11), 8, d=3, h=20, w=15))
-    GaussianModel.fit(stats, consume=True)
+    fit_gaussians(stats, consume=True)
     assert all(chunk.numel() == 0 for chunk in stats.scatter)
 
 
 def test_std_is_the_per_channel_sample_std():
     emb = _emb(np.random.default_rng(12), 7)
-    model, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 0.01)
+    model, _ = fit_gaussians(GaussianStats.from_batch(emb), 0.01)
     x = emb.numpy().transpose(2, 3, 0, 1).reshape(-1, 7, 5)  # (P, n, d)
     np.testing.assert_allclose(model.std.numpy(), x.std(axis=1, ddof=1), rtol=1e-5)
 
@@ -262,8 +263,8 @@ def test_ledoit_wolf_intensity_by_hand():
 
 def test_ledoit_wolf_fit_shrinks_towards_the_scaled_identity():
     emb = _emb(np.random.default_rng(13), 6)  # few samples for d = 5
-    plain, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 0.0 + 1e-6)
-    shrunk, _ = GaussianModel.fit(GaussianStats.from_batch(emb), 1e-6, shrinkage="ledoit-wolf")
+    plain, _ = fit_gaussians(GaussianStats.from_batch(emb), 0.0 + 1e-6)
+    shrunk, _ = fit_gaussians(GaussianStats.from_batch(emb), 1e-6, shrinkage="ledoit-wolf")
     assert shrunk.shrinkage_rho is not None and plain.shrinkage_rho is None
     assert torch.all((shrunk.shrinkage_rho > 0) & (shrunk.shrinkage_rho <= 1))
     cov = GaussianStats.from_batch(emb).covariance()
@@ -278,7 +279,7 @@ def test_ledoit_wolf_fit_shrinks_towards_the_scaled_identity():
         atol=1e-3,
     )
     with pytest.raises(PadimError, match="unknown shrinkage"):
-        GaussianModel.fit(GaussianStats.from_batch(emb), shrinkage="oracle")
+        fit_gaussians(GaussianStats.from_batch(emb), shrinkage="oracle")
 
 
 @pytest.mark.parametrize("read_positions", [1000, 5])
@@ -304,8 +305,8 @@ def test_statistics_from_embeddings_on_disk_equal_the_streamed_sums(read_positio
             torch.testing.assert_close(
                 cov, streamed._chunk_covariance(i, part, streamed.count), rtol=1e-10, atol=1e-10
             )
-        a, held_a = GaussianModel.fit(GaussianStats.from_store(store), holdout=held, consume=True)
-    b, held_b = GaussianModel.fit(streamed.copy(), holdout=held)
+        a, held_a = fit_gaussians(GaussianStats.from_store(store), holdout=held, consume=True)
+    b, held_b = fit_gaussians(streamed.copy(), holdout=held)
     torch.testing.assert_close(a.whitening, b.whitening, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.mean, b.mean)
     torch.testing.assert_close(held_a.mahalanobis, held_b.mahalanobis, rtol=1e-6, atol=1e-6)

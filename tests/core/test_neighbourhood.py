@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from padim.core import reference
-from padim.core.gaussian import GaussianModel, GaussianStats
+from padim.core.factorise import fit_gaussians
+from padim.core.gaussian import GaussianStats
 from padim.core.neighbourhood import offsets, shift_back, shift_embeddings
 from padim.core.net import PadimNet
 
@@ -24,7 +25,7 @@ def embeddings(
 
 
 def net_for(train: torch.Tensor, k: int) -> PadimNet:
-    gaussian, _ = GaussianModel.fit(GaussianStats.from_batch(train), 0.01)
+    gaussian, _ = fit_gaussians(GaussianStats.from_batch(train), 0.01)
     return PadimNet(nn.Identity(), gaussian, sigma=0.0, neighbourhood=k).eval()  # type: ignore[arg-type]
 
 
@@ -63,7 +64,7 @@ def test_held_out_terms_are_scored_by_gaussians_that_never_saw_them():
     rng = np.random.default_rng(3)
     train, held = embeddings(rng, 50), embeddings(rng, 4)
     k = 1
-    _, terms = GaussianModel.fit(GaussianStats.from_batch(train), 0.01, held, neighbourhood=k)
+    _, terms = fit_gaussians(GaussianStats.from_batch(train), 0.01, held, neighbourhood=k)
     assert terms is not None and terms.neighbours is not None
     assert set(terms.neighbours) == set(offsets(k)) - {(0, 0)}
     net = net_for(torch.cat([train, held]), k)  # the final model (held-out images added)

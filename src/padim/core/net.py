@@ -9,6 +9,7 @@ from torch import nn
 from padim.core.anomaly_map import AnomalyMapper
 from padim.core.features import Embedder
 from padim.core.gaussian import GaussianModel, HeldOut
+from padim.core.minor import MinorGaussianModel
 from padim.core.neighbourhood import neighbourhood_min, offsets, shift_embeddings
 from padim.core.scoring import DEFAULT_SCORE_MODE, SCORE_MODES, combine
 from padim.core.tiling import TiledEmbedder
@@ -24,7 +25,6 @@ class PadimNet(nn.Module):
 
     embedder: Embedder | TiledEmbedder
     gauss_mean: torch.Tensor
-    gauss_whitening: torch.Tensor
     gauss_std: torch.Tensor | None
     term_stats: torch.Tensor
     roi: torch.Tensor | None  # (1, 1, H, W) bool: where to inspect; None: everywhere
@@ -32,7 +32,7 @@ class PadimNet(nn.Module):
     def __init__(
         self,
         embedder: Embedder | TiledEmbedder,
-        gaussian: GaussianModel,
+        gaussian: GaussianModel | MinorGaussianModel,
         sigma: float = 4.0,
         score_mode: str = DEFAULT_SCORE_MODE,
         term_stats: torch.Tensor | None = None,
@@ -42,9 +42,9 @@ class PadimNet(nn.Module):
         super().__init__()
         self.embedder = embedder
         self.neighbourhood = neighbourhood  # cells of shift tolerance (padim.core.neighbourhood)
-        self.register_buffer("gauss_mean", gaussian.mean)
-        self.register_buffer("gauss_whitening", gaussian.whitening)
-        self.register_buffer("gauss_std", gaussian.std)
+        self.gaussian_kind = type(gaussian)  # full or minor: its tensors are gauss_<name>
+        for name, tensor in gaussian.buffers().items():
+            self.register_buffer(f"gauss_{name}", tensor)
         self.register_buffer(
             "term_stats",
             torch.tensor([0.0, 1.0, 0.0, 1.0]) if term_stats is None else term_stats.float(),
@@ -66,18 +66,24 @@ class PadimNet(nn.Module):
             )
         self.score_mode = mode
 
-    def set_gaussian(self, gaussian: GaussianModel) -> None:
-        """Score with other Gaussians of the same shape (a model updated with new images)."""
-        if gaussian.mean.shape != self.gauss_mean.shape:
+    def set_gaussian(self, gaussian: GaussianModel | MinorGaussianModel) -> None:
+        """Score with other Gaussians of the same kind and shape (a model updated with new
+        images)."""
+        if type(gaussian) is not self.gaussian_kind or gaussian.mean.shape != self.gauss_mean.shape:
             raise PadimError("the new Gaussians do not match the model's positions and channels")
         device = self.gauss_mean.device
-        self.gauss_mean = gaussian.mean.to(device)
-        self.gauss_whitening = gaussian.whitening.to(device)
-        self.gauss_std = None if gaussian.std is None else gaussian.std.to(device)
+        for name, tensor in gaussian.buffers().items():
+            setattr(self, f"gauss_{name}", None if tensor is None else tensor.to(device))
 
     @property
-    def gaussian(self) -> GaussianModel:
-        return GaussianModel(self.gauss_mean, self.gauss_whitening, self.gauss_std)
+    def gaussian(self) -> GaussianModel | MinorGaussianModel:
+        return self.gaussian_kind(
+            **{name: getattr(self, f"gauss_{name}") for name in self._gaussian_names}
+        )
+
+    @property
+    def _gaussian_names(self) -> list[str]:
+        return [n.removeprefix("gauss_") for n, _ in self.named_buffers() if n.startswith("gauss_")]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.from_embeddings(self.embedder(images), images.shape[-2:])

@@ -55,3 +55,30 @@ def neighbourhood_distances(
                     m = torch.einsum("bi,ij,bj->b", z, inv_cov[p], z).clamp_min(0).sqrt()
                     out[:, i, j] = torch.minimum(out[:, i, j], m)
     return out
+
+
+def minor_precision(cov: torch.Tensor, r: int) -> torch.Tensor:
+    """The precision `--covariance minor` scores with (`padim.core.minor`), from regularised
+    covariances (P, d, d): Sigma = V diag(l) V^T (ascending); r eigenvectors kept, `low` of
+    them from the small end and the rest from the large end, with `low` the split whose d - r
+    middle eigenvalues have the smallest variance of their logarithms (ties: the larger
+    `low`); s^2 the mean of the middle ones; P = I / s^2 + sum_kept (1 / l_k - 1 / s^2) v_k v_k^T.
+    r = d is Sigma^-1."""
+    evals, evecs = torch.linalg.eigh(cov.double())
+    p, d = evals.shape
+    out = torch.empty(p, d, d, dtype=torch.float64)
+    for i in range(p):
+        lam, v = evals[i], evecs[i]
+        if r == d:
+            out[i] = v @ torch.diag(1.0 / lam) @ v.T
+            continue
+        spread = {
+            low: torch.log(lam[low : low + d - r]).var(unbiased=False) for low in range(r + 1)
+        }
+        low = min(spread, key=lambda k: (float(spread[k]), -k))
+        middle = lam[low : low + d - r].mean()
+        kept = [*range(low), *range(low + d - r, d)]
+        out[i] = torch.eye(d, dtype=torch.float64) / middle
+        for k in kept:
+            out[i] += (1.0 / lam[k] - 1.0 / middle) * torch.outer(v[:, k], v[:, k])
+    return out

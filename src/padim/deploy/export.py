@@ -30,6 +30,7 @@ from padim.deploy.metadata import (
     model_metadata,
     read_onnx_metadata,
 )
+from padim.deploy.onnx_weights import compact_initializers
 from padim.errors import PadimError
 from padim.files import check_output_file, default_file_mode
 
@@ -77,6 +78,7 @@ def export_onnx(
                 },
             )
         graph = onnx.load(str(raw))
+        compact_initializers(graph, int8_rows(model))
         stem = stem or out.stem
         meta = model_metadata(model, model_id, stem)
         write_alignment_files(model, out.parent, stem)
@@ -112,6 +114,15 @@ def export_onnx(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def int8_rows(model: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The int8 codes and scales of a model whose minor components the file stores as int8."""
+    from padim.core.minor import MinorGaussianModel
+
+    gaussian = model.fitted_net().gaussian
+    codes = gaussian.int8_codes() if isinstance(gaussian, MinorGaussianModel) else None
+    return None if codes is None else (codes[0].numpy(), codes[1].numpy())
 
 
 def write_alignment_files(model: Any, folder: Path, stem: str) -> None:

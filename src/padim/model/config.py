@@ -14,6 +14,7 @@ from padim.errors import PadimError
 if TYPE_CHECKING:
     import numpy as np
 
+    from padim.core.factorise import Representation
     from padim.data.align import Aligner
 
 MIN_TRAIN_IMAGES = 1
@@ -34,7 +35,9 @@ class PadimConfig:
     sigma: float = options.SIGMA.default
     holdout_fraction: float = options.HOLDOUT.default  # good images held out for the threshold
     threshold_quantile: float = options.THRESHOLD_QUANTILE.default  # of their scores
-    storage: str = options.STORAGE.default  # dtype of the whitening matrices in the file
+    covariance: str = options.COVARIANCE.default  # "full" or "minor" (padim.core.minor)
+    components: int = options.COMPONENTS.default  # minor: directions kept per position
+    storage: str = options.STORAGE.default  # dtype of the Gaussians in the file
     score_mode: str = options.SCORE_MODE.default  # patch score: see padim.core.scoring
     shrinkage: str = options.SHRINKAGE.default  # "ledoit-wolf": shrink each covariance
     tile: int | tuple[int, int] | None = options.TILE.default  # side or (w, h); None: no tiling
@@ -84,12 +87,14 @@ class PadimConfig:
             ("score mode", self.score_mode, options.SCORE_MODES),
             ("shrinkage", self.shrinkage, options.SHRINKAGES),
             ("storage", self.storage, options.STORAGES),
+            ("--covariance", self.covariance, options.COVARIANCES),
             ("statistics", self.statistics, options.STATISTICS_CHOICES),
             ("embedding", self.embedding, options.EMBEDDINGS),
             ("--align", self.align, options.ALIGN_MODES),
         ):
             if value not in choices:
                 raise PadimError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        self._validate_covariance(spec.default_keep)
         k = self.neighbourhood
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_NEIGHBOURHOOD:
             raise PadimError(f"--neighbourhood must be from 0 to {MAX_NEIGHBOURHOOD}, got {k!r}")
@@ -97,6 +102,15 @@ class PadimConfig:
             raise PadimError(
                 "--neighbourhood needs --tile-statistics location (a grid of Gaussians)"
             )
+
+    def _validate_covariance(self, default_dim: int) -> None:
+        r, dim = self.components, self.channels or default_dim
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise PadimError(f"--components must be a whole number of at least 1, got {r!r}")
+        if self.covariance == "minor" and r > dim:
+            raise PadimError(f"--components {r} exceeds the embedding's {dim} channels")
+        if self.storage == "int8" and self.covariance != "minor":
+            raise PadimError("--storage int8 needs --covariance minor (full models: float16)")
 
     def _validate_tiling(self) -> None:
         from padim.core.tiling import TileGrid
@@ -120,6 +134,12 @@ class PadimConfig:
             raise PadimError(f"--tile must be N or WxH, got {self.tile!r}") from None
         if not isinstance(self.size, str):  # else checked once the size is known
             TileGrid.build(Preprocess(self.size, self.crop).output_hw, tile_wh, self.tile_overlap)
+
+    def representation(self) -> Representation:
+        """How the fit keeps the per-position Gaussians (`padim.core.factorise`)."""
+        from padim.core.factorise import Representation
+
+        return Representation(self.covariance, self.components, self.storage)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

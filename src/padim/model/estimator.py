@@ -106,6 +106,9 @@ class Padim(ThresholdsAPI):
         Images per batch; memory does not grow with the number of images.
     device : str
         "auto", "cpu" or "cuda".
+    covariance, components : str, int
+        "full" Gaussians (the paper) or "minor": the `components` directions of least variance
+        exactly, the rest as one variance (`padim.core.minor`).
     regularisation, sigma, holdout_fraction, threshold_quantile, storage, score_mode, shrinkage
         See `PadimConfig` and `padim.options` (`padim fit --help`) for meaning and defaults.
     roi : mask file, array or None
@@ -158,6 +161,8 @@ class Padim(ThresholdsAPI):
         sigma: float = options.SIGMA.default,
         holdout_fraction: float = options.HOLDOUT.default,
         threshold_quantile: float = options.THRESHOLD_QUANTILE.default,
+        covariance: str = options.COVARIANCE.default,
+        components: int = options.COMPONENTS.default,
         storage: str = options.STORAGE.default,
         score_mode: str = options.SCORE_MODE.default,
         shrinkage: str = options.SHRINKAGE.default,
@@ -189,6 +194,8 @@ class Padim(ThresholdsAPI):
         self.sigma = sigma
         self.holdout_fraction = holdout_fraction
         self.threshold_quantile = threshold_quantile
+        self.covariance = covariance
+        self.components = components
         self.storage = storage
         self.score_mode = score_mode
         self.shrinkage = shrinkage

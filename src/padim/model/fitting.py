@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from padim.core.backbones import get_backbone
+from padim.core.factorise import fit_gaussians
 from padim.core.features import Embedder, select_channels, semi_orthogonal
-from padim.core.gaussian import GaussianModel, HeldOut
+from padim.core.gaussian import HeldOut
 from padim.core.holdout import HoldoutStore
 from padim.core.neighbourhood import offsets, shift_embeddings
 from padim.core.net import PadimNet
@@ -375,7 +376,7 @@ class Fitter:
         with torch.inference_mode():
             keep = cfg.statistics == "keep"
             bar = self.progress_bar(stats.positions, "factorise", unit="pos")
-            gaussian, held_out = GaussianModel.fit(
+            gaussian, held_out = fit_gaussians(
                 stats,
                 cfg.regularisation,
                 holdout,
@@ -383,6 +384,7 @@ class Fitter:
                 bar.update,
                 cfg.shrinkage,
                 cfg.neighbourhood,
+                cfg.representation(),
             )
             bar.close()
             kept = stats if keep else None  # every image's sums, held-out included
@@ -514,15 +516,16 @@ class Fitter:
             for emb in self.embeddings(net.embedder, plan.hold_items, None, bar):
                 holdout.add(emb)
             bar.close()
-            if stats is state.statistics:  # GaussianModel.fit adds the held-out images to it
+            if stats is state.statistics:  # fit_gaussians adds the held-out images to it
                 stats = stats.copy()
             cfg = self.config
-            gaussian, held_out = GaussianModel.fit(
+            gaussian, held_out = fit_gaussians(
                 stats,
                 cfg.regularisation,
                 holdout,
                 shrinkage=cfg.shrinkage,
                 neighbourhood=cfg.neighbourhood,
+                representation=cfg.representation(),
             )
             net.set_gaussian(gaussian)
             new_scores: dict[str, np.ndarray] = {}

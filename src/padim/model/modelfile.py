@@ -17,6 +17,7 @@ from padim import __version__
 from padim.data.preprocess import to_json
 from padim.errors import PadimError
 from padim.files import write_atomic
+from padim.model.gaussian_file import gaussian_tensors, read_gaussian
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,8 @@ FORMAT_NAME = "padim-model"
 FORMAT_VERSION = 3  # 3: + per-channel std and score mode; 2: packed lower-triangular
 PROJECTION_VERSION = 4  # 4: a semi-orthogonal embedding (written only by models that have one)
 ALIGNMENT_VERSION = 5  # 5: alignment and/or a scoring neighbourhood (only models that have them)
-READABLE_VERSIONS = (1, 2, 3, 4, 5)  # whitening; 1: full matrices
+MINOR_VERSION = 6  # 6: minor-component Gaussians (only models that have them)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # whitening; 1: full matrices
 _META_KEY = "padim"
 MAX_HEADER_DEPTH = 16  # a real header is 4 levels deep
 MAX_SIGMA = 64.0  # pixels of anomaly-map smoothing; more is a damaged or hostile file
@@ -62,6 +64,8 @@ def save_model_file(
     settings = config.get("config", {})
     if settings.get("align", "none") != "none" or settings.get("neighbourhood", 0):
         version = ALIGNMENT_VERSION  # older padims refuse it instead of scoring unaligned
+    if settings.get("covariance", "full") != "full":
+        version = MINOR_VERSION  # older padims refuse it instead of failing on its tensors
     header = {"format": FORMAT_NAME, "format_version": version, **config}
 
     def write(tmp: Path) -> None:
@@ -204,8 +208,6 @@ def write_model(state: ModelState, path: str | Path) -> None:
     import numpy as np
     import torch
 
-    from padim.model.tensorfile import Chunked
-
     net = state.net
     tensors: dict[str, torch.Tensor | Chunked] = {
         f"backbone.{k}": v for k, v in net.embedder.extractor.state_dict().items()
@@ -215,11 +217,7 @@ def write_model(state: ModelState, path: str | Path) -> None:
     if projection is not None:
         tensors["embedding.projection"] = projection
     tensors["gaussian.mean"] = net.gauss_mean
-    dtype = getattr(torch, state.config.storage)  # validated: float16 or float32
-    gaussian = net.gaussian  # float16 halves the triangles; converted block by block
-    tensors["gaussian.whitening_tril"] = Chunked(
-        dtype, gaussian.tril_shape, lambda: gaussian.tril_chunks(dtype)
-    )
+    tensors.update(gaussian_tensors(net.gaussian, state.config.storage))
     if net.gauss_std is not None:
         tensors["gaussian.std"] = net.gauss_std
     tensors["scoring.term_stats"] = net.term_stats
@@ -247,7 +245,7 @@ def read_model(path: str | Path, device: torch.device, statistics: bool = False)
     tensors, header = load_model_file(path, statistics)
     try:
         try:
-            config = PadimConfig(**header["config"])
+            config = PadimConfig(**{"covariance": "full", **header["config"]})  # older: full
             config.validate()
             info = dict(header.get("info", {}))
             calibration = Thresholds.from_info(info, header["threshold"], config.score_mode)
@@ -419,7 +417,6 @@ def _build_net(
 ) -> PadimNet:
     from padim.core.backbones import Normalisation, fuse_batchnorm, get_backbone
     from padim.core.features import Embedder
-    from padim.core.gaussian import GaussianModel, tril_size
     from padim.core.net import PadimNet
     from padim.model.sizing import Sizing
 
@@ -443,16 +440,7 @@ def _build_net(
     dim = int(header["embedding_dim"])
     if embedder.dim != dim or mean.shape[1] != dim:
         raise PadimError("model file tensors do not match its config (embedding size)")
-    if "gaussian.whitening_tril" in tensors:
-        tril = tensors["gaussian.whitening_tril"]
-        if tril.shape != (mean.shape[0], tril_size(dim)):
-            raise PadimError("model file tensors do not match each other (whitening)")
-        gaussian = GaussianModel.from_tril(mean, tril)
-    else:  # format 1: full float32 whitening matrices
-        full = tensors["gaussian.whitening"]
-        if full.shape != (mean.shape[0], dim, dim):
-            raise PadimError("model file tensors do not match each other (whitening)")
-        gaussian = GaussianModel.from_full(mean, full)
+    gaussian = read_gaussian(tensors, mean, dim, config.components)
     gaussian.std = tensors.get("gaussian.std")
     if gaussian.std is not None and gaussian.std.shape != mean.shape:
         raise PadimError("model file tensors do not match each other (std)")

@@ -69,20 +69,29 @@ class Sizing:
         else:
             gh, gw = grid.tile_grid_hw if self.config.tile_statistics == "shared" else grid.grid_hw
         positions = gh * gw
-        stored = 2 if self.config.storage == "float16" else 4
         tril = tril_size(dim)
         keep = self.config.statistics == "keep"
         out: dict[str, Any] = {
             "input": list(self.preprocess.output_wh),
             "positions": positions,
             "embedding_dim": dim,
-            "gaussian_file_bytes": positions * (tril * stored + 2 * dim * 4),
+            "gaussian_file_bytes": positions * (self.gaussian_bytes(dim) + 2 * dim * 4),
             "fit_statistics_bytes": positions * (BlockLayout.for_dim(dim).size * 8 + dim * 16),
             "statistics_file_bytes": positions * (tril + 2 * dim) * 8 if keep else 0,
         }
         if grid is not None:
             out["tiling"] = {**grid.describe(), "statistics": self.config.tile_statistics}
         return out
+
+    def gaussian_bytes(self, dim: int) -> int:
+        """File bytes of one position's covariance part: a packed triangle (full) or the minor
+        rows (+ their int8 scales) and an isotropic precision."""
+        cfg = self.config
+        stored = {"float16": 2, "float32": 4, "int8": 1}[cfg.storage]
+        if cfg.covariance == "full":
+            return tril_size(dim) * stored
+        r = min(cfg.components, dim)
+        return r * dim * stored + (r * 4 if cfg.storage == "int8" else 0) + 4
 
     def embeddings_on_disk(self, n: int) -> bool:
         """Whether a fit of `n` images sums the embeddings kept on disk (two passes, memory of
