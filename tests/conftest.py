@@ -106,6 +106,15 @@ def model_file(fitted, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def full_model_file(category, tmp_path_factory) -> Path:
+    """The small model with the paper's full covariance (float16 whitening triangles)."""
+    from padim import Padim
+
+    model = Padim(size=SIZE, crop=None, batch_size=5, device="cpu", covariance="full")
+    return model.fit(category).save(tmp_path_factory.mktemp("models") / "full.safetensors")
+
+
+@pytest.fixture(scope="session")
 def bottle() -> Path:
     """The real MVTec AD bottle category from ../shared; a missing copy skips, or fails when
     PADIM_REQUIRE_SHARED=1 (as .ci/run sets)."""

@@ -163,7 +163,7 @@ def test_serve_refuses_a_model_that_cannot_score(model_file, tmp_path, capsys):
 
     broken = padim.load(model_file, device="cpu")
     with torch.no_grad():
-        broken.fitted_net().gauss_whitening[0] = float("inf")  # W[0, 0] of position 0
+        broken.fitted_net().gauss_mean[0, 0] = float("inf")
     path = broken.save(tmp_path / "broken.safetensors")
     assert main(["serve", str(path), "--port", "1"]) == 1
     assert "non-finite" in _one_error(capsys)
@@ -373,7 +373,7 @@ CRAFTED = {
     "nan_threshold": lambda t, h: h.update(threshold=float("nan")),
     "inf_threshold": lambda t, h: h.update(threshold=float("inf")),
     "nan_mean": _set("gaussian.mean", 7, float("nan")),
-    "inf_whitening": _set("gaussian.whitening_tril", 3, float("inf")),
+    "inf_weights": _set("gaussian.minor_weights", 3, float("inf")),
     "zero_normalisation_std": lambda t, h: h["backbone"]["normalisation"].update(std=[0, 1, 1]),
     "crop_224_size_4000": lambda t, h: h["config"].update(size=4000, crop=224),
     "non_integer_size": _config("size", 64.5),

@@ -43,7 +43,7 @@ class Option:
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", "resnet18", "wide_resnet50_2")
 SCORE_MODES = ("mahalanobis", "chebyshev", "hybrid", "hybrid-scaled")
 SHRINKAGES = ("none", "ledoit-wolf")
-STORAGES = ("float16", "float32", "int8")
+STORAGES = ("auto", "float16", "float32", "int8")
 COVARIANCES = ("full", "minor")
 ENGINES = ("local", "ray")
 RESULT_FORMATS = ("parquet", "csv")
@@ -187,24 +187,24 @@ SHRINKAGE = Option(
 )
 COVARIANCE = Option(
     "--covariance",
-    "full",
-    "per-position Gaussians: full (the paper: every direction, d x d per position) or minor "
-    "(the --components directions of least variance exactly, the others as one variance: "
-    "a tenth of the size and the time, see docs/compact.md)",
+    "minor",
+    "per-position Gaussians: minor (the --components directions of least variance exactly, "
+    "the others as one variance: a tenth of the size and the scoring time, the same accuracy; "
+    "docs/compact.md) or full (the paper: every direction, d x d per position)",
     COVARIANCES,
 )
 COMPONENTS = Option(
     "--components",
-    16,
-    "minor: directions of least variance kept per position (the embedding size: the full "
-    "model's scores)",
+    8,
+    "minor: directions of least variance kept per position (more: closer to full; the "
+    "embedding size gives the full model's scores)",
     kind="int",
 )
 STORAGE = Option(
     "--storage",
-    "float16",
-    "precision of the Gaussians in the model file: float16 (half the size, scores within "
-    "1e-4), float32, or int8 (minor only: per-row scales, a quarter of float32)",
+    "auto",
+    "precision of the Gaussians in the model file: auto (int8 for minor, float16 for full), "
+    "float16 (scores within 1e-4 of float32), float32, or int8 (minor only: per-row scales)",
     STORAGES,
 )
 SCORE_MODE = Option(

@@ -79,7 +79,7 @@ def test_full_rank_semi_orthogonal_scores_equal_all_channels(category):
     from padim import Padim
 
     images = sorted((category / "test").rglob("*.png"))
-    common = {"size": 32, "crop": None, "device": "cpu", "channels": "all"}
+    common = {"size": 32, "crop": None, "device": "cpu", "channels": "all", "covariance": "full"}
     plain = Padim(**common).fit(category)
     rotated = Padim(**common, embedding="semi-orthogonal").fit(category)
     a, b = plain.score(images)[0], rotated.score(images)[0]

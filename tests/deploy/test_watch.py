@@ -24,7 +24,6 @@ from padim.deploy.scorers import TorchScorer
 
 FPS = 20
 DEFECTIVE = set(range(16, 24))  # frames with a defect
-THRESHOLD = "600"  # between this small model's good frames (< 350) and defects (> 1000)
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +37,28 @@ def frames() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
+def threshold(fitted, frames) -> str:
+    """Halfway (geometrically) between this small model's good frames and its defects: the
+    two groups are far apart (about 3x), so the codec's loss cannot move a frame across."""
+    scores = fitted.score(frames)[0]
+    defect = np.array([i in DEFECTIVE for i in range(len(frames))])
+    good, bad = scores[~defect].max(), scores[defect].min()
+    assert bad > 2 * good
+    return f"{np.sqrt(good * bad):.1f}"
+
+
+@pytest.fixture(scope="module")
 def clip(frames, tmp_path_factory):
     # x264 at CRF 0 in yuv420p: luma kept, chroma halved (as cameras send it)
     return write_video(tmp_path_factory.mktemp("line") / "line.mp4", frames, fps=FPS, quality=0)
 
 
 def test_predict_scores_every_nth_frame_like_the_frames_themselves(
-    fitted, model_file, clip, frames, tmp_path, capsys
+    fitted, model_file, clip, frames, tmp_path, capsys, threshold
 ):
     out = tmp_path / "out"
     args = ["predict", str(model_file), str(clip), "--out", str(out), "--every", "3"]
-    assert main([*args, "--threshold", THRESHOLD]) == 0
+    assert main([*args, "--threshold", threshold]) == 0
     assert "scored 14 images" in capsys.readouterr().out
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -105,12 +115,12 @@ def webhook():
 
 
 def test_watch_plays_a_file_in_real_time_and_sends_anomalies(
-    model_file, clip, webhook, tmp_path, capsys
+    model_file, clip, webhook, tmp_path, capsys, threshold
 ):
     out = tmp_path / "events"
     started = time.monotonic()
     args = ["watch", str(model_file), str(clip), "--out", str(out), "--webhook", webhook]
-    code = main([*args, "--threshold", THRESHOLD])
+    code = main([*args, "--threshold", threshold])
     seconds = time.monotonic() - started
     assert code == 0
     printed = capsys.readouterr().out
@@ -145,10 +155,10 @@ class Slow:
         return self.scorer.score_batch(x)
 
 
-def test_watch_drops_frames_rather_than_falling_behind(fitted, clip):
+def test_watch_drops_frames_rather_than_falling_behind(fitted, clip, threshold):
     scorer = Slow(TorchScorer(fitted))
     failing = watch.WebhookSink("http://127.0.0.1:9/none", retries=0, timeout=0.5)
-    opts = watch.WatchOptions(threshold=float(THRESHOLD), report_every=0)
+    opts = watch.WatchOptions(threshold=float(threshold), report_every=0)
     started = time.monotonic()
     stats = watch.watch(scorer, str(clip), [failing], opts)
     assert time.monotonic() - started < 40 / FPS + 3  # kept up with the source
@@ -158,7 +168,7 @@ def test_watch_drops_frames_rather_than_falling_behind(fitted, clip):
 
 
 @pytest.mark.slow
-def test_watch_reads_a_stream_url(model_file, clip, tmp_path, capsys):
+def test_watch_reads_a_stream_url(model_file, clip, tmp_path, capsys, threshold):
     """An http:// source is read as it arrives (a live stream: no pacing); one that cannot be
     opened is one error line, after the asked reconnects."""
     import functools
@@ -173,7 +183,7 @@ def test_watch_reads_a_stream_url(model_file, clip, tmp_path, capsys):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        args = ["watch", str(model_file), f"{url}/{clip.name}", "--threshold", THRESHOLD]
+        args = ["watch", str(model_file), f"{url}/{clip.name}", "--threshold", threshold]
         assert main([*args, "--out", str(tmp_path / "ev"), "--quiet"]) == 0
         summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
         assert summary["read"] == 40 and summary["scored"] + summary["dropped"] == 40
@@ -192,7 +202,7 @@ def test_watch_errors(model_file, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_watch_like_ctrl_c(model_file, clip, tmp_path):
+def test_sigterm_ends_watch_like_ctrl_c(model_file, clip, tmp_path, threshold):
     """SIGTERM (a service manager stopping the line) ended watch with 143, no summary.json and
     no output; now it stops like Ctrl-C: the counts are printed and written."""
     import os
@@ -203,7 +213,7 @@ def test_sigterm_ends_watch_like_ctrl_c(model_file, clip, tmp_path):
     out = tmp_path / "alarms"
     proc = subprocess.Popen(
         [sys.executable, "-m", "padim", "watch", str(model_file), str(clip), "--out", str(out),
-         "--threshold", THRESHOLD, "--speed", "0.2", "--quiet", "--threads", "1"],
+         "--threshold", threshold, "--speed", "0.2", "--quiet", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -219,11 +229,11 @@ def test_sigterm_ends_watch_like_ctrl_c(model_file, clip, tmp_path):
 
 
 def test_a_summary_path_taken_by_a_folder_is_refused_before_the_run(
-    model_file, clip, tmp_path, capsys
+    model_file, clip, tmp_path, capsys, threshold
 ):
     out = tmp_path / "alarms"
     (out / "summary.json").mkdir(parents=True)
-    args = ["watch", str(model_file), str(clip), "--out", str(out), "--threshold", THRESHOLD]
+    args = ["watch", str(model_file), str(clip), "--out", str(out), "--threshold", threshold]
     assert main([*args, "--speed", "0"]) == 1
     assert "summary.json" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["summary.json"]  # no alarm was written first

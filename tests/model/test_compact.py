@@ -49,19 +49,18 @@ def test_a_minor_model_reloads_with_identical_scores(compact, compact_file, cate
     assert tensors["gaussian.minor_rows"].shape[1:] == (4, compact.fitted_net().embedder.dim)
 
 
-def test_a_minor_model_finds_the_defects_the_full_model_finds(compact, fitted, category):
+def test_a_minor_model_finds_the_defects_the_full_model_finds(compact, full_model_file, category):
     """Same ranking of good and defective images on the synthetic category."""
     labels = np.array(["good" not in p.parent.name for p in _test_images(category)])
-    for model in (compact, fitted):
+    for model in (compact, Padim.load(full_model_file)):
         scores = model.score(_test_images(category))[0]
         assert scores[labels].min() > scores[~labels].max()
 
 
-def test_the_file_is_a_fraction_of_the_full_models(compact_file, model_file):
-    _, full = load_model_file(model_file)
+def test_the_file_is_a_fraction_of_the_full_models(compact_file, full_model_file):
     tensors, _ = load_model_file(compact_file)
     gaussians = sum(t.nbytes for k, t in tensors.items() if k.startswith("gaussian.minor"))
-    full_tensors, _ = load_model_file(model_file)
+    full_tensors, _ = load_model_file(full_model_file)
     whitening = full_tensors["gaussian.whitening_tril"].nbytes
     assert gaussians * 4 < whitening  # r=4 of d=100 int8 vs the float16 triangle: ~1/12
 
@@ -95,7 +94,7 @@ def test_exports_of_minor_models_score_like_torch_from_smaller_files(
         assert any(n.endswith(".int8") and k == onnx.TensorProto.INT8 for n, k in kinds.items())
 
 
-def test_full_exports_store_float16_weights_exactly(model_file, fitted, tmp_path):
+def test_full_exports_store_float16_weights_exactly(full_model_file, tmp_path):
     """A float16 model file's whitening goes into the ONNX file as float16 (+ Cast): half the
     bytes, the same scores."""
     onnx = pytest.importorskip("onnx")
@@ -103,11 +102,11 @@ def test_full_exports_store_float16_weights_exactly(model_file, fitted, tmp_path
     from padim.deploy.scorers import load_scorer
 
     out = tmp_path / "full.onnx"
-    assert main(["export", str(model_file), "--out", str(out)]) == 0
+    assert main(["export", str(full_model_file), "--out", str(out)]) == 0
     graph = onnx.load(str(out))
     halves = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
-    assert sum(np.prod(t.dims) for t in halves) > fitted.fitted_net().gauss_whitening.numel() / 2
-    loaded = Padim.load(model_file, device="cpu")
+    loaded = Padim.load(full_model_file, device="cpu")
+    assert sum(np.prod(t.dims) for t in halves) > loaded.fitted_net().gauss_whitening.numel() / 2
     x = np.random.default_rng(4).random((1, 3, SIZE, SIZE), dtype=np.float32)
     np.testing.assert_allclose(
         load_scorer(out).score_batch(x)[0], loaded.score_tensors(torch.from_numpy(x))[0], rtol=1e-5
@@ -128,10 +127,10 @@ def test_update_of_a_minor_model_equals_a_fit_on_the_union(category, tmp_path):
     assert np.max(np.abs(m_up - m_all)) < 1e-4 * np.abs(m_all).max()
 
 
-def test_files_written_before_compact_models_load_as_full(model_file, tmp_path, category):
+def test_files_written_before_compact_models_load_as_full(full_model_file, tmp_path, category):
     from safetensors.torch import save_file
 
-    tensors, config = load_model_file(model_file)
+    tensors, config = load_model_file(full_model_file)
     for key in ("covariance", "components"):
         config["config"].pop(key)
     config.update(format_version=5, library_version="0.9.0")
@@ -140,7 +139,8 @@ def test_files_written_before_compact_models_load_as_full(model_file, tmp_path, 
     model = Padim.load(old, device="cpu")
     assert model.config_.covariance == "full"
     images = _test_images(category)[:2]
-    np.testing.assert_array_equal(model.score(images)[0], Padim.load(model_file).score(images)[0])
+    want = Padim.load(full_model_file).score(images)[0]
+    np.testing.assert_array_equal(model.score(images)[0], want)
 
 
 def test_bad_compact_settings_are_one_line_errors(category, tmp_path, capsys):

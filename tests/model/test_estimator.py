@@ -8,7 +8,7 @@ from PIL import Image
 
 from padim import Padim, PadimError, load
 from padim.data.datasets import mvtec_test_set
-from padim.model.modelfile import FORMAT_VERSION, load_model_file, save_model_file
+from padim.model.modelfile import MINOR_VERSION, load_model_file, save_model_file
 
 
 def test_fit_calibrates_a_threshold_on_held_out_good_images(fitted):
@@ -40,8 +40,8 @@ def test_score_equals_max_of_map(fitted, category):
 
 @pytest.mark.slow
 def test_batch_size_does_not_change_the_model(category):
-    a = Padim(size=SIZE, crop=None, batch_size=1, device="cpu").fit(category)
-    b = Padim(size=SIZE, crop=None, batch_size=7, device="cpu").fit(category)
+    a = Padim(size=SIZE, crop=None, batch_size=1, device="cpu", covariance="full").fit(category)
+    b = Padim(size=SIZE, crop=None, batch_size=7, device="cpu", covariance="full").fit(category)
     # Only float32 convolution round-off differs between batch sizes.
     assert torch.allclose(a.net_.gauss_mean, b.net_.gauss_mean, atol=1e-4)
     assert torch.allclose(a.net_.gauss_whitening, b.net_.gauss_whitening, rtol=1e-3, atol=2e-3)
@@ -61,11 +61,11 @@ def test_save_load_round_trip(fitted, model_file, category, tmp_path):
     third = load(again.save(tmp_path / "again.safetensors"), device="cpu")
     np.testing.assert_array_equal(third.score(imgs)[1], b[1])
 
-    fitted.config.storage = "float32"
+    stored, fitted.config.storage = fitted.config.storage, "float32"
     try:
         exact = load(fitted.save(tmp_path / "f32.safetensors"), device="cpu")
     finally:
-        fitted.config.storage = "float16"
+        fitted.config.storage = stored
     assert exact.config.storage == "float32"
     c = exact.score(imgs)
     np.testing.assert_array_equal(a[0], c[0])
@@ -74,14 +74,14 @@ def test_save_load_round_trip(fitted, model_file, category, tmp_path):
 
 def test_model_file_holds_config_and_no_pickle(model_file):
     tensors, config = load_model_file(model_file)
-    assert config["format_version"] == FORMAT_VERSION
+    assert config["format_version"] == MINOR_VERSION  # the default: minor Gaussians
     assert config["backbone"]["name"] == "efficientnet_lite0"
     assert config["embedding_dim"] == 176
     assert config["input_size"] == SIZE
     assert config["backbone"]["normalisation"]["mean"][0] == pytest.approx(127 / 255)
     assert tensors["embedding.channel_idx"].numel() == 176
-    assert tensors["gaussian.whitening_tril"].shape == (16 * 16, 176 * 177 // 2)
-    assert tensors["gaussian.whitening_tril"].dtype == torch.float16  # the default storage
+    assert tensors["gaussian.minor_rows"].shape == (16 * 16, 8, 176)  # default: 8 components
+    assert tensors["gaussian.minor_rows"].dtype == torch.int8
     raw = model_file.read_bytes()
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])  # safetensors layout
     assert json.loads(header["__metadata__"]["padim"])["threshold"] == config["threshold"]
@@ -116,11 +116,11 @@ def test_model_from_another_format_version_fails_clearly(model_file, tmp_path):
 
 
 def test_format_1_files_with_full_whitening_matrices_still_load(
-    fitted, model_file, tmp_path, category
+    full_model_file, tmp_path, category
 ):
     from safetensors.torch import save_file
 
-    tensors, config = load_model_file(model_file)
+    tensors, config = load_model_file(full_model_file)
     tril = tensors.pop("gaussian.whitening_tril").float()
     d = config["embedding_dim"]
     full = torch.zeros(tril.shape[0], d, d)
@@ -131,7 +131,7 @@ def test_format_1_files_with_full_whitening_matrices_still_load(
     old = tmp_path / "v1.safetensors"
     save_file(tensors, str(old), metadata={"padim": json.dumps(config)})
     imgs = list((category / "test" / "square").iterdir())[:2]
-    np.testing.assert_array_equal(load(old).score(imgs)[0], load(model_file).score(imgs)[0])
+    np.testing.assert_array_equal(load(old).score(imgs)[0], load(full_model_file).score(imgs)[0])
 
 
 def test_tensors_inconsistent_with_config_fail_clearly(model_file, tmp_path):
@@ -197,7 +197,7 @@ def test_parameters_follow_scikit_learns_contract():
 
     model = Padim(size="auto", crop=None, device="cpu", batch_size=5)
     params = model.get_params()
-    assert params["size"] == "auto" and params["batch_size"] == 5 and len(params) == 30
+    assert params["size"] == "auto" and params["batch_size"] == 5 and len(params) == 32
     twin = clone(model)
     assert twin.get_params() == params and twin is not model
     assert model.set_params(seed=3) is model and model.seed == 3
@@ -289,7 +289,14 @@ def test_semi_orthogonal_model_round_trips_and_exports(category, tmp_path):
     """The projection is stored (format 4), reloaded and exported; scores agree."""
     from padim.model.modelfile import read_model_config
 
-    model = Padim(size=32, crop=None, device="cpu", channels=40, embedding="semi-orthogonal")
+    model = Padim(
+        size=32,
+        crop=None,
+        device="cpu",
+        channels=40,
+        embedding="semi-orthogonal",
+        covariance="full",
+    )
     model.fit(category)
     images = sorted((category / "test").rglob("*.png"))
     path = model.save(tmp_path / "so.safetensors")

@@ -30,6 +30,11 @@ Squared = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (c,n,d), me
 Gaussians = GaussianModel | MinorGaussianModel
 
 
+def resolved_storage(covariance: str) -> str:
+    """`--storage auto`: int8 rows for minor models, float16 triangles for full ones."""
+    return "int8" if covariance == "minor" else "float16"
+
+
 @dataclass
 class Representation:
     """How the per-position Gaussians are kept: "full" (whitening W = L^-1, the paper) or
@@ -45,6 +50,8 @@ class Representation:
             raise PadimError(
                 f"unknown covariance {self.covariance!r}: use {', '.join(options.COVARIANCES)}"
             )
+        if self.storage == "auto":
+            self.storage = resolved_storage(self.covariance)
 
     def factors(self, p: int, d: int, regularisation: float, device: torch.device) -> _Factors:
         if self.covariance == "minor":

@@ -1,20 +1,20 @@
-"""Compact per-position Gaussians: r directions kept exactly, the other d - r as one
-isotropic variance (`--covariance minor`).
+"""Compact per-position Gaussians: the r directions of least variance kept exactly, the other
+d - r directions as one isotropic variance (`--covariance minor`).
 
-With Sigma + eps I = V diag(l) V^T (eigenvalues ascending), r eigenvectors are kept: `low`
-from the small-variance end and r - low from the large end; the d - r in the middle share one
-variance s^2 (the mean of theirs). The precision is approximated by
+With Sigma + eps I = V diag(l) V^T (eigenvalues ascending) and s^2 the mean of the d - r
+largest eigenvalues, the precision is approximated by
 
-    P = I / s^2 + sum_k w_k v_k v_k^T,   w_k = 1 / l_k - 1 / s^2
+    P = I / s^2 + sum_k<=r w_k v_k v_k^T,   w_k = 1 / l_k - 1 / s^2  (>= 0)
 
 so the squared Mahalanobis distance of z = x - mean is M^2 = |z|^2 / s^2 + sum_k w_k (v_k . z)^2:
-r x d numbers per position instead of d(d+1)/2 (at r = 8 of d = 176, a tenth). `low` is chosen
-per position so the middle is as isotropic as it gets (`most_isotropic_split`): with more
-training images than channels that is nearly always every kept direction from the small end,
-the minor components anomalies show up in (keeping the large end instead, probabilistic PCA,
-loses accuracy: docs/compact.md); with fewer images the eigenvalues have a flat floor at the
-regularisation, which then stays whole in the middle with its exact precision. r = d is the
-full model (1/s^2 = 0). The reference formula is `padim.core.reference.minor_precision`.
+r x d numbers per position instead of d(d+1)/2 (at r = 8 of d = 176, a tenth). Anomalies show
+up along the directions good parts hardly vary in, which are the ones kept; the high-variance
+directions, which the paper's precision matrix weighs least, share one variance (keeping the
+large end instead, probabilistic PCA, loses accuracy: docs/compact.md). The mean of the rest
+keeps the expected M^2 of good parts at the full model's. With fewer training images than
+channels, more than r eigenvalues sit at the regularisation floor; the kept directions are then
+a fixed choice within it (`floor_directions`), not eigh's arbitrary one. r = d is the full
+model (1/s^2 = 0). The reference formula is `padim.core.reference.minor_precision`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from padim.core.linalg import joined
 from padim.errors import PadimError
 
 INT8_LEVELS = 127  # symmetric int8 codes -127..127, one scale per row
+FLOOR_TOLERANCE = 1e-6  # eigenvalues this close (relative) to the smallest share its floor
 
 
 def minor_factor(
     cov: torch.Tensor, regularisation: float, components: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Covariances (c, d, d) (lower triangle read; reg added in place) -> unit rows V (c, r, d),
-    their signed weights w (c, r) and the isotropic precision (c,), float64:
-    M^2 = iso |z|^2 + sum_k w_k (v_k . z)^2."""
+    """Covariances (c, d, d) (lower triangle read; reg added in place) -> unit rows V (c, r, d)
+    (the r least-variance eigenvectors), their weights w = 1/l - 1/s^2 (c, r) and the isotropic
+    precision 1/s^2 (c,), float64: M^2 = iso |z|^2 + sum_k w_k (v_k . z)^2."""
     d = cov.shape[-1]
     r = min(components, d)
     cov.diagonal(dim1=1, dim2=2).add_(regularisation)
@@ -47,33 +48,31 @@ def minor_factor(
         )
     if r == d:
         return evecs.transpose(1, 2), 1.0 / evals, evals.new_zeros(evals.shape[0])
-    low = most_isotropic_split(evals, r)  # (c,) directions kept from the small end
-    order = torch.arange(d, device=evals.device)
-    index = torch.where(order[None, :r] < low[:, None], order[None, :r], order[None, :r] + d - r)
-    middle = (order[None, :] >= low[:, None]) & (order[None, :] < (low + d - r)[:, None])
-    iso = 1.0 / ((evals * middle).sum(dim=1) / (d - r))
-    kept = torch.gather(evals, 1, index)
-    rows = torch.gather(evecs, 2, index[:, None, :].expand(-1, d, -1)).transpose(1, 2)
-    return rows, 1.0 / kept - iso[:, None], iso
+    rows = evecs[:, :, :r].transpose(1, 2).clone()
+    iso = 1.0 / evals[:, r:].mean(dim=1)
+    tied = evals[:, r] <= evals[:, 0] * (1 + FLOOR_TOLERANCE)  # the floor goes past the kept
+    if bool(tied.any()):
+        rows[tied] = floor_directions(evals[tied], evecs[tied], r)
+    return rows, 1.0 / evals[:, :r] - iso[:, None], iso
 
 
-def most_isotropic_split(evals: torch.Tensor, r: int) -> torch.Tensor:
-    """Per position (c,): how many of the r kept directions come from the small-variance end
-    (the rest from the large end) so that the d - r directions left in the middle, which share
-    one variance, have the least spread of log-variances. Ties go to the small end (the
-    directions anomalies show up in). Training sets with fewer images than channels have a
-    flat floor of eigenvalues at the regularisation: this keeps the floor in the middle (its
-    exact precision) instead of an arbitrary few of its directions."""
-    c, d = evals.shape
-    logs = torch.cat([evals.new_zeros(c, 1), evals.log().cumsum(dim=1)], dim=1)
-    squares = torch.cat([evals.new_zeros(c, 1), evals.log().square().cumsum(dim=1)], dim=1)
-    m = d - r
-    spreads = []
-    for low in range(r, -1, -1):  # prefer more from the small end on ties
-        total, total2 = logs[:, low + m] - logs[:, low], squares[:, low + m] - squares[:, low]
-        spreads.append(total2 / m - (total / m).square())
-    best = torch.stack(spreads, dim=1).argmin(dim=1)  # first minimum: the largest `low`
-    return r - best
+def floor_directions(evals: torch.Tensor, evecs: torch.Tensor, r: int) -> torch.Tensor:
+    """r orthonormal directions (c, r, d) in each position's floor: the eigenspace of its
+    smallest eigenvalue when more than r directions share it (fewer training images than
+    channels leave d - n + 1 of them at the regularisation). Which of them eigh returns is
+    arbitrary (it changes with rounding, so with how the sums were made); a fixed seeded probe
+    projected onto the floor and orthonormalised is not: merged and single-pass statistics
+    then give the same model."""
+    floor = evals <= evals[:, :1] * (1 + FLOOR_TOLERANCE)  # (c, d)
+    basis = evecs * floor[:, None, :].to(evecs.dtype)  # the floor's eigenvectors, others zeroed
+    probe = floor_probe(evals.shape[1], r).to(evecs)
+    q, _ = torch.linalg.qr(basis @ (basis.transpose(1, 2) @ probe))
+    return q.transpose(1, 2)
+
+
+def floor_probe(d: int, r: int) -> torch.Tensor:
+    """The fixed (d, r) matrix `floor_directions` projects: seeded Gaussian, float64."""
+    return torch.randn(d, r, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
 def minor_squared(

@@ -59,11 +59,10 @@ def neighbourhood_distances(
 
 def minor_precision(cov: torch.Tensor, r: int) -> torch.Tensor:
     """The precision `--covariance minor` scores with (`padim.core.minor`), from regularised
-    covariances (P, d, d): Sigma = V diag(l) V^T (ascending); r eigenvectors kept, `low` of
-    them from the small end and the rest from the large end, with `low` the split whose d - r
-    middle eigenvalues have the smallest variance of their logarithms (ties: the larger
-    `low`); s^2 the mean of the middle ones; P = I / s^2 + sum_kept (1 / l_k - 1 / s^2) v_k v_k^T.
-    r = d is Sigma^-1."""
+    covariances (P, d, d): Sigma = V diag(l) V^T (ascending), s^2 the mean of the d - r largest
+    eigenvalues, P = I / s^2 + sum_k<=r (1 / l_k - 1 / s^2) v_k v_k^T. When more than r
+    eigenvalues equal the smallest (within 1e-6), the v_k are a fixed orthonormal choice in its
+    eigenspace: the seeded probe G (d, r) projected onto it, QR. r = d is Sigma^-1."""
     evals, evecs = torch.linalg.eigh(cov.double())
     p, d = evals.shape
     out = torch.empty(p, d, d, dtype=torch.float64)
@@ -72,13 +71,15 @@ def minor_precision(cov: torch.Tensor, r: int) -> torch.Tensor:
         if r == d:
             out[i] = v @ torch.diag(1.0 / lam) @ v.T
             continue
-        spread = {
-            low: torch.log(lam[low : low + d - r]).var(unbiased=False) for low in range(r + 1)
-        }
-        low = min(spread, key=lambda k: (float(spread[k]), -k))
-        middle = lam[low : low + d - r].mean()
-        kept = [*range(low), *range(low + d - r, d)]
-        out[i] = torch.eye(d, dtype=torch.float64) / middle
-        for k in kept:
-            out[i] += (1.0 / lam[k] - 1.0 / middle) * torch.outer(v[:, k], v[:, k])
+        kept = v[:, :r]
+        if lam[r] <= lam[0] * (1 + 1e-6):
+            floor = v[:, lam <= lam[0] * (1 + 1e-6)]
+            probe = torch.randn(
+                d, r, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+            )
+            kept = torch.linalg.qr(floor @ floor.T @ probe)[0]
+        iso = 1.0 / lam[r:].mean()
+        out[i] = iso * torch.eye(d, dtype=torch.float64)
+        for k in range(r):
+            out[i] += (1.0 / lam[k] - iso) * torch.outer(kept[:, k], kept[:, k])
     return out

@@ -109,6 +109,10 @@ class PadimConfig:
             raise PadimError(f"--components must be a whole number of at least 1, got {r!r}")
         if self.covariance == "minor" and r > dim:
             raise PadimError(f"--components {r} exceeds the embedding's {dim} channels")
+        from padim.core.factorise import resolved_storage
+
+        if self.storage == "auto":
+            self.storage = resolved_storage(self.covariance)
         if self.storage == "int8" and self.covariance != "minor":
             raise PadimError("--storage int8 needs --covariance minor (full models: float16)")
 
