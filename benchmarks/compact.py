@@ -123,6 +123,9 @@ def run_case(name: str, out: Path, threads: int, latency: bool) -> list[dict]:
         }
         if latency:
             row.update(measure_latency(model, threads))
+            if rep == FULL[0]:  # as padim ran before this change: glibc's own malloc settings
+                before = measure_latency(model, threads, {"PADIM_DEFAULT_MALLOC": "1"})
+                row["b1_torch_ms_default_malloc"] = before["b1_torch_ms"]
         for path in (onnx, xml, xml.with_suffix(".bin"), out / f"{onnx.name}.data"):
             path.unlink(missing_ok=True)
         rows.append(row)
@@ -130,7 +133,7 @@ def run_case(name: str, out: Path, threads: int, latency: bool) -> list[dict]:
     return rows
 
 
-def measure_latency(model: Path, threads: int) -> dict:
+def measure_latency(model: Path, threads: int, env: dict | None = None) -> dict:
     """torch / onnxruntime / OpenVINO at batch 1 (median ms) and batch 8 (images/s), taking
     turns in one fresh process."""
     code = (
@@ -138,7 +141,12 @@ def measure_latency(model: Path, threads: int) -> dict:
         f"print(json.dumps(measure(__import__('pathlib').Path({str(model)!r}), 30, {threads})))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     out = {}
     for r in json.loads(proc.stdout.strip().splitlines()[-1]):
@@ -206,6 +214,7 @@ COLUMNS = [
     ("fit_s", "fit s"),
     ("fit_peak_mib", "fit peak MiB"),
     ("evaluate_peak_mib", "evaluate peak MiB"),
+    ("b1_torch_ms_default_malloc", "torch b1 ms, glibc default"),
     ("b1_torch_ms", "torch b1 ms"),
     ("b1_onnxruntime_ms", "ort b1 ms"),
     ("b1_openvino_ms", "OV b1 ms"),

@@ -10,6 +10,7 @@ runtimes taking turns call by call, and prints each runtime's median against tor
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -43,9 +44,12 @@ def measure(path: Path, runs: int, threads: int) -> list[dict]:
 
     from padim.deploy.export import export_onnx, export_openvino
     from padim.deploy.scorers import OnnxScorer, OpenVinoScorer, TorchScorer, file_id
+    from padim.memory import reuse_freed_memory
     from padim.model.estimator import Padim
 
     torch.set_num_threads(threads)
+    if not os.environ.get("PADIM_DEFAULT_MALLOC"):
+        reuse_freed_memory()  # as every padim command does (PADIM_DEFAULT_MALLOC=1: glibc's own)
     model = Padim.load(path, device="cpu")
     h, w = model.preprocess.output_hw
     size = f"{w}x{h}"

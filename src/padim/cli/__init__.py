@@ -17,6 +17,7 @@ from types import FrameType
 from padim.cli.common import apply_threads
 from padim.cli.parser import COMMANDS, build_parser
 from padim.errors import PadimError
+from padim.memory import reuse_freed_memory
 
 __all__ = ["build_parser", "main", "terminate_cleanly"]
 
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with terminate_cleanly():
+            reuse_freed_memory()  # torch's temporaries stay mapped between batches
             apply_threads(args)
             return int(COMMANDS[args.command](args) or 0)
     except PadimError as exc:

@@ -23,7 +23,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from padim import options
 from padim.deploy.scorers import load_scorer
 from padim.errors import PadimError
-from padim.memory import limit_malloc_arenas
+from padim.memory import limit_malloc_arenas, reuse_freed_memory
 from padim.service.app import create_app
 from padim.service.examples import load_examples
 from padim.service.models import MODEL_SUFFIXES, ModelSources, catalogue, signature
@@ -87,6 +87,7 @@ def configure_logging(level: str) -> None:
 def prepare_process(settings: ServeSettings) -> None:
     """Set this process up for serving: allocator arenas, logging, header timeout."""
     limit_malloc_arenas(MALLOC_ARENAS)
+    reuse_freed_memory()
     raise_open_files_limit()
     configure_logging(settings.log_level)
     HeaderTimeoutProtocol.header_timeout = settings.header_timeout_s
