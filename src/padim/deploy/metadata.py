@@ -52,6 +52,8 @@ def model_metadata(model: Any, model_id: str, stem: str | None = None) -> dict[s
         "threshold": model.threshold_,
         "info": model.info,
         "neighbourhood": cfg.neighbourhood,  # inside the graph
+        "covariance": cfg.covariance,  # inside the graph too (minor: its components)
+        **({"components": cfg.components} if cfg.covariance == "minor" else {}),
         **({"alignment": alignment} if alignment else {}),  # outside it (every runtime)
     }
 

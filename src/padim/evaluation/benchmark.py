@@ -61,6 +61,7 @@ CSV_FIELDS = (
     "perturbation",
     "score_mode",
     "shrinkage",
+    "covariance",
     "size",
     "crop",
     "channels",
@@ -108,6 +109,8 @@ class BenchmarkOptions:
     neighbourhood: int = options.NEIGHBOURHOOD.default
     seed: int = options.SEED.default
     weights: str | None = options.WEIGHTS.default
+    covariance: str = options.COVARIANCE.default
+    components: int = options.COMPONENTS.default
     storage: str = options.STORAGE.default
     score_mode: str = options.SCORE_MODE.default
     shrinkage: str = options.SHRINKAGE.default
@@ -140,6 +143,8 @@ def parse_geometry(spec: str) -> dict[str, Any]:
         "statistics": "tile_statistics",
         "align": "align",
         "neighbourhood": "neighbourhood",
+        "covariance": "covariance",
+        "components": "components",
     }
     for part in rest:
         key, sep, value = part.partition("=")
@@ -147,6 +152,7 @@ def parse_geometry(spec: str) -> dict[str, Any]:
             raise PadimError(
                 f"--geometry {spec!r}: expected SIZE[,crop=C][,tile=T][,overlap=O]"
                 "[,statistics=location|shared][,align=MODE][,neighbourhood=K]"
+                "[,covariance=full|minor][,components=R]"
             )
         if key == "crop":
             out["crop"] = None if value == "none" else geometry(value)
@@ -156,10 +162,10 @@ def parse_geometry(spec: str) -> dict[str, Any]:
             if not value.isdigit():
                 raise PadimError(f"--geometry {spec!r}: overlap must be a whole number of pixels")
             out["tile_overlap"] = int(value)
-        elif key == "neighbourhood":
+        elif key in ("neighbourhood", "components"):
             if not value.isdigit():
-                raise PadimError(f"--geometry {spec!r}: neighbourhood must be a whole number")
-            out["neighbourhood"] = int(value)
+                raise PadimError(f"--geometry {spec!r}: {key} must be a whole number")
+            out[key] = int(value)
         else:
             out[keys[key]] = value
     return out
@@ -267,6 +273,8 @@ def _row(
         "cannot_align": m.get("cannot_align"),
         "score_mode": opts.score_mode,
         "shrinkage": opts.shrinkage,
+        "covariance": model.config_.covariance
+        + (f" r={model.config_.components}" if model.config_.covariance == "minor" else ""),
         "size": to_json(as_wh(model.preprocess.size)),
         "crop": None if model.preprocess.crop is None else to_json(as_wh(model.preprocess.crop)),
         "channels": model.fitted_net().embedder.dim,
