@@ -1,6 +1,7 @@
 """Batch-1 latency of the torch runtime alone, as `padim predict` and `padim serve` run it
 (one process, torch only, the model loaded from its file), with padim's malloc settings or with
-glibc's own (--default-malloc): the difference is page faults on torch's temporaries.
+glibc's own (--default-malloc): the difference is page faults on torch's temporaries. With
+PYTHONPATH pointing at another checkout's src/ it measures that version (the baseline).
 
     python benchmarks/torch_latency.py MODEL.safetensors [MODEL ...] [--default-malloc]
 
@@ -22,10 +23,11 @@ def measure(path: Path, runs: int, threads: int, default_malloc: bool) -> dict:
     import torch
 
     from padim.deploy.scorers import TorchScorer
-    from padim.memory import reuse_freed_memory
     from padim.model.estimator import Padim
 
-    if not default_malloc:
+    if not default_malloc:  # (imported here: padim versions before it can be measured too)
+        from padim.memory import reuse_freed_memory
+
         reuse_freed_memory()
     torch.set_num_threads(threads)
     scorer = TorchScorer(Padim.load(path, device="cpu"))

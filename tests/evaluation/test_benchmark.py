@@ -173,6 +173,14 @@ def test_geometry_specs_parse_and_refuse_typos():
         parse_geometry("native,tiles=256")
     with pytest.raises(PadimError, match="overlap must be a whole number"):
         parse_geometry("native,tile=256,overlap=wide")
+    assert parse_geometry("256,covariance=full") == {
+        "size": 256,
+        "crop": None,
+        "covariance": "full",
+    }
+    assert parse_geometry("256,covariance=minor,components=16")["components"] == 16
+    with pytest.raises(PadimError, match="components must be a whole number"):
+        parse_geometry("256,components=many")
 
 
 def test_benchmark_compares_geometries_in_one_report(mvtec_root, tmp_path):
