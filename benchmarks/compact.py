@@ -72,10 +72,14 @@ def size_mb(*paths: Path) -> float:
     return sum(p.stat().st_size for p in paths if p.exists()) / 1e6
 
 
-def run_case(name: str, out: Path, threads: int, latency: bool) -> list[dict]:
+def run_case(
+    name: str, out: Path, threads: int, latency: bool, only: str | None = None
+) -> list[dict]:
     data, geometry, reps = CASES[name]
     rows = []
     for rep, flags in reps:
+        if only is not None and only not in rep:
+            continue
         stem = f"{name}-{rep.replace(' ', '-').replace('=', '')}"
         model = out / f"{stem}.safetensors"
         fit_s, fit_mib, _ = timed(
@@ -279,6 +283,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--serve-model", default="bottle-minor-r8-int8")
+    parser.add_argument("--only", help="representations whose name contains this (e.g. minor)")
+    parser.add_argument("--merge", type=Path, help="results.json of an earlier run to add to")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -287,7 +293,13 @@ def main() -> None:
     )
     rows = []
     for case in args.cases.split(","):
-        rows += run_case(case, args.out, args.threads, not args.skip_latency)
+        rows += run_case(case, args.out, args.threads, not args.skip_latency, args.only)
+    if args.merge is not None:  # rows of the earlier run that this one did not redo
+        done = {(r["case"], r["representation"]) for r in rows}
+        earlier = json.loads(args.merge.read_text())["rows"]
+        rows = [r for r in earlier if (r["case"], r["representation"]) not in done] + rows
+        order = list(CASES)
+        rows.sort(key=lambda r: order.index(r["case"]))
     served = None
     candidate = args.out / f"{args.serve_model}.safetensors"
     if candidate.exists():

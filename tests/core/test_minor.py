@@ -14,6 +14,7 @@ from padim.core.minor import (
     MinorGaussianModel,
     dequantise_rows,
     minor_factor,
+    minor_squared,
     quantise_rows,
     stored_rows,
 )
@@ -174,3 +175,20 @@ def test_summed_and_stored_statistics_give_the_same_minor_gaussians():
             )
         want = a[0].distances(query.float())
         torch.testing.assert_close(b[0].distances(query.float()), want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("n", [6, 40])
+def test_the_float32_eigensolver_gives_float64s_distances(n):
+    """int8/float16 models factorise in float32 and recompute the kept variances in float64:
+    distances within 1e-3 of the float64 factorisation's (int8's rounding moves them by up to
+    1e-2), with and without a floor of tied eigenvalues, variances spread over 1e4."""
+    x = _embeddings(30 + n, n).permute(0, 2, 3, 1).reshape(n, -1, D).transpose(0, 1)  # (P, n, D)
+    centred = x - x.mean(dim=1, keepdim=True)
+    cov = centred.transpose(1, 2) @ centred / (n - 1)
+    query = _embeddings(31, 3).permute(0, 2, 3, 1).reshape(3, -1, D).transpose(0, 1)
+    mean = x.mean(dim=1)
+    sq = {
+        precise: minor_squared(query, mean, *minor_factor(cov.clone(), 0.01, 3, precise))
+        for precise in (True, False)
+    }
+    torch.testing.assert_close(sq[False], sq[True], rtol=1e-3, atol=0)

@@ -108,7 +108,8 @@ class _MinorFactors:
     def _factor(
         self, cov: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        rows, weights, iso = minor_factor(cov, self.regularisation, self.rep.components)
+        precise = self.rep.storage == "float32"  # int8/float16 round far coarser than float32
+        rows, weights, iso = minor_factor(cov, self.regularisation, self.rep.components, precise)
         stored, scales = stored_rows(rows, self.rep.storage)
         return stored, weights.float(), iso.float(), scales
 
