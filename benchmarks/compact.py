@@ -298,8 +298,8 @@ def main() -> None:
         done = {(r["case"], r["representation"]) for r in rows}
         earlier = json.loads(args.merge.read_text())["rows"]
         rows = [r for r in earlier if (r["case"], r["representation"]) not in done] + rows
-        order = list(CASES)
-        rows.sort(key=lambda r: order.index(r["case"]))
+        order = [(case, rep) for case, (_, _, reps) in CASES.items() for rep, _ in reps]
+        rows.sort(key=lambda r: order.index((r["case"], r["representation"])))
     served = None
     candidate = args.out / f"{args.serve_model}.safetensors"
     if candidate.exists():
