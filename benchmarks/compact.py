@@ -21,11 +21,14 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from alignment import cpu_name  # the benchmarks folder's helpers (on sys.path when run)
+from video_and_models import serve
+from workflow import timed
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PADIM_SHARED", REPO.parent / "shared")) / "data"
@@ -55,19 +58,6 @@ def padim(*args: str) -> list[str]:
     return [sys.executable, "-m", "padim", *args]
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """Run a whole command; (seconds, peak RSS MiB, stdout). Fails loudly."""
-    started = time.perf_counter()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, check=False
-    )
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    peak_kib = int(proc.stderr.strip().splitlines()[-1])
-    return seconds, peak_kib / 1024, proc.stdout
-
-
 def size_mb(*paths: Path) -> float:
     return sum(p.stat().st_size for p in paths if p.exists()) / 1e6
 
@@ -82,7 +72,7 @@ def run_case(
             continue
         stem = f"{name}-{rep.replace(' ', '-').replace('=', '')}"
         model = out / f"{stem}.safetensors"
-        fit_s, fit_mib, _ = timed(
+        fit = timed(
             padim(
                 "fit",
                 str(data),
@@ -96,7 +86,7 @@ def run_case(
             )
         )
         metrics = out / f"{stem}.json"
-        _, eval_mib, _ = timed(
+        evaluation = timed(
             padim(
                 "evaluate",
                 str(model),
@@ -115,12 +105,12 @@ def run_case(
         row = {
             "case": name,
             "representation": rep,
-            "fit_s": round(fit_s, 1),
-            "fit_peak_mib": round(fit_mib),
+            "fit_s": round(fit["wall_s"], 1),
+            "fit_peak_mib": round(fit["peak_rss_gib"] * 1024),
             "model_mb": round(size_mb(model), 2),
             "onnx_mb": round(size_mb(onnx, out / f"{onnx.name}.data"), 2),
             "openvino_mb": round(size_mb(xml, xml.with_suffix(".bin")), 2),
-            "evaluate_peak_mib": round(eval_mib),
+            "evaluate_peak_mib": round(evaluation["peak_rss_gib"] * 1024),
             "image_auroc": found["image_auroc"],
             "pixel_auroc": found["pixel_auroc"],
             "aupro": found.get("aupro"),
@@ -169,23 +159,9 @@ def serve_many(model: Path, out: Path, n: int = 50) -> dict:
     folder.mkdir()
     for i in range(n):
         shutil.copy(model, folder / f"product{i:02d}.safetensors")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        padim("serve", str(folder), "--port", str(port), "--max-loaded", str(n), "--threads", "2"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, url = serve(folder, 2, "--max-loaded", str(n))
     image = next((BOTTLE / "test" / "good").iterdir())
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         started = time.perf_counter()
         for i in range(n):
             with open(image, "rb") as fh:
@@ -287,10 +263,7 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, help="results.json of an earlier run to add to")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_name = next(
-        (x.split(":", 1)[1].strip() for x in cpu.splitlines() if "Model name" in x), "?"
-    )
+    model_name = cpu_name()
     rows = []
     for case in args.cases.split(","):
         rows += run_case(case, args.out, args.threads, not args.skip_latency, args.only)

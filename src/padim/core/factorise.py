@@ -115,7 +115,8 @@ class _MinorFactors:
 
     def scorer(self, cov: torch.Tensor) -> Squared:
         rows, weights, iso, _ = self._factor(cov)
-        return lambda x, mean: minor_squared(x, mean, rows.double(), weights.double(), iso.double())
+        rows, weights, iso = rows.double(), weights.double(), iso.double()
+        return lambda x, mean: minor_squared(x - mean[:, None, :], rows, weights, iso)
 
     def store(self, part: slice, cov: torch.Tensor) -> None:
         self.rows[part], self.weights[part], self.iso[part], scales = self._factor(cov)

@@ -105,8 +105,6 @@ class GaussianModel(ByPosition):
     std: torch.Tensor | None = None  # (P, d) float32 per-channel std (Chebyshev scoring)
     shrinkage_rho: torch.Tensor | None = None  # (P,) Ledoit-Wolf intensities, when fitted so
 
-    kind = "full"
-
     @property
     def layout(self) -> BlockLayout:
         return BlockLayout.for_dim(int(self.mean.shape[1]))

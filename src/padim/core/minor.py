@@ -102,17 +102,13 @@ def floor_probe(d: int, r: int) -> torch.Tensor:
 
 
 def minor_squared(
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    rows: torch.Tensor,
-    weights: torch.Tensor,
-    iso: torch.Tensor,
+    z: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, iso: torch.Tensor
 ) -> torch.Tensor:
-    """x (c, n, d), mean (c, d), rows (c, r, d), weights (c, r), iso (c,) -> squared distances
-    (c, n)."""
-    z = x - mean[:, None, :]
+    """Centred embeddings z (c, n, d), rows (c, r, d), weights (c, r), iso (c,) -> squared
+    distances iso |z|^2 + sum_k w_k (v_k . z)^2 (c, n). The rows are read once, contiguous
+    (rows times the embeddings' columns)."""
     projected = torch.bmm(rows, z.transpose(1, 2)).square()  # (c, r, n)
-    return iso[:, None] * z.square().sum(dim=-1) + (weights[:, :, None] * projected).sum(dim=1)
+    return iso[:, None] * z.square().sum(dim=2) + (weights[:, :, None] * projected).sum(dim=1)
 
 
 def quantise_rows(
@@ -157,8 +153,6 @@ class MinorGaussianModel(ByPosition):
     shrinkage_rho: torch.Tensor | None = None  # (P,) Ledoit-Wolf intensities, when fitted so
     scales: torch.Tensor | None = None  # (P, r) int8 storage: rows = codes * scales exactly
 
-    kind = "minor"
-
     def buffers(self) -> dict[str, torch.Tensor | None]:
         """The tensors a `PadimNet` holds (as `gauss_<name>` buffers)."""
         return {
@@ -179,13 +173,15 @@ class MinorGaussianModel(ByPosition):
         return int(self.rows.shape[1])
 
     def distances(self, emb: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distance of every patch: (B, d, h, w) -> (B, h, w). Each chunk reads its
-        rows once, contiguous (rows times the embeddings' columns)."""
+        """Mahalanobis distance of every patch: (B, d, h, w) -> (B, h, w)."""
         b, _, h, w = emb.shape
-        pieces = []
-        for part, x in self._centred_parts(emb):  # (c, B, d)
-            rows, weights = self._part(self.rows, part), self._part(self.weights, part)
-            projected = torch.bmm(rows, x.transpose(1, 2)).square()  # (c, r, B)
-            iso = self._part(self.iso, part)[:, None] * x.square().sum(dim=2)
-            pieces.append(iso + (weights[:, :, None] * projected).sum(dim=1))
+        pieces = [
+            minor_squared(
+                z,  # (c, B, d), centred
+                self._part(self.rows, part),
+                self._part(self.weights, part),
+                self._part(self.iso, part),
+            )
+            for part, z in self._centred_parts(emb)
+        ]
         return joined(pieces).clamp_min(0).sqrt().T.reshape(b, h, w)

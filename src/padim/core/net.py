@@ -83,7 +83,9 @@ class PadimNet(nn.Module):
 
     @property
     def _gaussian_names(self) -> list[str]:
-        return [n.removeprefix("gauss_") for n, _ in self.named_buffers() if n.startswith("gauss_")]
+        """This module's own `gauss_` buffers (read on every forward: no walk of the backbone)."""
+        own = self.named_buffers(recurse=False)
+        return [n.removeprefix("gauss_") for n, _ in own if n.startswith("gauss_")]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.from_embeddings(self.embedder(images), images.shape[-2:])

@@ -271,9 +271,8 @@ class Fitter:
             roi = read_mask(roi)
         aligner = cfg.aligner(roi).fit(items, self.align_reference)
         sample = aligner.sample(items)
-        if (
-            cfg.align_min_quality is None
-        ):  # learned from the good images, kept in the resolved config
+        # learned from the good images when not given, kept in the resolved config
+        if cfg.align_min_quality is None:
             cfg.align_min_quality = round(aligner.learn_min_quality(sample), 4)
         self.alignment = alignment_summary([aligner.estimate_checked(t) for t in sample])
         return aligner
