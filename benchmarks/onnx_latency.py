@@ -43,7 +43,9 @@ def measure(path: Path, runs: int, threads: int) -> list[dict]:
     import torch
 
     from padim.deploy.export import export_onnx, export_openvino
-    from padim.deploy.scorers import OnnxScorer, OpenVinoScorer, TorchScorer, file_id
+    from padim.deploy.exported import OnnxScorer, OpenVinoScorer
+    from padim.deploy.model_info import file_id
+    from padim.deploy.scorers import TorchScorer
     from padim.memory import reuse_freed_memory
     from padim.model.estimator import Padim
 

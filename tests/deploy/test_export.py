@@ -14,7 +14,8 @@ from conftest import SIZE
 
 from padim.cli import main
 from padim.deploy.export import export_onnx
-from padim.deploy.scorers import OnnxScorer, load_scorer
+from padim.deploy.exported import OnnxScorer
+from padim.deploy.scorers import load_scorer
 from padim.errors import PadimError
 
 onnx = pytest.importorskip("onnx")

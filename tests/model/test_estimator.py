@@ -307,7 +307,7 @@ def test_semi_orthogonal_model_round_trips_and_exports(category, tmp_path):
     np.testing.assert_allclose(loaded.score(images)[0], model.score(images)[0], rtol=1e-3)
     pytest.importorskip("onnxruntime")
     from padim.cli import main
-    from padim.deploy.scorers import OnnxScorer
+    from padim.deploy.exported import OnnxScorer
 
     assert main(["export", str(path), "--out", str(tmp_path / "so.onnx")]) == 0
     x = np.stack([loaded.preprocess.image(Image.open(p).convert("RGB")) for p in images])

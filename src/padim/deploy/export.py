@@ -226,7 +226,8 @@ def export_model(
     `tolerance` (x100 for fp16 weights), leaving the export for inspection."""
     from padim.data.images import read_image
     from padim.data.sources import source_paths
-    from padim.deploy.scorers import file_id, load_scorer
+    from padim.deploy.model_info import file_id
+    from padim.deploy.scorers import load_scorer
     from padim.model.estimator import Padim
 
     want = ".onnx" if fmt == "onnx" else ".xml"

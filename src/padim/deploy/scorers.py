@@ -3,14 +3,11 @@
 The REST service, `padim predict` and the Ray engine only talk to a `Scorer`: preprocess one
 decoded image, score a batch, describe the model. `TorchScorer` wraps `Padim`; `OnnxScorer`
 (onnxruntime) and `OpenVinoScorer` run exported files without torch. `load_scorer` picks the
-runtime from the file type.
+runtime from the file type; the exported runtimes are `padim.deploy.exported`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +16,17 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from padim import __version__
 from padim.data.align import Aligner, Transform
 from padim.data.aligned import photo_geometry
 from padim.data.decision import Decision, Geometry, decide
 from padim.data.images import read_image
 from padim.data.pictures import PICTURES, save_pictures
-from padim.data.preprocess import Preprocess, as_wh, to_json
+from padim.data.preprocess import Preprocess, to_json
 from padim.data.regions import Region
-from padim.deploy.metadata import model_metadata, parse_metadata
-from padim.errors import PadimError, first_line
+from padim.deploy.exported import OnnxScorer, OpenVinoScorer
+from padim.deploy.metadata import model_metadata
+from padim.deploy.model_info import describe, file_id, image_aspect
+from padim.errors import PadimError
 from padim.model.thresholds import Thresholds
 from padim.normalise import ScoreScale
 
@@ -53,15 +51,6 @@ class Scorer(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Backbone, geometry, threshold, training-set size, versions: for /v1/model."""
-
-
-def file_id(path: str | Path) -> str:
-    """`<stem>-<first 12 hex of sha256>`: names one exact model file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return f"{Path(path).stem}-{digest.hexdigest()[:12]}"
 
 
 ALIGNMENT_COLUMNS = ("align_dx", "align_dy", "align_angle", "align_scale", "align_quality")
@@ -231,21 +220,6 @@ def save_scored_pictures(
     )
 
 
-def thresholds_of(meta: dict[str, Any], threshold: float) -> Thresholds:
-    """The thresholds a model (or an export) scores with, from its metadata: the operating
-    points of its score mode and the normalised score's spread."""
-    mode = meta.get("score_mode", "mahalanobis")
-    return Thresholds.from_info(meta.get("info") or {}, threshold, mode)
-
-
-def image_aspect(trained: Any, geometry: Preprocess) -> float:
-    """Width / height of a model's training images (older files: its resize target)."""
-    if isinstance(trained, list | tuple) and len(trained) == 2 and min(trained) > 0:
-        return trained[0] / trained[1]
-    w, h = geometry.size_wh
-    return w / h
-
-
 def check_scorer(scorer: Scorer) -> None:
     """Score one blank image and require a finite score and map of the right shape: a model
     that cannot score is refused before it is served."""
@@ -264,41 +238,6 @@ def check_scorer(scorer: Scorer) -> None:
         )
     if not is_finite(scores, maps):
         raise PadimError("the model gives non-finite scores: the model file is damaged")
-
-
-def describe(
-    meta: dict[str, Any], model_id: str, file: str | None, runtime: str, threshold: float
-) -> dict[str, Any]:
-    """What /v1/model and `padim info` show, from a model's metadata (`model_metadata`)."""
-    info = meta.get("info") or {}
-    return {
-        "model_id": model_id,
-        "file": file,
-        "runtime": runtime,
-        "backbone": meta.get("backbone"),
-        "resize": meta.get("resize"),
-        "crop": meta.get("crop"),
-        "input_size": meta.get("input_size"),
-        "embedding_dim": meta.get("embedding_dim"),
-        "threshold": threshold,
-        "threshold_source": info.get("threshold_source"),
-        "n_train": info.get("n_train"),
-        "training_image_size": info.get("image_size"),
-        "n_holdout": info.get("n_holdout"),
-        "weights": info.get("weights"),
-        "sigma": meta.get("sigma"),
-        "score_mode": meta.get("score_mode", "mahalanobis"),
-        "neighbourhood": meta.get("neighbourhood", 0),
-        "alignment": meta.get("alignment"),
-        "score_scale": thresholds_of(meta, threshold).scale().to_dict(),
-        "operating_point": info.get("operating_point"),
-        "operating_points": {
-            name: {k: p.get(k) for k in ("threshold", "rule", "data", "false_alarms", "misses")}
-            for name, p in (info.get("operating_points") or {}).items()
-            if isinstance(p, dict)
-        },
-        "library_version": __version__,
-    }
 
 
 class TorchScorer:
@@ -346,169 +285,6 @@ class TorchScorer:
             "torch",
             self.threshold,
         )
-
-
-def exported_aligner(meta: dict[str, Any], path: Path) -> Aligner | None:
-    """The registration an export's metadata describes, its reference (and matching mask)
-    read from the PNG files written beside it (torch-free)."""
-    settings = meta.get("alignment")
-    if not settings:
-        return None
-    try:
-        reference = read_image(path.parent / settings["reference"])
-        mask = None
-        if settings.get("roi"):
-            mask = np.asarray(Image.open(path.parent / settings["roi"]).convert("L")) > 0
-        aligner = Aligner(
-            settings["mode"],
-            float(settings["max_shift"]),
-            float(settings["max_angle"]),
-            float(settings["max_scale"]),
-            float(settings["min_quality"]),
-            mask,
-        )
-        return aligner.fit([], np.asarray(reference))
-    except (KeyError, TypeError, ValueError, OSError) as exc:
-        raise PadimError(f"exported model's alignment is damaged: {path} ({exc})") from None
-
-
-class ExportedScorer:
-    """Shared part of the torch-free runtimes: metadata, preprocessing, description."""
-
-    runtime = "exported"
-
-    def __init__(self, path: str | Path, meta: dict[str, Any]) -> None:
-        self.path = str(path)
-        self.meta = meta
-        self.model_id = file_id(path)
-        try:
-            self.threshold = float(meta["threshold"])
-            w, h = as_wh(meta["input_size"])
-            self.input_hw, self.input_size = (h, w), to_json((w, h))
-            self.geometry = Preprocess(meta["resize"], meta["crop"])  # whole numbers in range
-            self.thresholds = thresholds_of(meta, self.threshold)
-        except (KeyError, TypeError, ValueError, PadimError) as exc:
-            raise PadimError(f"exported model's metadata is damaged: {path} ({exc})") from None
-        if not math.isfinite(self.threshold):
-            raise PadimError(f"exported model's threshold is not finite: {path}")
-        self.score_scale = self.thresholds.scale()
-        self.operating_points = self.thresholds.usable()
-        trained = (meta.get("info") or {}).get("image_size")
-        self.image_aspect = image_aspect(trained, self.geometry)
-        self.aligner = exported_aligner(meta, Path(path))
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.geometry.image(image)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **describe(
-                self.meta, self.model_id, Path(self.path).name, self.runtime, self.threshold
-            ),
-            "source_model_id": self.meta.get("source_model_id"),
-            "exported_with_version": self.meta.get("library_version"),
-        }
-
-    def _check_io(self, inputs: list[tuple[str, list]], outputs: list[str]) -> None:
-        names = [name for name, _ in inputs]
-        shape = inputs[0][1] if inputs else []
-        ok = (
-            names == ["images"]
-            and sorted(outputs) == ["anomaly_map", "score"]
-            and len(shape) == 4
-            and list(shape[1:]) in ([3, *self.input_hw], [3, None, None])
-        )
-        if not ok:
-            raise PadimError(
-                f"exported model does not match its metadata (inputs {inputs}, "
-                f"outputs {outputs}, input size {self.input_size}): {self.path}"
-            )
-
-
-class OnnxScorer(ExportedScorer):
-    """An ONNX file written by `padim export`, run by onnxruntime (no torch)."""
-
-    runtime = "onnxruntime"
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise PadimError("ONNX models need onnxruntime: pip install onnxruntime") from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise PadimError(f"cannot load ONNX model {path}: {first_line(exc)}") from None
-        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        super().__init__(path, meta)
-        self._check_io(
-            [
-                (i.name, [d if isinstance(d, int) else None for d in i.shape])
-                for i in self.session.get_inputs()
-            ],
-            [o.name for o in self.session.get_outputs()],
-        )
-
-    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = self.session.run(
-            ["score", "anomaly_map"], {"images": np.ascontiguousarray(x, dtype=np.float32)}
-        )
-        return scores, maps[:, 0]
-
-
-class OpenVinoScorer(ExportedScorer):
-    """An OpenVINO IR (.xml + .bin) written by `padim export --format openvino`."""
-
-    runtime = "openvino"
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise PadimError("OpenVINO models need openvino: pip install openvino") from None
-        weights = Path(path).with_suffix(".bin")
-        if not weights.is_file():
-            raise PadimError(
-                f"OpenVINO model {path}: its weights {weights.name} are missing (an .xml needs "
-                "the .bin written beside it by padim export)"
-            )
-        core = ov.Core()
-        with contextlib.suppress(Exception):  # read the weights, do not map them: a .bin
-            core.set_property({"ENABLE_MMAP": False})  # copied over in place must not crash
-        try:
-            model = core.read_model(str(path))
-            raw = model.get_rt_info(["padim"]).astype(str)
-        except Exception as exc:
-            raise PadimError(f"cannot load OpenVINO model {path}: {first_line(exc)}") from None
-        meta = parse_metadata({"padim": raw}, path)
-        super().__init__(path, meta)
-        # f32 on every CPU: OpenVINO's default on CPUs with bf16 (AMX, AVX-512 BF16) is bf16,
-        # which moves scores by ~1e-3 and fails the export's own parity check
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(model, "CPU", config)
-        self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
-        self._check_io(
-            [
-                (
-                    i.get_any_name(),
-                    [d.get_length() if d.is_static else None for d in i.get_partial_shape()],
-                )
-                for i in self.compiled.inputs
-            ],
-            list(self._outputs),
-        )
-
-    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = self.compiled(np.ascontiguousarray(x, dtype=np.float32))
-        return result[self._outputs["score"]], result[self._outputs["anomaly_map"]][:, 0]
 
 
 def load_scorer(

@@ -16,7 +16,8 @@ import numpy as np
 from padim import options
 from padim.data.sources import output_names, source_paths
 from padim.deploy.bulk import BulkJob, score_part
-from padim.deploy.scorers import file_id, load_scorer, resolve_threshold
+from padim.deploy.model_info import file_id
+from padim.deploy.scorers import load_scorer, resolve_threshold
 from padim.errors import PadimError
 from padim.progress import progress_bar
 from padim.ray_engine.fitting import split_evenly
