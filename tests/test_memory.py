@@ -6,12 +6,21 @@ from padim.memory import PeakRSS, process_peak_bytes
 
 
 def test_peak_rss_sees_a_temporary_allocation():
+    import gc
+
     size = 300 * 2**20
-    with PeakRSS() as idle:
-        pass
-    with PeakRSS() as busy:
-        block = np.ones(size // 8)  # touched, so resident
-        del block
+    # garbage left by earlier tests (models in reference cycles) must not be collected, and
+    # its memory returned, between or inside the two blocks: that would hide the spike
+    gc.collect()
+    gc.disable()
+    try:
+        with PeakRSS() as idle:
+            pass
+        with PeakRSS() as busy:
+            block = np.ones(size // 8)  # touched, so resident
+            del block
+    finally:
+        gc.enable()
     assert busy.peak_bytes >= size * 0.9
     if busy.exact:  # Linux: the high-water mark was reset, so the idle block saw no spike
         assert busy.peak_bytes - idle.peak_bytes >= size * 0.9
