@@ -363,6 +363,52 @@ LOG_LEVEL = Option(
     "--log-level", "info", "uvicorn log level", ("critical", "error", "warning", "info", "debug")
 )
 
+# ----------------------------------------------------------------------------- lifecycle
+
+AUTH_MODES = ("auto", "on", "off")
+CATALOGUE = Option(
+    "--catalogue",
+    "padim-catalogue",
+    "where versions, records and tokens live: a folder (a SQLite database and the files in "
+    "it) or a database URL such as postgresql+psycopg://user@host/db (then give --files); "
+    "the PADIM_CATALOGUE environment variable sets it too",
+)
+CATALOGUE_ENV = "PADIM_CATALOGUE"
+FILES = Option(
+    "--files",
+    None,
+    "with a database URL: the folder, reached by every line computer, for the model versions "
+    "and kept images (default: the catalogue folder itself)",
+)
+ALIAS = Option("--alias", "production", "the alias a version is promoted to or served from")
+KEEP_GOOD = Option(
+    "--keep-good",
+    0.02,
+    "share of good images whose image is kept with their record (every other one is kept)",
+)
+IMAGE_BUDGET_MB = Option(
+    "--image-budget-mb",
+    2048.0,
+    "disk budget of the kept images; past it the oldest good ones are deleted first",
+)
+AUTH = Option(
+    "--auth",
+    "auto",
+    "API tokens: on (every request needs one; roles operator, engineer, admin), off, or auto "
+    "(on when serving from a catalogue)",
+    AUTH_MODES,
+)
+OPEN_READS = Option(
+    "--open-reads",
+    False,
+    "with --auth on: reading endpoints (GET: models, versions, records, health) need no token",
+)
+RECORD = Option(
+    "--record",
+    False,
+    "record every verdict in the catalogue (kept images by --keep-good and --image-budget-mb)",
+)
+
 # ----------------------------------------------------------------------------- export
 
 EXPORT_FORMAT = Option(

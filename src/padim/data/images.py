@@ -8,6 +8,7 @@ The pixel count is checked from the header, before any pixel is decoded.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -200,3 +201,18 @@ def as_image(item: ImageInput) -> Image.Image:
     raise TypeError(
         f"an image is a path, a PIL image, an array or a video frame, not {type(item).__name__}"
     )
+
+
+def image_digest(item: ImageInput) -> str:
+    """SHA-256 of an image: of its file's bytes for a path (what `sha256sum` says), else of
+    its RGB pixels. The records and a model's lineage name images by it."""
+    if isinstance(item, str | Path):
+        digest = hashlib.sha256()
+        try:
+            with open(item, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise BadImage(f"cannot read {item}: {exc.strerror}", "unreadable") from None
+        return digest.hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(as_image(item)).tobytes()).hexdigest()

@@ -180,6 +180,7 @@ class TrainingSummary:
     updates: list[dict[str, Any]] | None = None  # `padim update`s: images added, seconds, when
     image_size: list[int] | None = None  # median (width, height) of the training images
     alignment: dict[str, Any] | None = None  # how well the training images were aligned
+    image_digests: list[str] | None = None  # SHA-256 of every training image, sorted (lineage)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -34,7 +34,7 @@ from padim.core.tiling import TiledEmbedder
 from padim.data.align import Aligner, Transform
 from padim.data.aligned import AlignedItem
 from padim.data.datasets import read_mask, training_images
-from padim.data.images import ImageInput
+from padim.data.images import ImageInput, image_digest
 from padim.data.preprocess import AUTO_SAMPLE, auto_size, batches, image_shape, native_size
 from padim.data.sources import expand_inputs
 from padim.errors import PadimError
@@ -225,6 +225,7 @@ class Fitter:
         self.align_reference = align_reference
         self.align_roi = align_roi
         self.image_size: tuple[int, int] | None = None  # learned by `plan`
+        self.image_digests: list[str] | None = None  # learned by `plan`: the lineage
         self.aligner: Aligner | None = None  # learned by `plan` when the config aligns
         self.alignment: dict | None = None  # how well a sample of the training images aligned
 
@@ -249,6 +250,7 @@ class Fitter:
         items = training_items(images)
         self.image_size = training_size(items)  # also refuses tiny images, before any work
         self.config = resolve_size(self.config, items)
+        self.image_digests = sorted(image_digest(item) for item in items)
         if len(items) < MIN_TRAIN_IMAGES:
             raise PadimError(
                 f"need at least {MIN_TRAIN_IMAGES} good training images to fit a "
@@ -424,6 +426,7 @@ class Fitter:
             ),
             roi=None if roi is None else self.roi_summary(roi),
             image_size=None if self.image_size is None else list(self.image_size),
+            image_digests=self.image_digests,
         )
         training.alignment = self.alignment
         return ModelState(cfg, net, calibration, training, kept, self.device, self.aligner)
@@ -498,6 +501,7 @@ class Fitter:
         items = training_items(images)
         if not items:
             raise PadimError("no new images to add")
+        digests = [image_digest(item) for item in items]
         if state.aligner is not None:
             items = [AlignedItem(item, state.aligner) for item in items]
         training = state.training
@@ -542,6 +546,8 @@ class Fitter:
         if training is not None:
             training.n_train += plan.n
             training.n_holdout += len(plan.hold_items)
+            if training.image_digests is not None:
+                training.image_digests = sorted(training.image_digests + digests)
             training.updates = updates
             good = state.calibration.holdout_scores.get(self.config.score_mode)
             if good is not None:

@@ -1,0 +1,4 @@
+"""A model's life on the line: a catalogue (SQLite by default, PostgreSQL by URL) holding a
+registry of numbered model versions per product with aliases, promotion and rollback; the
+inspection records of every verdict with a retention rule for their images; API tokens with
+roles; and the audit trail of every change. Torch-free: the service and watch use it."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalogue's schema (run by `padim.lifecycle.database.migrate`)."""

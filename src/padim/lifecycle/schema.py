@@ -1,0 +1,122 @@
+"""The catalogue's tables (SQLAlchemy Core), at the newest schema revision; the migrations
+(`padim/lifecycle/migrations`) build and upgrade them. Products with numbered versions and
+their lineage, aliases pointing at versions, inspection records with the images kept of them
+and their disk usage, API tokens (hashed), and the audit events every change writes."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+products = Table(
+    "products",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("product_id", Integer, ForeignKey("products.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("path", Text, nullable=False),  # the model file in the store
+    Column("sha256", String(64), nullable=False),
+    Column("parent", Integer),  # the version number it was derived from (update, refit)
+    Column("n_train", Integer),
+    Column("images_sha256", String(64)),  # one digest of the training images' digests
+    Column("image_digests", JSON),  # SHA-256 of every training image, sorted
+    Column("config", JSON, nullable=False),  # the fit options (the model file's config)
+    Column("evaluation", JSON),  # the metrics it passed, when given
+    Column("operating_points", JSON),  # name -> threshold, from the model file
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=False, default=""),
+    UniqueConstraint("product_id", "number"),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("product_id", Integer, ForeignKey("products.id"), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(50), nullable=False),  # register, promote, rollback, token, ...
+    Column("product", String(200)),
+    Column("detail", JSON, nullable=False),
+    Index("ix_events_product", "product", "id"),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("product", String(200), nullable=False),
+    Column("version", Integer),  # the registry version that judged it (None: a plain file)
+    Column("model_id", String(200), nullable=False),
+    Column("source", String(200), nullable=False),  # service, watch (and the host)
+    Column("name", Text, nullable=False),  # the upload's file name, or the frame
+    Column("score", Float, nullable=False),
+    Column("normalised_score", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("verdict", String(20), nullable=False),
+    Column("regions", JSON, nullable=False),
+    Column("image_sha256", String(64), nullable=False),
+    Index("ix_records_product_at", "product", "at"),
+)
+
+kept_images = Table(  # the images kept by the retention rule, while they are kept
+    "kept_images",
+    metadata,
+    Column("record_id", Integer, ForeignKey("records.id"), primary_key=True),
+    Column("path", Text, nullable=False),  # relative to the store's images folder
+    Column("bytes", BigInteger, nullable=False),
+    Column("anomalous", Boolean, nullable=False),  # good ones are pruned first
+    Index("ix_kept_images_order", "anomalous", "record_id"),
+)
+
+image_usage = Table(  # one row: the bytes of every kept image, updated with them
+    "image_usage",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("role", String(20), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),  # SHA-256 of the token
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
