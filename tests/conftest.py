@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -160,3 +166,88 @@ def artifacts() -> Path:
     path = Path(os.environ.get("PADIM_ARTIFACTS", REPO / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(args: list[str], log: Path, processes: list | None = None):
+    """`padim serve ARGS` as users start it, in its own process; yields its base URL (the
+    process is appended to `processes` when given)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "padim", "serve", *args, "--port", str(port)]
+    cmd += ["--threads", "2", "--log-level", "warning"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if processes is not None:
+        processes.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"padim serve exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"padim serve did not start:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# ----------------------------------------------------------------------------- catalogues
+
+POSTGRES = os.environ.get("PADIM_TEST_POSTGRES")  # e.g. postgresql+psycopg://u@host:5432/db
+
+
+def empty_postgres(url: str) -> str:
+    """The test database emptied (every table dropped, the migrations' record too)."""
+    from sqlalchemy import MetaData, text
+
+    from padim.lifecycle.database import connect
+
+    engine = connect(url)
+    meta = MetaData()
+    meta.reflect(engine)
+    meta.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path) -> tuple[str, str]:
+    """(catalogue location, files folder) of an empty catalogue: a SQLite folder, and a real
+    PostgreSQL when PADIM_TEST_POSTGRES names one (`.ci/run` starts one and sets
+    PADIM_REQUIRE_POSTGRES, which makes it mandatory)."""
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("alembic")
+    if request.param == "sqlite":
+        return str(tmp_path / "catalogue"), str(tmp_path / "catalogue")
+    if not POSTGRES:
+        if os.environ.get("PADIM_REQUIRE_POSTGRES"):
+            pytest.fail("PADIM_REQUIRE_POSTGRES is set but PADIM_TEST_POSTGRES is not")
+        pytest.skip("PADIM_TEST_POSTGRES not set")
+    return empty_postgres(POSTGRES), str(tmp_path / "files")
+
+
+@pytest.fixture
+def catalogue(location):
+    """An empty catalogue, open."""
+    from padim.lifecycle.database import open_catalogue
+
+    return open_catalogue(*location)

@@ -12,6 +12,10 @@ class PadimError(Exception):
     """A user-facing error: bad input, a missing file, an incompatible model, missing weights."""
 
 
+class NotFound(PadimError):
+    """Something asked for by name that is not there (a product, version, alias, token)."""
+
+
 class BadImage(PadimError):
     """An input that is not a usable image; `code` names why (for API clients)."""
 

@@ -5,6 +5,7 @@ paths checked before any work, so nothing but a regular file is ever replaced.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
@@ -13,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from padim.errors import PadimError
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (what `sha256sum` prints), read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def default_file_mode() -> int:

@@ -366,6 +366,7 @@ LOG_LEVEL = Option(
 # ----------------------------------------------------------------------------- lifecycle
 
 AUTH_MODES = ("auto", "on", "off")
+ROLES = ("operator", "engineer", "admin")  # each may do what the ones before it may
 CATALOGUE = Option(
     "--catalogue",
     "padim-catalogue",

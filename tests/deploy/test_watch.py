@@ -247,3 +247,26 @@ def test_watch_says_why_frames_of_a_file_were_not_scored(fitted, clip, monkeypat
     assert main(["watch", "model.safetensors", str(clip), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "frames were not scored" in err and "--speed 0" in err
+
+
+def test_watch_records_every_frame_with_its_registry_version(
+    model_file, clip, tmp_path, capsys, threshold
+):
+    """--record: every scored frame is a record (good ones too), named by the registry version
+    whose file the model is; defective frames keep their image, good ones are sampled."""
+    pytest.importorskip("sqlalchemy")
+    catalogue = str(tmp_path / "catalogue")
+    assert main(["registry", "register", "line", str(model_file), "--catalogue", catalogue]) == 0
+    args = ["watch", str(model_file), str(clip), "--speed", "0", "--quiet", "--record"]
+    args += ["--product", "line", "--catalogue", catalogue, "--keep-good", "0"]
+    assert main([*args, "--threshold", threshold, "--out", str(tmp_path / "ev")]) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    from padim.lifecycle.database import open_catalogue
+    from padim.lifecycle.records import Query, RecordBook
+
+    rows = RecordBook(open_catalogue(catalogue)).query(Query(limit=None))
+    assert len(rows) == summary["scored"] > 0 and {r["version"] for r in rows} == {1}
+    bad = {int(r["name"].split()[-1]) for r in rows if r["verdict"] == "anomalous"}
+    assert len(bad) == summary["anomalous"] > 0 and bad <= DEFECTIVE
+    assert all(bool(r["image"]) == (r["verdict"] != "good") for r in rows)

@@ -4,6 +4,8 @@ a second open is a no-op, a newer schema is refused, bad locations are one-line 
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("sqlalchemy")
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -34,5 +36,5 @@ def test_bad_locations(tmp_path):
         open_catalogue(tmp_path / "file")
     with pytest.raises(PadimError, match="--files"):
         open_catalogue("postgresql+psycopg://nobody@127.0.0.1:1/none")
-    with pytest.raises(PadimError, match="not a database URL|cannot use"):
+    with pytest.raises(PadimError, match=r"not a database URL|cannot use"):
         open_catalogue("nosuchdb://x/y", tmp_path)

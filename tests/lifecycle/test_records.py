@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+pytest.importorskip("sqlalchemy")
+
 from padim.errors import PadimError
 from padim.lifecycle.database import open_catalogue
 from padim.lifecycle.records import Entry, Query, RecordBook, Retention
@@ -62,7 +64,7 @@ def test_records_are_written_queried_and_exported(catalogue, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     assert book.export(tmp_path / "r.parquet", Query(product="cap")) == 1
     assert pq.read_table(tmp_path / "r.parquet").column("product").to_pylist() == ["cap"]
-    with pytest.raises(PadimError, match=".csv or .parquet"):
+    with pytest.raises(PadimError, match=r"\.csv or \.parquet"):
         book.export(tmp_path / "r.txt", Query())
 
 

@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+pytest.importorskip("sqlalchemy")
+
 from padim.data.images import image_digest
 from padim.errors import PadimError
 from padim.lifecycle.audit import read_events

@@ -4,18 +4,13 @@ Playwright. Skipped when Chromium or Playwright is missing, unless PADIM_REQUIRE
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
+from conftest import serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -48,12 +43,6 @@ def _need_browser():
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def models(bottle_model_file, tmp_path_factory) -> Path:
     """A folder of two models: the bottle model and a lenient copy (threshold x 20)."""
@@ -65,37 +54,6 @@ def models(bottle_model_file, tmp_path_factory) -> Path:
     lenient.set_threshold(float(lenient.threshold_) * 20, name="lenient")
     lenient.save(root / "bottle-lenient.safetensors")
     return root
-
-
-@contextlib.contextmanager
-def serving(args: list[str], log: Path):
-    """`padim serve ARGS` as users start it, in its own process; yields its base URL."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "padim", "serve", *args, "--port", str(port)]
-    cmd += ["--threads", "2", "--log-level", "warning"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"padim serve exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"padim serve did not start:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +170,7 @@ def test_page_shows_the_alignment_and_never_calls_an_unaligned_part_good(tmp_pat
     that cannot be aligned says CANNOT ALIGN whatever the threshold slider says."""
     sync_playwright = _need_browser()
     pytest.importorskip("cv2")
-    from conftest import moved, part, save
+    from conftest import moved, part, save, serving
 
     from padim import Padim
 

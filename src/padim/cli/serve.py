@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from padim import options
-from padim.cli.arguments import add, positive_int
+from padim.cli.arguments import add, positive_int, probability
+from padim.cli.catalogue_args import add_catalogue, catalogue_location
 from padim.errors import PadimError
 
 NAME = "serve"
@@ -29,10 +30,10 @@ def add_arguments(sub: Any) -> None:
     p.add_argument(
         "models",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="MODEL",
         help="a model file (.safetensors, or an export: .onnx, OpenVINO .xml), several, or "
-        "one folder of them",
+        "one folder of them (or none, with --product)",
     )
     add(p, options.HOST)
     add(p, options.PORT, type=positive_int)
@@ -65,6 +66,23 @@ def add_arguments(sub: Any) -> None:
     add(p, options.DEVICE)
     add(p, options.THREADS, type=positive_int)
     add(p, options.LOG_LEVEL)
+    add_catalogue(p)
+    g = p.add_argument_group("registry, records and tokens (docs/lifecycle.md)")
+    g.add_argument(
+        "--product",
+        action="append",
+        default=[],
+        help="serve this product's --alias version from the catalogue's registry, swapped (no "
+        "failed request) when the alias moves; repeat it for several products",
+    )
+    add(g, options.ALIAS)
+    add(g, options.RECORD, action="store_true")
+    add(g, options.KEEP_GOOD, type=probability)
+    add(g, options.IMAGE_BUDGET_MB, type=float)
+    add(g, options.AUTH)
+    add(g, options.OPEN_READS, action="store_true")
+    g.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS: the key (uvicorn's)")
+    g.add_argument("--ssl-certfile", type=Path, default=None, help="TLS: the certificate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not (args.reload_interval == 0 or 0.1 <= args.reload_interval <= 86400):
         raise PadimError("--reload-interval must be 0 (never) or 0.1 to 86400 seconds")
+    lifecycle_settings(args, settings)
     run_server(
         args.models,
         settings,
@@ -106,5 +125,27 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         log_level=args.log_level,
         threads=args.threads,
+        tls=(args.ssl_keyfile, args.ssl_certfile),
     )
     return 0
+
+
+def lifecycle_settings(args: argparse.Namespace, settings: Any) -> None:
+    """The catalogue part of the settings: which catalogue (named, or the default one when
+    the registry, records or tokens are asked for), what it serves and records, and tokens."""
+    if bool(args.models) == bool(args.product):
+        raise PadimError("give model files (or a folder), or --product to serve from the registry")
+    wanted = bool(args.product) or args.record or args.auth == "on"
+    settings.catalogue = catalogue_location(args, needed=wanted)
+    settings.files = None if args.files is None else str(args.files)
+    settings.products = tuple(args.product)
+    settings.alias = args.alias
+    settings.record = args.record
+    settings.keep_good = args.keep_good
+    settings.image_budget_mb = args.image_budget_mb
+    if args.image_budget_mb <= 0:
+        raise PadimError("--image-budget-mb must be positive")
+    settings.auth = args.auth == "on" or (args.auth == "auto" and settings.catalogue is not None)
+    settings.open_reads = args.open_reads
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        raise PadimError("TLS needs both --ssl-keyfile and --ssl-certfile")

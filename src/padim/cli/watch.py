@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from padim import options
-from padim.cli.arguments import add, non_negative_int, positive_int
+from padim.cli.arguments import add, non_negative_int, positive_int, probability
+from padim.cli.catalogue_args import add_catalogue, catalogue_location
 from padim.errors import PadimError
 from padim.files import check_output_file
 
@@ -53,6 +54,14 @@ def add_arguments(sub: Any) -> None:
     add(p, options.DEVICE)
     add(p, options.THREADS, type=positive_int)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_catalogue(p)
+    g = p.add_argument_group("records (docs/lifecycle.md)")
+    add(g, options.RECORD, action="store_true")
+    g.add_argument(
+        "--product", default=None, help="the product the records name (default: the model's stem)"
+    )
+    add(g, options.KEEP_GOOD, type=probability)
+    add(g, options.IMAGE_BUDGET_MB, type=float)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     def report(line: str) -> None:
         print(f"padim: watching {line}", file=sys.stderr, flush=True)
 
-    stats = watch.watch(scorer, args.source, sinks, opts, report)
+    recorder = frame_recorder(args, scorer) if args.record else None
+    stats = watch.watch(scorer, args.source, sinks, opts, report, recorder)
     if stats.source_error and stats.read == 0:
         raise PadimError(stats.source_error)
     print(f"watched {stats.line()}")
@@ -104,3 +114,53 @@ def run(args: argparse.Namespace) -> int:
     if stats.source_error:
         print(f"padim: warning: the source failed: {stats.source_error}", file=sys.stderr)
     return 0
+
+
+def frame_recorder(args: argparse.Namespace, scorer: Any) -> Any:
+    """Every scored frame's verdict into the catalogue's records (committed before the next
+    frame is taken); a frame's JPEG is encoded only when the retention rule keeps it."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    from padim.files import file_sha256
+    from padim.lifecycle.database import open_catalogue
+    from padim.lifecycle.records import Entry, RecordBook, Retention
+    from padim.lifecycle.registry import Registry, checked_name
+
+    product = checked_name("product", args.product or args.model.stem)
+    catalogue = open_catalogue(catalogue_location(args) or options.CATALOGUE.default, args.files)
+    version = Registry(catalogue).number_of(product, file_sha256(args.model))
+    book = RecordBook(catalogue, Retention(args.keep_good, int(args.image_budget_mb * (1 << 20))))
+    source = f"watch {args.source}"[:200]
+
+    def record(index: int, decision: Any, photo: Any) -> None:
+        pixels = np.asarray(photo) if photo is not None else np.zeros((1, 1, 3), np.uint8)
+
+        def jpeg() -> bytes:
+            buffer = io.BytesIO()
+            photo.save(buffer, format="JPEG", quality=92)
+            return buffer.getvalue()
+
+        book.write(
+            [
+                Entry(
+                    product=product,
+                    version=version,
+                    model_id=scorer.model_id,
+                    source=source,
+                    name=f"frame {index}",
+                    score=decision.score,
+                    normalised_score=decision.normalised_score,
+                    threshold=decision.threshold,
+                    verdict=decision.verdict,
+                    regions=[r.to_dict() for r in decision.regions[: options.MAX_REGIONS]],
+                    image_sha256=hashlib.sha256(pixels.tobytes()).hexdigest(),
+                    image=jpeg if photo is not None else None,
+                    suffix=".jpg",
+                )
+            ]
+        )
+
+    return record

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from padim.errors import BadImage, PadimError
+from padim.files import file_sha256
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -207,12 +208,8 @@ def image_digest(item: ImageInput) -> str:
     """SHA-256 of an image: of its file's bytes for a path (what `sha256sum` says), else of
     its RGB pixels. The records and a model's lineage name images by it."""
     if isinstance(item, str | Path):
-        digest = hashlib.sha256()
         try:
-            with open(item, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            return file_sha256(item)
         except OSError as exc:
             raise BadImage(f"cannot read {item}: {exc.strerror}", "unreadable") from None
-        return digest.hexdigest()
     return hashlib.sha256(np.ascontiguousarray(as_image(item)).tobytes()).hexdigest()

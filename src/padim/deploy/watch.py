@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from padim import options
+from padim.data.decision import Decision
 from padim.data.pictures import render_pictures
 from padim.data.video import Frame, is_live, read_frames
 from padim.deploy.scorers import Scorer, decide_scored, item_geometry, score_images
@@ -329,15 +330,20 @@ def _read(
         mailbox.close()
 
 
+Recorder = Callable[[int, Decision, Image.Image | None], None]  # frame index, verdict, photo
+
+
 def watch(
     scorer: Scorer,
     source: str,
     sinks: list[Sink],
     opts: WatchOptions,
     report: Callable[[str], None] | None = None,
+    recorder: Recorder | None = None,
 ) -> WatchStats:
     """Score `source` until it ends, `duration` passes, `max_frames` are scored or the user
-    interrupts; return the counts (sinks flushed)."""
+    interrupts; return the counts (sinks flushed). `recorder` gets every scored frame's
+    verdict (good ones too) before the next frame is taken."""
     stats = WatchStats(source, sinks={s.name: s.stats for s in sinks})
     mailbox, stop = LatestFrame(), threading.Event()
     reader = threading.Thread(
@@ -366,10 +372,14 @@ def watch(
                 continue
             stats.scored += 1
             unaligned = scored.transform is not None and not scored.transform.ok
+            if recorder is not None:
+                decision = decide_scored(scorer, scored, opts.threshold, scale, opts.min_area)
+                recorder(frame.index, decision, scored.original)
             if not unaligned and not scored.score > opts.threshold:  # good: nothing to send
                 continue
             stats.anomalous += 1
-            decision = decide_scored(scorer, scored, opts.threshold, scale, opts.min_area)
+            if recorder is None:
+                decision = decide_scored(scorer, scored, opts.threshold, scale, opts.min_area)
             regions = decision.regions
             wall = datetime.now(UTC)
             event = {

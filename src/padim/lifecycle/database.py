@@ -78,7 +78,9 @@ def connect(url: str) -> Engine:
     try:
         engine = create_engine(url, pool_pre_ping=True)
     except (ImportError, ModuleNotFoundError) as exc:
-        raise PadimError(f"cannot use {url.split('://')[0]}: {exc} (pip install 'padim[lifecycle]')") from None
+        raise PadimError(
+            f"cannot use {url.split('://')[0]}: {exc} (pip install 'padim[lifecycle]')"
+        ) from None
     except Exception as exc:  # a malformed URL
         raise PadimError(f"not a database URL: {url!r} ({exc})") from None
     if engine.dialect.name == "sqlite":
@@ -122,7 +124,9 @@ def migrate(engine: Engine) -> str:
             return head
         except DBAPIError as exc:  # another process migrated at the same moment
             if attempt == MIGRATION_RETRIES - 1:
-                raise PadimError(f"cannot set up the catalogue: {str(exc).splitlines()[0]}") from None
+                raise PadimError(
+                    f"cannot set up the catalogue: {str(exc).splitlines()[0]}"
+                ) from None
             time.sleep(0.2 * (attempt + 1))
     return head
 
@@ -138,7 +142,9 @@ def alembic_config() -> Any:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(resources.files("padim.lifecycle") / "migrations"))
+    config.set_main_option(
+        "script_location", str(resources.files("padim.lifecycle") / "migrations")
+    )
     return config
 
 

@@ -15,11 +15,11 @@ import contextlib
 import csv
 import io
 import secrets
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Select, insert, select, update
 from sqlalchemy import delete as sql_delete
@@ -67,8 +67,8 @@ class Retention:
 
 @dataclass
 class Entry:
-    """One verdict to record; `image` is the image's bytes as received (kept if the rule
-    says so), `suffix` its file type."""
+    """One verdict to record; `image` is the image's bytes as received (or a function that
+    encodes them, called only when the rule keeps it), `suffix` its file type."""
 
     product: str
     version: int | None
@@ -81,8 +81,11 @@ class Entry:
     verdict: str
     regions: list[dict[str, Any]]
     image_sha256: str
-    image: bytes | None = field(default=None, repr=False)
+    image: bytes | Callable[[], bytes] | None = field(default=None, repr=False)  # or encoder
     suffix: str = ".png"
+
+
+RECORDED = tuple(f.name for f in fields(Entry) if f.name not in ("image", "suffix"))
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,7 @@ class RecordBook:
             return []
         now = datetime.now(UTC)
         kept = [self._keep(e, now) for e in entries]
-        rows = [
-            {k: v for k, v in asdict(e).items() if k not in ("image", "suffix")} | {"at": now}
-            for e in entries
-        ]
+        rows = [{name: getattr(e, name) for name in RECORDED} | {"at": now} for e in entries]
         added = sum(size for _, size in filter(None, kept))
         try:
             with self.catalogue.engine.begin() as conn:
@@ -150,7 +150,8 @@ class RecordBook:
         """Write the entry's image when the rule keeps it: (relative path, bytes)."""
         if entry.image is None or not self.retention.keeps(entry.verdict, entry.image_sha256):
             return None
-        if len(entry.image) > self.retention.budget_bytes:
+        data = entry.image() if callable(entry.image) else entry.image
+        if len(data) > self.retention.budget_bytes:
             return None  # one image larger than the whole budget: the record stays, not it
         suffix = entry.suffix if entry.suffix.isalnum() or entry.suffix[1:].isalnum() else ".bin"
         relative = (
@@ -159,7 +160,6 @@ class RecordBook:
         )
         path = self.catalogue.images / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = entry.image
         write_atomic(path, lambda tmp: tmp.write_bytes(data))
         return relative, len(data)
 
@@ -284,7 +284,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_parquet(path: Path | BinaryIO, rows: list[dict[str, Any]]) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -23,9 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from padim.data.images import image_digest
-from padim.errors import PadimError
-from padim.files import write_atomic
+from padim.errors import NotFound, PadimError
+from padim.files import file_sha256, write_atomic
 from padim.lifecycle.audit import audit, read_events
 from padim.lifecycle.database import Catalogue
 from padim.lifecycle.schema import aliases, products, versions
@@ -123,7 +122,7 @@ class Registry:
         digests = info.get("image_digests")
         points = info.get("operating_points") or {}
         return {
-            "sha256": image_digest(source),
+            "sha256": file_sha256(source),
             "n_train": info.get("n_train"),
             "images_sha256": digest_of_digests(digests) if digests else None,
             "image_digests": digests,
@@ -192,8 +191,18 @@ class Registry:
             row = conn.execute(query).first()
         if row is None:
             what = f"version {number}" if number is not None else f"alias {ref!r}"
-            raise PadimError(f"product {product!r} has no {what} in the registry")
+            raise NotFound(f"product {product!r} has no {what} in the registry")
         return self._version(product, row)
+
+    def number_of(self, product: str, sha256: str) -> int | None:
+        """The newest version of `product` whose file has this SHA-256 (None: not registered)."""
+        with self.catalogue.engine.connect() as conn:
+            found = conn.execute(
+                select(func.max(versions.c.number))
+                .join(products, products.c.id == versions.c.product_id)
+                .where(products.c.name == product, versions.c.sha256 == sha256)
+            ).scalar()
+        return None if found is None else int(found)
 
     def image_digests(self, product: str, number: int) -> list[str]:
         """The SHA-256 of every image version `number` was trained on."""
@@ -218,9 +227,7 @@ class Registry:
             ).all()
         return {name: number for name, number in rows}
 
-    def promote(
-        self, product: str, ref: int | str, actor: str, alias: str = "production"
-    ) -> int:
+    def promote(self, product: str, ref: int | str, actor: str, alias: str = "production") -> int:
         """Point `alias` at version `ref` (audited with the version it pointed at before);
         returns the version number."""
         return self._point(product, ref, actor, alias, "promote")
@@ -272,9 +279,11 @@ class Registry:
         if found is not None:
             return int(found)
         if not create:
-            raise PadimError(f"no product {product!r} in the registry")
+            raise NotFound(f"no product {product!r} in the registry")
         result = conn.execute(insert(products).values(name=product, created_at=_now()))
-        return int(result.inserted_primary_key[0])
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
     @staticmethod
     def _query(product: str) -> Any:

@@ -14,13 +14,13 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from padim.errors import PadimError
+from padim.errors import NotFound, PadimError
 from padim.lifecycle.audit import audit
 from padim.lifecycle.database import Catalogue
 from padim.lifecycle.registry import checked_name
 from padim.lifecycle.schema import tokens
+from padim.options import ROLES
 
-ROLES = ("operator", "engineer", "admin")  # each may do what the ones before it may
 PREFIX = "padim_"  # tokens are recognisable in logs and secret scanners
 
 
@@ -65,7 +65,9 @@ class TokenStore:
                 )
                 audit(conn, actor, "token-create", None, {"name": name, "role": role})
         except IntegrityError:
-            raise PadimError(f"a token named {name!r} exists: revoke it or choose another name") from None
+            raise PadimError(
+                f"a token named {name!r} exists: revoke it or choose another name"
+            ) from None
         return token
 
     def identify(self, token: str) -> Identity | None:
@@ -83,17 +85,23 @@ class TokenStore:
     def revoke(self, name: str, actor: str) -> None:
         with self.catalogue.engine.begin() as conn:
             done = conn.execute(
-                update(tokens).where(tokens.c.name == name, tokens.c.revoked.is_(False)).values(revoked=True)
+                update(tokens)
+                .where(tokens.c.name == name, tokens.c.revoked.is_(False))
+                .values(revoked=True)
             )
             if done.rowcount == 0:
-                raise PadimError(f"no active token named {name!r}")
+                raise NotFound(f"no active token named {name!r}")
             audit(conn, actor, "token-revoke", None, {"name": name})
 
     def listing(self) -> list[dict[str, Any]]:
         """Every token's name, role, maker, date and state (never the hash)."""
-        columns = (tokens.c.name, tokens.c.role, tokens.c.created_by, tokens.c.created_at, tokens.c.revoked)
+        columns = (
+            tokens.c.name,
+            tokens.c.role,
+            tokens.c.created_by,
+            tokens.c.created_at,
+            tokens.c.revoked,
+        )
         with self.catalogue.engine.connect() as conn:
             rows = conn.execute(select(*columns).order_by(tokens.c.id)).all()
-        return [
-            {**row._mapping, "created_at": row.created_at.isoformat()} for row in rows
-        ]
+        return [{**row._mapping, "created_at": row.created_at.isoformat()} for row in rows]

@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from padim import __version__
 from padim.deploy.scorers import Scorer
 from padim.errors import BadImage
+from padim.service.catalogue import Lifecycle
+from padim.service.catalogue_routes import router as catalogue_router
 from padim.service.inspection import Service
 from padim.service.metrics import MetricsMiddleware
 from padim.service.models import ModelSources
@@ -31,10 +33,15 @@ LOG = logging.getLogger("padim.service")
 CLOSE_AFTER = (408, 413, 499)  # statuses sent before the body was read: close the connection
 
 
-def create_app(models: Scorer | ModelSources, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    models: Scorer | ModelSources,
+    settings: ServeSettings | None = None,
+    lifecycle: Lifecycle | None = None,
+) -> FastAPI:
     """The ASGI app serving one in-memory model, or the model files of `ModelSources` (a
-    folder or several files, loaded on first use and reloaded when replaced)."""
-    service = Service(models, settings or ServeSettings())
+    folder or several files, or a registry's alias: loaded on first use and reloaded when
+    replaced); with a `lifecycle`, also the registry, records and tokens of its catalogue."""
+    service = Service(models, settings or ServeSettings(), lifecycle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -55,6 +62,8 @@ def create_app(models: Scorer | ModelSources, settings: ServeSettings | None = N
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     add_error_handlers(app, service)
     app.include_router(router)
+    if lifecycle is not None:
+        app.include_router(catalogue_router)
     app.mount("/static", PageFiles(directory=web_root()), name="static")
     return app
 
@@ -72,6 +81,8 @@ def add_error_handlers(app: FastAPI, service: Service) -> None:
         if exc.status == 499:  # nobody is listening for the answer: one log line is all
             LOG.info("%s %s: %s", request.method, request.url.path, exc.message)
         response = error_response(exc.status, exc.code, exc.message)
+        if exc.status == 401:
+            response.headers["www-authenticate"] = "Bearer"
         if exc.status in CLOSE_AFTER:  # the rest of the body was not read: end the connection
             response.headers["connection"] = "close"
         return response

@@ -30,6 +30,7 @@ from padim.data.pictures import (
 from padim.deploy.scorers import Scorer, is_finite
 from padim.errors import BadImage
 from padim.service.batching import BatchResult
+from padim.service.catalogue import Lifecycle
 from padim.service.examples import load_examples
 from padim.service.metrics import ServiceMetrics
 from padim.service.models import Loaded, ModelPool, ModelSources
@@ -52,8 +53,14 @@ CLOSE_AFTER = (408, 413, 499)
 class Service:
     """The served models plus the metrics, examples and decoding limits of one app."""
 
-    def __init__(self, models: Scorer | ModelSources, settings: ServeSettings) -> None:
+    def __init__(
+        self,
+        models: Scorer | ModelSources,
+        settings: ServeSettings,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
         self.settings = settings
+        self.lifecycle = lifecycle  # the catalogue: registry, records, tokens
         self.metrics = ServiceMetrics(CollectorRegistry())
         if isinstance(models, ModelSources):
             self.pool = ModelPool(models, settings, self.metrics)
@@ -126,6 +133,7 @@ class Service:
         if transform is not None:
             out["alignment"] = transform.to_dict()
         out["model"] = model.name
+        out["model_version"] = model.version  # the registry version (None: a plain file)
         out.update(pictures)
         done = time.perf_counter()
         out["timings_ms"] = {

@@ -84,7 +84,7 @@ def name_list(names: Sequence[str]) -> str:
     return f"{shown} and {more} more (GET /v1/models)" if more > 0 else shown
 
 
-def catalogue(sources: Sequence[Path], warned: set[str] | None = None) -> dict[str, Path]:
+def name_files(sources: Sequence[Path], warned: set[str] | None = None) -> dict[str, Path]:
     """Model name (the file's stem) -> file, from one folder or several files. Names must be
     unique and URL-safe; files of a folder with an unusable name are skipped with one log line
     each (once per file while `warned` is kept across scans)."""
@@ -108,12 +108,16 @@ def catalogue(sources: Sequence[Path], warned: set[str] | None = None) -> dict[s
 
 @dataclass(frozen=True)
 class ModelSources:
-    """Where a service's models come from: one folder or several files, and how to load one."""
+    """Where a service's models come from: one folder or several files, or `resolve` (name
+    -> file, asked again at every check: a registry's alias), and how to load one;
+    `version_of` names the registry version of a file (None: not a registered one)."""
 
     paths: Sequence[Path]
     load: Loader
     ready: dict[str, tuple[Scorer, Signature | None]] = field(default_factory=dict)  # loaded
     warned: set[str] = field(default_factory=set)  # unusable file names already logged
+    resolve: Callable[[], dict[str, Path]] | None = None
+    version_of: Callable[[str, Path], int | None] | None = None
 
 
 @dataclass
@@ -124,6 +128,7 @@ class Loaded:
     scorer: Scorer
     batcher: MicroBatcher
     signature: Signature | None
+    version: int | None = None  # the registry version being served
     loaded_at: float = field(default_factory=time.time)
     active: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -144,6 +149,8 @@ class ModelPool:
     ) -> None:
         self.sources = list(sources.paths)
         self.load = sources.load
+        self.resolve = sources.resolve
+        self.version_of = sources.version_of
         self._ready = dict(sources.ready)  # installed at start, then forgotten
         self.settings = settings
         self.metrics = metrics
@@ -176,7 +183,7 @@ class ModelPool:
         ready, self._ready = self._ready, {}
         for name, (scorer, sig) in ready.items():
             await self._install(name, scorer, sig)
-        if self.sources and self.settings.reload_s > 0:
+        if (self.sources or self.resolve) and self.settings.reload_s > 0:
             self._watcher = asyncio.create_task(self._watch(), name="padim-model-watch")
 
     async def stop(self) -> None:
@@ -197,11 +204,12 @@ class ModelPool:
         return sorted(set(self.files) | set(self.fixed))
 
     def rescan(self) -> None:
-        """Re-read the folder: new files become servable, removed ones are unloaded."""
-        if not self.sources:
+        """Re-read the folder (or the registry): new files become servable, removed ones are
+        unloaded."""
+        if not self.sources and self.resolve is None:
             return
         try:
-            self.files = catalogue(self.sources, self._warned)
+            self.files = self.resolve() if self.resolve else name_files(self.sources, self._warned)
         except PadimError as exc:  # the folder went away: serve what is loaded, say why
             LOG.error("%s", exc)
             return
@@ -223,6 +231,8 @@ class ModelPool:
     def _may_exist(self, name: str) -> bool:
         """Whether a model file of that name is in the folder now: a few `stat` calls, so an
         unknown name costs no scan of a folder of thousands of files."""
+        if self.resolve is not None:  # a product promoted since the last check
+            return bool(NAME.match(name))
         folder = self.sources[0] if len(self.sources) == 1 else None
         if folder is None or not folder.is_dir() or not NAME.match(name):
             return False
@@ -252,6 +262,7 @@ class ModelPool:
                 "file": path.name if path else None,
                 "loaded": entry is not None,
                 "model_id": entry.scorer.model_id if entry else None,
+                "version": entry.version if entry else None,
                 "threshold": entry.scorer.threshold if entry else None,
                 "loaded_at": round(entry.loaded_at, 3) if entry else None,
                 "in_flight": entry.active if entry else 0,
@@ -325,9 +336,12 @@ class ModelPool:
                 raise ApiError(503, "model_unavailable", message) from None
             self.failures.pop(name, None)
             self.metrics.loads.labels(model=name, outcome="loaded").inc()
-            return await self._install(name, scorer, sig)
+            version = self.version_of(name, path) if self.version_of else None
+            return await self._install(name, scorer, sig, version)
 
-    async def _install(self, name: str, scorer: Scorer, sig: Signature | None) -> Loaded:
+    async def _install(
+        self, name: str, scorer: Scorer, sig: Signature | None, version: int | None = None
+    ) -> Loaded:
         settings = self.settings
         batcher = MicroBatcher(
             scorer.score_batch,
@@ -336,14 +350,14 @@ class ModelPool:
             self.metrics.observer(name),
         )
         await batcher.start()
-        entry = Loaded(name, scorer, batcher, sig)
+        entry = Loaded(name, scorer, batcher, sig, version)
         old = self.loaded.get(name)
         self.loaded[name] = entry  # requests from now on get the new one
         self.loaded.move_to_end(name)
         self.metrics.model_in(name, scorer.describe(), lambda: batcher.pending)
         if old is not None:
             self.reloads[name] = self.reloads.get(name, 0) + 1
-            LOG.info("model %s: now serving %s", name, scorer.model_id)
+            LOG.info("model %s: now serving %s", name, scorer.model_id + _version_text(version))
             self._retire(old)
         while len(self.loaded) > max(1, settings.max_loaded):
             oldest = next((n for n in self.loaded if n not in self.fixed and n != name), None)
@@ -385,6 +399,13 @@ class ModelPool:
             except Exception as exc:  # the watcher must outlive any one bad check
                 LOG.error("checking the model files failed: %s", exc)
 
+    async def follow(self) -> None:
+        """Check the sources now and wait for the swaps that starts (a promotion answered by
+        this process is served by it when the answer goes out)."""
+        self.check_files()
+        pending = [asyncio.shield(t) for t in self._loading.values()]
+        await asyncio.gather(*pending, return_exceptions=True)
+
     def check_files(self) -> None:
         """Rescan, and reload each loaded model whose file was replaced."""
         self.rescan()
@@ -418,6 +439,10 @@ def _consume(task: asyncio.Task) -> None:
     """A background reload's failure is logged where it happens; nothing waits for it."""
     if not task.cancelled():
         task.exception()
+
+
+def _version_text(version: int | None) -> str:
+    return "" if version is None else f" (version {version})"
 
 
 def _safe_name(model_id: str) -> str:

@@ -4,6 +4,8 @@ models, health, examples, metrics and the page. Each route finds the app's `Serv
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from importlib import resources
 from pathlib import Path
@@ -16,7 +18,9 @@ from starlette.types import Scope
 
 from padim.deploy.scorers import Scorer, resolve_threshold
 from padim.errors import PadimError
+from padim.service.access import READ, require
 from padim.service.inspection import Service, ms
+from padim.service.models import Loaded
 from padim.service.requests import (
     ApiError,
     parse_include,
@@ -27,6 +31,7 @@ from padim.service.requests import (
 )
 
 router = APIRouter()
+LOG = logging.getLogger("padim.service")
 
 # No third-party origin at all: the page must work on an isolated line PC.
 PAGE_HEADERS = {
@@ -67,7 +72,21 @@ def request_threshold(request: Request, scorer: Scorer) -> float:
         raise ApiError(422, "bad_operating_point", str(exc)) from None
 
 
+async def record(request: Request, model: Loaded, results: list[dict], uploads: list) -> None:
+    """Record the verdicts (when the service records): committed before the answer goes out,
+    so an acknowledged result is never lost; a catalogue that cannot take it fails the request."""
+    life = service_of(request).lifecycle
+    if life is None or not life.record:
+        return
+    try:
+        await asyncio.to_thread(life.record_results, model.name, model.version, results, uploads)
+    except Exception as exc:
+        LOG.error("recording %d result(s) of %s failed: %s", len(results), model.name, exc)
+        raise ApiError(503, "not_recorded", "the result could not be recorded; try again") from None
+
+
 async def predict_one(request: Request, name: str) -> dict:
+    require(request, "operator")
     service = service_of(request)
     include = parse_include(query(request, "include") or "")
     min_area = parse_min_area(query(request, "min_area"))
@@ -76,10 +95,13 @@ async def predict_one(request: Request, name: str) -> dict:
     uploads = await read_uploads(request, service.settings, batch=False)  # one at most
     async with service.pool.use(name) as model:
         threshold = request_threshold(request, model.scorer)
-        return await service.predict(model, uploads[0], include, threshold, min_area)
+        result = await service.predict(model, uploads[0], include, threshold, min_area)
+        await record(request, model, [result], uploads)
+        return result
 
 
 async def predict_batch(request: Request, name: str) -> dict:
+    require(request, "operator")
     service = service_of(request)
     include = parse_include(query(request, "include") or "")
     min_area = parse_min_area(query(request, "min_area"))
@@ -93,6 +115,7 @@ async def predict_batch(request: Request, name: str) -> dict:
     async with service.pool.use(name) as model:
         threshold = request_threshold(request, model.scorer)
         results = await service.predict_many(model, uploads, include, threshold, min_area)
+        await record(request, model, results, uploads)
         return {
             "model": model.name,
             "model_id": model.scorer.model_id,
@@ -105,10 +128,12 @@ async def predict_batch(request: Request, name: str) -> dict:
 
 
 async def describe_model(request: Request, name: str) -> dict:
+    require(request, READ)
     service = service_of(request)
     async with service.pool.use(name) as model:
         return {
             "name": model.name,
+            "version": model.version,
             **model.scorer.describe(),
             "batching": service.settings.batching,
             "max_batch": model.batcher.max_batch,
@@ -147,6 +172,7 @@ async def batch_named(request: Request, name: str) -> dict:
 
 @router.get("/v1/models", summary="The models this service serves")
 async def list_models(request: Request) -> dict:
+    require(request, READ)
     service = service_of(request)
     return {
         "models": service.pool.listing(),
@@ -198,6 +224,7 @@ async def example(request: Request, index: int) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
+    require(request, READ)
     registry = service_of(request).metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

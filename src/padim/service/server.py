@@ -25,8 +25,9 @@ from padim.deploy.scorers import load_scorer
 from padim.errors import PadimError
 from padim.memory import limit_malloc_arenas, reuse_freed_memory
 from padim.service.app import create_app
+from padim.service.catalogue import Lifecycle
 from padim.service.examples import load_examples
-from padim.service.models import MODEL_SUFFIXES, ModelSources, catalogue, signature
+from padim.service.models import MODEL_SUFFIXES, ModelSources, name_files, signature
 from padim.service.settings import ServeSettings
 
 ENV_MODEL = "PADIM_SERVE_MODELS"  # JSON list of paths
@@ -121,7 +122,7 @@ def model_sources(
     if len(models) > 1 and any(p.is_dir() for p in models):
         raise PadimError("give one folder of models, or model files, not both")
     warned: set[str] = set()  # the pool goes on with it: each unusable file is logged once
-    found = catalogue(models, warned)
+    found = name_files(models, warned)
     if not found:
         raise PadimError(f"no model files in {models[0]} (looked for {', '.join(MODEL_SUFFIXES)})")
     load = functools.partial(load_scorer, device=device, threads=threads)  # checks it scores
@@ -130,6 +131,22 @@ def model_sources(
         (name, path), sig = next(iter(found.items())), signature(models[0])
         ready[name] = (load(path), sig)
     return ModelSources(list(models), load, ready, warned)
+
+
+def served(
+    models: Sequence[Path], settings: ServeSettings, device: str, threads: int | None
+) -> tuple[ModelSources, Lifecycle | None]:
+    """The models to serve and the catalogue (when the settings name one): a registry alias's
+    versions of `settings.products`, or the model files (their registry version, if any, is
+    recorded with their verdicts)."""
+    lifecycle = Lifecycle.of(settings)
+    if lifecycle is not None and settings.products:
+        load = functools.partial(load_scorer, device=device, threads=threads)
+        return lifecycle.sources(load), lifecycle
+    sources = model_sources(models, device, threads, load_now=True)
+    if lifecycle is not None:
+        sources = dataclasses.replace(sources, version_of=lifecycle.version_of)
+    return sources, lifecycle
 
 
 def app_from_env() -> FastAPI:
@@ -141,7 +158,8 @@ def app_from_env() -> FastAPI:
     settings = ServeSettings(**raw)
     prepare_process(settings)
     models = [Path(p) for p in json.loads(os.environ[ENV_MODEL])]
-    return create_app(model_sources(models, device, threads, load_now=True), settings)
+    sources, lifecycle = served(models, settings, device, threads)
+    return create_app(sources, settings, lifecycle)
 
 
 def check_port(host: str, port: int) -> None:
@@ -168,14 +186,15 @@ def run_server(
     device: str = options.DEVICE.default,
     log_level: str = options.LOG_LEVEL.default,
     threads: int | None = None,
+    tls: tuple[Path | None, Path | None] = (None, None),
 ) -> None:
     """Check the models (loading a single one, failing before start-up if it cannot score),
-    then serve them with uvicorn."""
+    then serve them with uvicorn (over TLS with `tls` = (key file, certificate file))."""
     import uvicorn
 
     check_port(host, port)  # a busy port is said before the models take seconds to load
     prepare_process(settings)
-    sources = model_sources(models, device, threads, load_now=True)  # fails here, clearly
+    sources, lifecycle = served(models, settings, device, threads)  # fails here, clearly
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -183,13 +202,16 @@ def run_server(
         "http": HeaderTimeoutProtocol,
         "limit_concurrency": settings.max_connections,  # beyond it: 503 at once, no socket held
     }
+    if tls[0] is not None and tls[1] is not None:
+        common |= {"ssl_keyfile": str(tls[0]), "ssl_certfile": str(tls[1])}
     if workers == 1:
-        uvicorn.run(create_app(sources, settings), **common)
+        uvicorn.run(create_app(sources, settings, lifecycle), **common)
         return
     load_examples(settings.examples)
-    del sources
+    del sources, lifecycle
     raw = dataclasses.asdict(settings)
     raw["examples"] = [str(p) for p in settings.examples]
+    raw["products"] = list(settings.products)
     raw["device"] = device
     raw["threads"] = threads  # worker processes start afresh: pass the thread count on
     os.environ[ENV_MODEL] = json.dumps([str(p) for p in models])

@@ -32,3 +32,12 @@ class ServeSettings:
     log_level: str = options.LOG_LEVEL.default
     max_loaded: int = options.MAX_LOADED.default  # models in memory at once (LRU)
     reload_s: float = options.RELOAD_S.default  # model files checked this often (0: never)
+    catalogue: str | None = None  # a catalogue folder or database URL (None: no catalogue)
+    files: str | None = None  # the catalogue's files folder, with a database URL
+    products: Sequence[str] = field(default_factory=tuple)  # served from the registry
+    alias: str = options.ALIAS.default  # ... at this alias
+    record: bool = False  # every verdict recorded in the catalogue
+    keep_good: float = options.KEEP_GOOD.default
+    image_budget_mb: float = options.IMAGE_BUDGET_MB.default
+    auth: bool = False  # every request needs a token (roles operator, engineer, admin)
+    open_reads: bool = False  # with auth: GET endpoints need none

@@ -9,6 +9,27 @@ const state = { name: null, model: null, threshold: 0, results: [] };
 const modelPath = () => `/v1/models/${encodeURIComponent(state.name)}`;
 const $ = (id) => document.getElementById(id);
 
+// A service started with tokens (padim serve --auth on) answers 401 without one: ask for it
+// once, keep it for this tab only (sessionStorage), and send it with every request.
+const TOKEN_KEY = "padim-token";
+async function api(url, options = {}) {
+  const send = () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = new Headers(options.headers || {});
+    if (token) headers.set("Authorization", `Bearer ${token}`);
+    return fetch(url, { ...options, headers });
+  };
+  let res = await send();
+  if (res.status === 401) {
+    const token = window.prompt("This service needs an API token (an operator's or higher):");
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token.trim());
+      res = await send();
+    }
+  }
+  return res;
+}
+
 function setStatus(text, isError = false) {
   const el = $("status");
   el.textContent = text;
@@ -18,7 +39,7 @@ function setStatus(text, isError = false) {
 // The models the service serves, in the picker. One model is chosen; with several the user
 // chooses (a photo scored by the alphabetically first product's model means nothing).
 async function loadModels() {
-  const res = await fetch("/v1/models");
+  const res = await api("/v1/models");
   if (!res.ok) throw new Error(`models: HTTP ${res.status}`);
   const { models } = await res.json();
   if (!models.length) throw new Error("the service has no models");
@@ -40,7 +61,7 @@ async function loadModel(name) {
   state.name = name;
   $("model-picker").value = name;
   $("model").textContent = `loading ${name}…`;
-  const res = await fetch(modelPath());
+  const res = await api(modelPath());
   const m = await res.json();
   if (!res.ok) throw new Error(m.error ? m.error.message : `model ${name}: HTTP ${res.status}`);
   state.model = m;
@@ -57,7 +78,7 @@ async function loadModel(name) {
 async function checkHealth() {
   const dot = $("health");
   try {
-    const res = await fetch("/v1/health");
+    const res = await api("/v1/health");
     dot.classList.toggle("ok", res.ok);
     dot.classList.toggle("down", !res.ok);
   } catch {
@@ -67,7 +88,7 @@ async function checkHealth() {
 }
 
 async function loadExamples() {
-  const res = await fetch("/v1/examples");
+  const res = await api("/v1/examples");
   if (!res.ok) return;
   const box = $("examples");
   const examples = await res.json();
@@ -87,7 +108,7 @@ async function loadExamples() {
     cap.textContent = ex.name;
     btn.append(img, cap);
     btn.addEventListener("click", async () => {
-      const blob = await (await fetch(ex.url)).blob();
+      const blob = await (await api(ex.url)).blob();
       await predictFiles([new File([blob], ex.name, { type: blob.type })]);
     });
     box.append(btn);
@@ -167,7 +188,7 @@ async function predictFiles(files) {
     form.append("file", file, file.name);
     try {
       const url = `${modelPath()}/predict?include=input,map`;
-      const res = await fetch(url, { method: "POST", body: form });
+      const res = await api(url, { method: "POST", body: form });
       const body = await res.json();
       if (!res.ok) {
         setStatus(`${file.name}: ${body.error ? body.error.message : `HTTP ${res.status}`}`, true);

@@ -1,0 +1,81 @@
+"""`padim records`: query and export the inspection records of a catalogue. Its arguments and
+its run, side by side."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from padim import options
+from padim.cli.catalogue_args import add_catalogue, open_from
+from padim.errors import PadimError
+from padim.files import check_output_file
+
+NAME = "records"
+
+
+def add_arguments(sub: Any) -> None:
+    p = sub.add_parser(
+        "records",
+        help="query and export inspection records (every verdict the service and watch gave)",
+        description="The inspection records of a catalogue: every verdict of 'padim serve "
+        "--record' and 'padim watch --record' (time, product, model version, score, "
+        "normalised score, verdict, regions, the image's SHA-256, and the kept image if the "
+        "retention rule kept it). Needs padim[lifecycle].",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("list", help="print records, newest first")
+    export = actions.add_parser("export", help="write records to a .csv or .parquet file")
+    export.add_argument("out", type=Path, help="the file (.csv or .parquet)")
+    for q in (show, export):
+        q.add_argument("--product", default=None)
+        q.add_argument("--version", type=int, default=None, help="model version")
+        q.add_argument("--verdict", default=None, help="good, anomalous or cannot_align")
+        q.add_argument("--since", default=None, help="ISO time, e.g. 2026-12-07T06:00")
+        q.add_argument("--until", default=None, help="ISO time (exclusive)")
+        add_catalogue(q, options.CATALOGUE.default)
+    show.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    export.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
+
+
+def when(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise PadimError(f"{flag} {text!r}: give an ISO time such as 2026-12-07T06:00") from None
+    return value if value.tzinfo else value.astimezone(UTC)
+
+
+def run(args: argparse.Namespace) -> int:
+    from padim.lifecycle.records import Query, RecordBook
+
+    if args.limit is not None and args.limit < 1:
+        raise PadimError("--limit must be at least 1")
+    query = Query(
+        args.product,
+        args.version,
+        args.verdict,
+        when(args.since, "--since"),
+        when(args.until, "--until"),
+        args.limit,
+    )
+    if args.action == "export":
+        check_output_file(args.out)
+    book = RecordBook(open_from(args))
+    if args.action == "export":
+        count = book.export(args.out, query)
+        print(f"wrote {count} records to {args.out}")
+        return 0
+    for r in book.query(query):
+        version = f"v{r['version']}" if r["version"] is not None else "-"
+        kept = "  image kept" if r["image"] else ""
+        print(
+            f"{r['id']:>8}  {r['at']:%Y-%m-%d %H:%M:%S}  {r['product']} {version}  "
+            f"{r['verdict']:<10} score {r['score']:.3f} ({r['normalised_score']:.2f})  "
+            f"{r['n_regions']} regions  {r['name']}{kept}"
+        )
+    return 0
