@@ -113,7 +113,8 @@ def show_versions(registry: Any, product: str | None, as_json: bool) -> None:
     for v in versions:
         tags = f" [{', '.join(by_version[v.number])}]" if v.number in by_version else ""
         parent = f" from v{v.parent}" if v.parent else ""
-        threshold = (v.operating_points or {}).get("threshold", "-")
+        value = (v.operating_points or {}).get("threshold")
+        threshold = "-" if value is None else f"{value:.4g}"
         print(
             f"v{v.number}{tags}{parent}  {v.created_at:%Y-%m-%d %H:%M}  {v.created_by}  "
             f"{v.n_train} images  threshold {threshold}{'  ' + v.note if v.note else ''}"

@@ -1,7 +1,8 @@
 """`Registry`: numbered model versions per product, aliases, promotion, rollback.
 
 Model files stay files: registering copies one into the catalogue's folder
-(`<files>/models/<product>/v<number>.safetensors`, written atomically, never changed after).
+(`<files>/models/<product>/<product>-v<number>.safetensors`, written atomically, never
+changed after: its model id names product and version).
 The database holds each version's lineage (parent version, the training images' digests and
 count, the fit options, the evaluation it passed, its operating points, who registered it and
 when, a note) and the aliases (`production`, `candidate`, ...) that point at versions. Every
@@ -149,7 +150,7 @@ class Registry:
                 select(func.max(versions.c.number)).where(versions.c.product_id == product_id)
             ).scalar()
             number = (last or 0) + 1
-            path = self.catalogue.models / product / f"v{number}.safetensors"
+            path = self.catalogue.models / product / f"{product}-v{number}.safetensors"
             conn.execute(
                 insert(versions).values(
                     product_id=product_id,
