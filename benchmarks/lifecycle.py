@@ -4,8 +4,9 @@ and PostgreSQL), and `padim serve` throughput with recording on vs off, as users
 Writers: each process opens the catalogue and records N verdicts one transaction at a time,
 as the service does per request (10 % anomalous with their image kept, the default 2 % of good
 images kept; images are real PNGs). Service: the same model served by `padim serve` in its own
-process, alternately without a catalogue and with `--record` (`--auth off`, so the clients
-need no token), K clients posting images back to back; rounds alternate to spread drift.
+process, alternately without a catalogue and with `--record` into SQLite and PostgreSQL (`--auth
+off`, so the clients need no token), K clients posting images back to back; rounds alternate
+to spread drift.
 
     python benchmarks/lifecycle.py --model bottle.safetensors \
         --images ../shared/data/mvtec_ad/bottle/test --postgres postgresql+psycopg://... \
@@ -92,12 +93,14 @@ def writers(location: str, files: str, images: list[Path], n: int, count: int) -
 def service(args: argparse.Namespace, payloads: list[tuple[str, bytes]], work: Path) -> list:
     """Throughput with recording off and on, alternating rounds (fresh server each round)."""
     rows = []
+    modes = ("off", "sqlite", "postgresql") if args.postgres else ("off", "sqlite")
     for round_ in range(args.rounds):
-        for mode in ("off", "on"):
+        for mode in modes:
             extra = ["--auth", "off"]
-            if mode == "on":
-                location = str(work / f"served-{round_}")
-                extra += ["--record", "--catalogue", location]
+            if mode == "sqlite":
+                extra += ["--record", "--catalogue", str(work / f"served-{round_}")]
+            elif mode == "postgresql":
+                extra += ["--record", "--catalogue", args.postgres, "--files", str(work / "pg")]
             server = Server(args.model, True, args.threads, extra)
             try:
                 server.wait_ready()
@@ -110,7 +113,7 @@ def service(args: argparse.Namespace, payloads: list[tuple[str, bytes]], work: P
             row |= {"recording": mode, "round": round_}
             rows.append(row)
             print(
-                f"recording {mode:3s} round {round_}: {row['throughput_rps']:6.2f} img/s  "
+                f"recording {mode:10s} round {round_}: {row['throughput_rps']:6.2f} img/s  "
                 f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
                 f"errors {row['errors']}",
                 file=sys.stderr,
@@ -150,10 +153,18 @@ def main() -> None:
                     flush=True,
                 )
         results["service"] = service(args, payloads, work)
-    off = [r["throughput_rps"] for r in results["service"] if r["recording"] == "off"]
-    on = [r["throughput_rps"] for r in results["service"] if r["recording"] == "on"]
-    results["recording_cost"] = round(1 - float(np.mean(on)) / float(np.mean(off)), 4)
-    print(f"recording costs {100 * results['recording_cost']:.1f} % of throughput", flush=True)
+
+    def mean(mode: str) -> float:
+        return float(
+            np.mean([r["throughput_rps"] for r in results["service"] if r["recording"] == mode])
+        )
+
+    results["recording_cost"] = {
+        mode: round(1 - mean(mode) / mean("off"), 4)
+        for mode in {r["recording"] for r in results["service"]} - {"off"}
+    }
+    for mode, cost in results["recording_cost"].items():
+        print(f"recording in {mode} costs {100 * cost:.1f} % of throughput", flush=True)
     text = json.dumps(results, indent=2) + "\n"
     if args.out:
         args.out.write_text(text)
