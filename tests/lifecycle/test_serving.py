@@ -5,6 +5,7 @@ acknowledged record."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import signal
@@ -220,3 +221,35 @@ def test_a_killed_server_loses_no_acknowledged_record(plant, location, tmp_path,
     for record_id in acked:  # and each kept image is whole
         path = book.image_path(record_id)
         assert path is not None and path.read_bytes() == images["good"]
+
+
+def test_concurrent_requests_share_commits_and_get_their_own_ids(catalogue):
+    from padim.lifecycle.records import Entry
+    from padim.service.catalogue import GroupCommit
+
+    book = RecordBook(catalogue)
+    sizes: list[int] = []
+    write = book.write
+
+    def counted(entries):
+        sizes.append(len(entries))
+        return write(entries)
+
+    book.write = counted  # type: ignore[method-assign]
+    commits = GroupCommit(book)
+
+    def entry(i: int) -> Entry:
+        return Entry("p", None, "m", "t", f"n{i}", float(i), 0.1, 1.0, "good", [], "ab" * 32)
+
+    async def requests() -> list[list[int]]:
+        return await asyncio.gather(*(commits.write([entry(i)] * (1 + i % 2)) for i in range(30)))
+
+    answers = asyncio.run(requests())
+    rows = {r["id"]: r for r in book.query(Query(limit=None))}
+    for i, ids in enumerate(answers):
+        assert len(ids) == 1 + i % 2 and all(rows[j]["name"] == f"n{i}" for j in ids)
+    assert sum(sizes) == 45 and len(sizes) < 30  # grouped
+
+    book.write = lambda entries: (_ for _ in ()).throw(OSError("disk full"))  # type: ignore
+    with pytest.raises(OSError, match="disk full"):
+        asyncio.run(commits.write([entry(0)]))

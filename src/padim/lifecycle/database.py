@@ -85,10 +85,19 @@ def connect(url: str) -> Engine:
         raise PadimError(f"not a database URL: {url!r} ({exc})") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
     return engine
 
 
+def _begin_immediate(conn: Any) -> None:
+    """SQLite transactions take the write lock when they begin (waiting up to the busy
+    timeout): a deferred one that reads, then writes, fails at once with 'database is locked'
+    when another process wrote in between."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # the driver's own BEGIN off: ours instead
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

@@ -4,6 +4,7 @@ process; each worker process opens its own."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -42,12 +43,14 @@ class Lifecycle:
     registry: Registry = field(init=False)
     book: RecordBook = field(init=False)
     tokens: TokenStore = field(init=False)
+    commits: GroupCommit = field(init=False)
     _seen: dict[str, tuple[float, Identity | None]] = field(default_factory=dict, init=False)
     _versions: dict[str, int] = field(default_factory=dict, init=False)  # path -> number
 
     def __post_init__(self) -> None:
         self.registry = Registry(self.catalogue)
         self.book = RecordBook(self.catalogue, self.retention)
+        self.commits = GroupCommit(self.book)
         self.tokens = TokenStore(self.catalogue)
 
     @classmethod
@@ -145,12 +148,55 @@ class Lifecycle:
             )
         return out
 
-    def record_results(
+    async def record_results(
         self, model_name: str, version: int | None, results: list[dict], uploads: list[Upload]
     ) -> None:
         """Record a request's verdicts (committed when this returns) and put each record's id
         in its result."""
-        indexed = self.entries(model_name, version, results, uploads)
-        ids = self.book.write([e for _, e in indexed])
+        indexed = await asyncio.to_thread(self.entries, model_name, version, results, uploads)
+        ids = await self.commits.write([e for _, e in indexed])
         for (i, _), record_id in zip(indexed, ids, strict=True):
             results[i]["record_id"] = record_id
+
+
+class GroupCommit:
+    """The records of concurrent requests committed together: while one transaction runs,
+    the requests that arrive queue up and go in the next one, so a busy service makes a
+    commit per group rather than per image. Each request is still answered only once its
+    records are committed."""
+
+    def __init__(self, book: RecordBook) -> None:
+        self.book = book
+        self.pending: list[tuple[list[Entry], asyncio.Future[list[int]]]] = []
+        self.flushing = False
+
+    async def write(self, entries: list[Entry]) -> list[int]:
+        if not entries:
+            return []
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self.pending.append((entries, future))
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().create_task(self.flush())
+        return await future
+
+    async def flush(self) -> None:
+        try:
+            while self.pending:
+                group, self.pending = self.pending, []
+                try:
+                    ids = await asyncio.to_thread(
+                        self.book.write, [e for entries, _ in group for e in entries]
+                    )
+                except Exception as exc:  # every request of the group fails with it
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                start = 0
+                for entries, future in group:
+                    if not future.done():
+                        future.set_result(ids[start : start + len(entries)])
+                    start += len(entries)
+        finally:
+            self.flushing = False

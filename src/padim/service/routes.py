@@ -4,7 +4,6 @@ models, health, examples, metrics and the page. Each route finds the app's `Serv
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from importlib import resources
@@ -79,7 +78,7 @@ async def record(request: Request, model: Loaded, results: list[dict], uploads: 
     if life is None or not life.record:
         return
     try:
-        await asyncio.to_thread(life.record_results, model.name, model.version, results, uploads)
+        await life.record_results(model.name, model.version, results, uploads)
     except Exception as exc:
         LOG.error("recording %d result(s) of %s failed: %s", len(results), model.name, exc)
         raise ApiError(503, "not_recorded", "the result could not be recorded; try again") from None
