@@ -38,6 +38,9 @@ def test_update_equals_a_fit_on_the_union(widget, tmp_path):
     assert np.max(np.abs(s_up - s_all) / np.abs(s_all)) < 1e-4
     assert np.max(np.abs(m_up - m_all)) < 1e-4 * np.abs(m_all).max()
     assert updated.training_.n_train == len(old) + len(new)
+    # the lineage: the digests of every image, old and new, as a fit on all would record
+    assert updated.training_.image_digests == union.training_.image_digests
+    assert len(set(union.training_.image_digests or [])) == len(old) + len(new)
     (step,) = updated.training_.updates
     assert step["added"] == len(new) and step["held_out"] == round(0.2 * len(new))
     assert len(updated.holdout_scores_["mahalanobis"]) == (

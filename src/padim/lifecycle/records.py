@@ -130,19 +130,21 @@ class RecordBook:
                     for i, k, e in zip(ids, kept, entries, strict=True)
                     if k is not None
                 ]
+                usage = 0
                 if images:
                     conn.execute(insert(kept_images), images)
-                    conn.execute(
+                    usage = conn.execute(
                         update(image_usage)
                         .where(image_usage.c.id == 1)
                         .values(bytes=image_usage.c.bytes + added)
-                    )
+                        .returning(image_usage.c.bytes)
+                    ).scalar_one()
         except BaseException:
             for k in filter(None, kept):  # not recorded: not kept
                 with contextlib.suppress(OSError):
                     (self.catalogue.images / k[0]).unlink()
             raise
-        if added and self.usage() > self.retention.budget_bytes:
+        if usage > self.retention.budget_bytes:
             self.prune()
         return ids
 

@@ -3,8 +3,10 @@
 POST /v1/models/{name}/predict (and /batch) score uploaded images with a named model (dynamic
 micro-batching across concurrent requests); /v1/predict, /v1/predict/batch and /v1/model are the
 same for a service with one model. GET /v1/models, /v1/health, /v1/examples and /metrics
-(Prometheus) describe the service; GET / is an offline web page. Every error is a JSON body
-`{"error": {"status", "code", "message"}}` with a 4xx status for client mistakes.
+(Prometheus) describe the service; GET / is an offline web page. With a catalogue, the registry,
+records and tokens routes too (`padim.service.catalogue_routes`), and bearer tokens with roles
+(`padim.service.access`). Every error is a JSON body `{"error": {"status", "code", "message"}}`
+with a 4xx status for client mistakes.
 """
 
 from __future__ import annotations
