@@ -116,6 +116,8 @@ def test_roles_tokens_and_records(plant, location, images):
             "/v1/records?format=csv&verdict=anomalous", headers=bearer(tok["operator"])
         ).text
         assert csv_text.count("\n") == 2 and "bad.png" in csv_text
+        bad_time = client.get("/v1/records?since=yesterday", headers=bearer(tok["operator"]))
+        assert bad_time.status_code == 422 and "ISO time" in bad_time.json()["error"]["message"]
         listed = client.get("/v1/tokens", headers=bearer(tok["admin"])).json()["tokens"]
         assert {t["name"] for t in listed} == {"operator-1", "engineer-1", "admin-1"}
         assert client.delete("/v1/tokens/operator-1", headers=bearer(tok["admin"])).is_success

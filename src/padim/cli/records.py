@@ -4,7 +4,6 @@ its run, side by side."""
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,8 @@ def add_arguments(sub: Any) -> None:
     export.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
 
 
-def when(text: str | None, flag: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise PadimError(f"{flag} {text!r}: give an ISO time such as 2026-12-07T06:00") from None
-    return value if value.tzinfo else value.astimezone(UTC)
-
-
 def run(args: argparse.Namespace) -> int:
-    from padim.lifecycle.records import Query, RecordBook
+    from padim.lifecycle.records import Query, RecordBook, parse_time
 
     if args.limit is not None and args.limit < 1:
         raise PadimError("--limit must be at least 1")
@@ -59,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
         args.product,
         args.version,
         args.verdict,
-        when(args.since, "--since"),
-        when(args.until, "--until"),
+        parse_time(args.since, "--since", naive_is_local=True),
+        parse_time(args.until, "--until", naive_is_local=True),
         args.limit,
     )
     if args.action == "export":

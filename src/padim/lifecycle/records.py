@@ -88,6 +88,20 @@ class Entry:
 RECORDED = tuple(f.name for f in fields(Entry) if f.name not in ("image", "suffix"))
 
 
+def parse_time(text: str | None, what: str, naive_is_local: bool) -> datetime | None:
+    """An ISO time (None stays None); one without a zone is the local time of this computer
+    (`naive_is_local`: the command line) or UTC (the API, whose clients are elsewhere)."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise PadimError(f"{what} {text!r}: give an ISO time such as 2026-12-07T06:00") from None
+    if value.tzinfo is not None:
+        return value
+    return value.astimezone(UTC) if naive_is_local else value.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class Query:
     """Which records: by product, version, verdict and time (`since` <= at < `until`)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,7 +15,7 @@ from pydantic import BaseModel, Field
 from padim import options
 from padim.errors import NotFound, PadimError
 from padim.lifecycle.audit import read_events
-from padim.lifecycle.records import Query, csv_text, write_parquet
+from padim.lifecycle.records import Query, csv_text, parse_time, write_parquet
 from padim.lifecycle.tokens import ROLES
 from padim.service.access import READ, actor, require
 from padim.service.catalogue import Lifecycle
@@ -114,16 +113,6 @@ async def events(request: Request, product: str | None = None, limit: int = 1000
 # ----------------------------------------------------------------------------- records
 
 
-def parse_time(text: str | None, name: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(422, "bad_query", f"{name}: an ISO time such as 2026-12-07T08:00Z") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 @router.get("/v1/records", summary="Inspection records (newest first): JSON, CSV or Parquet")
 async def records(
     request: Request,
@@ -141,15 +130,12 @@ async def records(
         raise ApiError(422, "bad_query", f"limit must be 1 to {MAX_RECORDS}, offset 0 or more")
     if format not in ("json", "csv", "parquet"):
         raise ApiError(422, "bad_query", "format: json, csv or parquet")
-    q = Query(
-        product,
-        version,
-        verdict,
-        parse_time(since, "since"),
-        parse_time(until, "until"),
-        limit,
-        offset,
-    )
+    try:
+        start = parse_time(since, "since", naive_is_local=False)
+        end = parse_time(until, "until", naive_is_local=False)
+    except PadimError as exc:
+        raise ApiError(422, "bad_query", str(exc)) from None
+    q = Query(product, version, verdict, start, end, limit, offset)
     found = await run(life_of(request).book.query, q)
     if format == "csv":
         return Response(csv_text(found), media_type="text/csv")
