@@ -175,7 +175,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(args: list[str], log: Path, processes: list | None = None):
+def serving(args: list[str], log: Path, processes: list | None = None, scheme: str = "http"):
     """`padim serve ARGS` as users start it, in its own process; yields its base URL (the
     process is appended to `processes` when given)."""
     port = free_port()
@@ -185,14 +185,14 @@ def serving(args: list[str], log: Path, processes: list | None = None):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     if processes is not None:
         processes.append(proc)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"padim serve exited {proc.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                if httpx.get(url + "/v1/health", timeout=2, verify=False).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

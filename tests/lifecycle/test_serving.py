@@ -9,6 +9,7 @@ import asyncio
 import copy
 import os
 import signal
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -255,3 +256,23 @@ def test_concurrent_requests_share_commits_and_get_their_own_ids(catalogue):
     book.write = lambda entries: (_ for _ in ()).throw(OSError("disk full"))  # type: ignore
     with pytest.raises(OSError, match="disk full"):
         asyncio.run(commits.write([entry(0)]))
+
+
+def test_tls_by_uvicorns_options(model_file, tmp_path):
+    """--ssl-keyfile/--ssl-certfile: the same service over HTTPS (a self-signed certificate)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    make = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    make += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run([*make, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    args = [str(model_file), "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)]
+    with serving(args, tmp_path / "serve.log", scheme="https") as url:
+        assert url.startswith("https://")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        assert httpx.get(url + "/v1/health", verify=trusted).status_code == 200
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url.replace("https", "http") + "/v1/health", timeout=5)
