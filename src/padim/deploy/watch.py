@@ -225,9 +225,12 @@ class LatestFrame:
         self._closed = False
         self._cond = threading.Condition()
 
-    def put(self, frame: Frame) -> bool:
-        """Offer a frame; True when it replaced one that was never scored."""
+    def put(self, frame: Frame, wait: bool = False) -> bool:
+        """Offer a frame; True when it replaced one that was never scored. `wait`: first wait
+        until the scorer took the previous one (a file at --speed 0: every frame is scored)."""
         with self._cond:
+            while wait and self._frame is not None and not self._closed:
+                self._cond.wait(0.5)
             replaced = self._frame is not None
             self._frame = frame
             self._cond.notify()
@@ -239,6 +242,7 @@ class LatestFrame:
             if self._frame is None and not self._closed:
                 self._cond.wait(timeout)
             frame, self._frame = self._frame, None
+            self._cond.notify_all()  # a reader waiting to put the next frame
             return frame
 
     @property
@@ -315,7 +319,7 @@ def _read(
                         if wait > 0:
                             stop.wait(wait)
                     stats.read += 1
-                    if mailbox.put(frame):
+                    if mailbox.put(frame, wait=not live and opts.speed == 0):
                         stats.dropped += 1
                     attempts = 0
                 return  # the end of a file (or a stream that ended cleanly)

@@ -250,7 +250,10 @@ class Fitter:
         items = training_items(images)
         self.image_size = training_size(items)  # also refuses tiny images, before any work
         self.config = resolve_size(self.config, items)
-        self.image_digests = sorted(image_digest(item) for item in items)
+        try:  # the lineage; an item that is no image fails where the images are read
+            self.image_digests = sorted(image_digest(item) for item in items)
+        except TypeError:
+            self.image_digests = None
         if len(items) < MIN_TRAIN_IMAGES:
             raise PadimError(
                 f"need at least {MIN_TRAIN_IMAGES} good training images to fit a "
