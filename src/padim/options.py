@@ -367,6 +367,7 @@ LOG_LEVEL = Option(
 
 AUTH_MODES = ("auto", "on", "off")
 ROLES = ("operator", "engineer", "admin")  # each may do what the ones before it may
+FEEDBACK_LABELS = ("false_alarm", "defect", "missed_defect")  # what an operator says of a record
 CATALOGUE = Option(
     "--catalogue",
     "padim-catalogue",

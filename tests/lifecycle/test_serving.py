@@ -119,6 +119,24 @@ def test_roles_tokens_and_records(plant, location, images):
         assert csv_text.count("\n") == 2 and "bad.png" in csv_text
         bad_time = client.get("/v1/records?since=yesterday", headers=bearer(tok["operator"]))
         assert bad_time.status_code == 422 and "ISO time" in bad_time.json()["error"]["message"]
+        # feedback over REST: the author is the token's holder; a missed defect needs its image
+        fb = f"/v1/records/{first['record_id']}/feedback"
+        given = client.post(fb, data={"label": "defect"}, headers=bearer(tok["operator"]))
+        assert given.status_code == 200 and given.json()["author"] == "operator-1 (api)"
+        assert client.post(fb, data={"label": "defect"}).status_code == 401
+        wrong = client.post(fb, data={"label": "missed_defect"}, headers=bearer(tok["operator"]))
+        assert wrong.status_code == 409 and "cannot be a missed_defect" in wrong.text
+        good_id = records[0]["id"]
+        missed = f"/v1/records/{good_id}/feedback"
+        data = {"label": "missed_defect", "note": "scratch at the rim"}
+        files = {"image": ("x.png", images["good"], "image/png")}
+        res = client.post(missed, data=data, files=files, headers=bearer(tok["operator"]))
+        assert res.status_code == 200, res.text
+        labels = client.get("/v1/feedback", headers=bearer(tok["operator"])).json()["feedback"]
+        assert [(f["record_id"], f["label"]) for f in labels] == [
+            (good_id, "missed_defect"),
+            (first["record_id"], "defect"),
+        ]
         listed = client.get("/v1/tokens", headers=bearer(tok["admin"])).json()["tokens"]
         assert {t["name"] for t in listed} == {"operator-1", "engineer-1", "admin-1"}
         assert client.delete("/v1/tokens/operator-1", headers=bearer(tok["admin"])).is_success

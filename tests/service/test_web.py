@@ -210,3 +210,58 @@ def test_page_shows_the_alignment_and_never_calls_an_unaligned_part_good(tmp_pat
             page.screenshot(path=str(artifacts / "web-page-aligned.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_page_asks_for_a_token_and_sends_feedback(model_file, tmp_path, artifacts):
+    """A service with tokens and records: the page asks for the operator's token once, scores,
+    and the operator's 'Confirm defect' and 'Missed defect' land in the catalogue with the
+    token holder as author (the missed one with its image, which good verdicts do not keep)."""
+    sync_playwright = _need_browser()
+    pytest.importorskip("sqlalchemy")
+    from conftest import save, texture, with_defect
+
+    from padim.lifecycle.database import open_catalogue
+    from padim.lifecycle.feedback import FeedbackBook
+    from padim.lifecycle.registry import Registry
+    from padim.lifecycle.tokens import TokenStore
+
+    where = tmp_path / "catalogue"
+    catalogue = open_catalogue(where)
+    Registry(catalogue).register("widget", model_file, actor="ana")
+    Registry(catalogue).promote("widget", 1, actor="ana")
+    token = TokenStore(catalogue).create("line3", "operator", actor="root")
+    rng = np.random.default_rng(8)
+    good = save(tmp_path / "good.png", texture(rng))
+    bad = save(tmp_path / "bad.png", with_defect(texture(rng), rng)[0])
+    args = ["--product", "widget", "--record", "--catalogue", str(where), "--keep-good", "0"]
+    with serving(args, tmp_path / "serve.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            asked: list[str] = []
+            page.on("dialog", lambda d: (asked.append(d.message), d.accept(token)))
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            cards = page.locator("[data-testid=result]")
+            for i, photo in enumerate((bad, good)):
+                page.set_input_files("[data-testid=file-input]", str(photo))
+                cards.nth(i).wait_for(timeout=60_000)
+            on_good, on_bad = cards.nth(0), cards.nth(1)  # newest first
+            assert on_bad.locator("[data-testid=verdict]").inner_text() == "ANOMALOUS"
+            assert on_good.locator("[data-testid=verdict]").inner_text() == "GOOD"
+            assert on_good.locator("[data-testid=confirm-defect]").is_hidden()
+            on_bad.locator("[data-testid=confirm-defect]").click()
+            on_good.locator("[data-testid=missed-defect]").click()
+            for card in (on_bad, on_good):
+                card.locator(".feedback[data-saved]").wait_for(timeout=15_000)
+            assert "by line3 (api)" in on_good.locator("[data-testid=feedback-state]").inner_text()
+            page.screenshot(path=str(artifacts / "page-feedback.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(asked) == 1 and "token" in asked[0]  # asked once, then kept for the tab
+    given = FeedbackBook(catalogue).listing("widget")
+    assert [(f["label"], f["author"]) for f in given] == [
+        ("missed_defect", "line3 (api)"),
+        ("defect", "line3 (api)"),
+    ]
+    assert all(x.image.is_file() for x in FeedbackBook(catalogue).labelled("widget"))

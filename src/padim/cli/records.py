@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from padim import options
-from padim.cli.catalogue_args import add_catalogue, open_from
+from padim.cli.catalogue_args import actor_of, add_actor, add_catalogue, open_from
 from padim.errors import PadimError
 from padim.files import check_output_file
 
@@ -36,12 +36,42 @@ def add_arguments(sub: Any) -> None:
         q.add_argument("--until", default=None, help="ISO time (exclusive)")
         add_catalogue(q, options.CATALOGUE.default)
     show.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    fb = actions.add_parser("feedback", help="label a record: false_alarm, defect, missed_defect")
+    fb.add_argument("record", type=int, help="the record's id")
+    fb.add_argument("label", choices=options.FEEDBACK_LABELS)
+    fb.add_argument("--note", default="")
+    fb.add_argument("--image", type=Path, default=None, help="the image, when it was not kept")
+    fb.add_argument("--mask", type=Path, default=None, help="a defect mask image")
+    add_catalogue(fb, options.CATALOGUE.default)
+    add_actor(fb)
     export.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
+
+
+def give_feedback(args: argparse.Namespace) -> int:
+    from padim.lifecycle.feedback import FeedbackBook
+
+    def read(path: Path | None) -> bytes | None:
+        return None if path is None else path.read_bytes()
+
+    suffix = args.image.suffix.lower() if args.image else ".png"
+    done = FeedbackBook(open_from(args)).give(
+        args.record,
+        args.label,
+        actor_of(args),
+        args.note,
+        read(args.image),
+        read(args.mask),
+        suffix,
+    )
+    print(f"record {args.record}: {done['label']} (feedback {done['id']})")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from padim.lifecycle.records import Query, RecordBook, parse_time
 
+    if args.action == "feedback":
+        return give_feedback(args)
     if args.limit is not None and args.limit < 1:
         raise PadimError("--limit must be at least 1")
     query = Query(

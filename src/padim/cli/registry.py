@@ -46,6 +46,12 @@ def add_arguments(sub: Any) -> None:
     m.add_argument("product")
     m.add_argument("version", help="a version number (3 or v3), or an alias to copy")
     add(m, options.ALIAS)
+    m.add_argument(
+        "--override",
+        metavar="REASON",
+        default=None,
+        help="promote a version whose gate failed for this alias (the reason is audited)",
+    )
     b = actions.add_parser("rollback", help="point an alias back at its previous version")
     b.add_argument("product")
     add(b, options.ALIAS)
@@ -75,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         show_versions(registry, args.product, args.json)
     elif args.action in ("promote", "rollback"):
         if args.action == "promote":
-            number = registry.promote(args.product, args.version, actor_of(args), args.alias)
+            number = registry.promote(
+                args.product, args.version, actor_of(args), args.alias, args.override
+            )
         else:
             number = registry.rollback(args.product, actor_of(args), args.alias)
         print(f"{args.product} {args.alias} -> version {number}")

@@ -140,11 +140,11 @@ def migrate(engine: Engine) -> str:
     return head
 
 
-def upgrade(conn: Any, config: Any) -> None:
+def upgrade(conn: Any, config: Any, target: str = "head") -> None:
     from alembic import command
 
     config.attributes["connection"] = conn
-    command.upgrade(config, "head")
+    command.upgrade(config, target)
 
 
 def alembic_config() -> Any:

@@ -185,8 +185,9 @@ class RecordBook:
             return int(conn.execute(select(image_usage.c.bytes)).scalar_one())
 
     def prune(self) -> int:
-        """Delete the oldest kept images (good ones first) until the budget holds; returns the
-        bytes freed. Rows go in one transaction, files after it commits."""
+        """Delete the oldest kept images (good ones first; never those pinned by feedback)
+        until the budget holds; returns the bytes freed. Rows go in one transaction, files
+        after it commits."""
         freed = 0
         while True:
             with self.catalogue.engine.begin() as conn:
@@ -198,6 +199,7 @@ class RecordBook:
                     return freed
                 candidates = conn.execute(
                     select(kept_images.c.record_id, kept_images.c.path, kept_images.c.bytes)
+                    .where(kept_images.c.pinned.is_(False))  # feedback images stay
                     .order_by(kept_images.c.anomalous, kept_images.c.record_id)
                     .limit(PRUNE_BATCH)
                 ).all()
@@ -207,8 +209,7 @@ class RecordBook:
                         break
                     chosen.append(row)
                     total += int(row.bytes)
-                if not chosen:  # the counter says more than the rows: trust the rows
-                    conn.execute(update(image_usage).values(bytes=0))
+                if not chosen:  # only images pinned by feedback are left: they stay
                     return freed
                 conn.execute(
                     sql_delete(kept_images).where(

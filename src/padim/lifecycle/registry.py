@@ -228,10 +228,29 @@ class Registry:
             ).all()
         return {name: number for name, number in rows}
 
-    def promote(self, product: str, ref: int | str, actor: str, alias: str = "production") -> int:
+    def promote(
+        self,
+        product: str,
+        ref: int | str,
+        actor: str,
+        alias: str = "production",
+        override: str | None = None,
+    ) -> int:
         """Point `alias` at version `ref` (audited with the version it pointed at before);
-        returns the version number."""
-        return self._point(product, ref, actor, alias, "promote")
+        returns the version number. A version whose gate (its evaluation's `gate`, from
+        retraining) failed for this alias needs an `override` reason, which is audited."""
+        gate = (self.version(product, ref).evaluation or {}).get("gate")
+        failed = isinstance(gate, dict) and gate.get("for") == alias and not gate.get("passed")
+        reason = (override or "").strip()
+        if failed and not reason:
+            assert isinstance(gate, dict)
+            why = "; ".join(c["check"] for c in gate.get("checks", []) if not c.get("passed"))
+            raise PadimError(
+                f"{product} version {ref} failed its gate for {alias} ({why}): promote it "
+                "with an override reason if it must go there anyway"
+            )
+        extra = {"override": reason} if failed else {}
+        return self._point(product, ref, actor, alias, "promote", extra)
 
     def rollback(self, product: str, actor: str, alias: str = "production") -> int:
         """Point `alias` back at the version it pointed at before its last promotion (a
@@ -246,7 +265,15 @@ class Registry:
             raise PadimError(f"{product}: {alias} has no earlier version to roll back to")
         return self._point(product, target, actor, alias, "rollback")
 
-    def _point(self, product: str, ref: int | str, actor: str, alias: str, action: str) -> int:
+    def _point(
+        self,
+        product: str,
+        ref: int | str,
+        actor: str,
+        alias: str,
+        action: str,
+        extra: dict[str, Any] | None = None,
+    ) -> int:
         checked_name("alias", alias)
         target = self.version(product, ref)
         with self.catalogue.engine.begin() as conn:
@@ -270,7 +297,7 @@ class Registry:
             else:
                 conn.execute(update(aliases).where(where).values(version_id=version_id))
             detail = {"alias": alias, "version": target.number, "before": before}
-            audit(conn, actor, action, product, detail)
+            audit(conn, actor, action, product, detail | (extra or {}))
         return target.number
 
     # ------------------------------------------------------------------ helpers

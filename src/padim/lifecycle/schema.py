@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -99,7 +100,21 @@ kept_images = Table(  # the images kept by the retention rule, while they are ke
     Column("path", Text, nullable=False),  # relative to the store's images folder
     Column("bytes", BigInteger, nullable=False),
     Column("anomalous", Boolean, nullable=False),  # good ones are pruned first
+    Column("pinned", Boolean, nullable=False, server_default=false()),  # feedback: kept
     Index("ix_kept_images_order", "anomalous", "record_id"),
+)
+
+feedback = Table(  # what operators said about records; the newest label of a record counts
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("record_id", Integer, ForeignKey("records.id"), nullable=False),
+    Column("label", String(20), nullable=False),  # false_alarm, defect, missed_defect
+    Column("author", String(200), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("mask", Text),  # a defect mask, relative to the images folder
+    Index("ix_feedback_record", "record_id", "id"),
 )
 
 image_usage = Table(  # one row: the bytes of every kept image, updated with them

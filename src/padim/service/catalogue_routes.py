@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from padim import options
 from padim.errors import NotFound, PadimError
 from padim.lifecycle.audit import read_events
+from padim.lifecycle.feedback import FeedbackBook
 from padim.lifecycle.records import Query, csv_text, parse_time, write_parquet
+from padim.lifecycle.retrain import Retraining
 from padim.lifecycle.tokens import ROLES
+from padim.options import FEEDBACK_LABELS
 from padim.service.access import READ, actor, require
 from padim.service.catalogue import Lifecycle
 from padim.service.requests import ApiError
@@ -44,6 +48,12 @@ async def run(function: Any, *args: Any) -> Any:
 class Promotion(BaseModel):
     version: int | str = Field(description="a version number, or an alias to copy")
     alias: str = options.ALIAS.default
+    override: str | None = Field(None, description="why a version whose gate failed goes")
+
+
+class Retrain(BaseModel):
+    base: str = Field(options.ALIAS.default, description="the version or alias to update")
+    alias: str = "candidate"
 
 
 class Rollback(BaseModel):
@@ -80,8 +90,20 @@ async def versions(request: Request, product: str) -> dict:
 async def promote(request: Request, product: str, body: Promotion) -> dict:
     who = require(request, "engineer")
     life = life_of(request)
-    number = await run(life.registry.promote, product, body.version, actor(who), body.alias)
+    number = await run(
+        life.registry.promote, product, body.version, actor(who), body.alias, body.override
+    )
     return await moved(request, product, body.alias, number)
+
+
+@router.post("/v1/products/{product}/retrain", summary="A candidate from the false alarms")
+async def retrain(request: Request, product: str, body: Retrain) -> dict:
+    """Exact update of `base` with the false alarms operators marked, both evaluated on every
+    labelled image, the gate stated; the candidate goes to `alias` (minutes on a CPU)."""
+    who = require(request, "engineer")
+    job = Retraining(life_of(request).catalogue, product, body.base, body.alias)
+    version, report = await run(job.run, actor(who))
+    return {"product": product, "version": version.number, "alias": body.alias, **report}
 
 
 @router.post("/v1/products/{product}/rollback", summary="Point an alias back where it was")
@@ -155,6 +177,47 @@ async def record_image(request: Request, record_id: int) -> FileResponse:
     if path is None or not path.is_file():
         raise ApiError(404, "not_found", f"record {record_id} has no kept image")
     return FileResponse(path)
+
+
+# ----------------------------------------------------------------------------- feedback
+
+
+async def small_file(request: Request, upload: UploadFile | None, what: str) -> bytes | None:
+    if upload is None:
+        return None
+    limit = request.app.state.service.settings.max_upload_bytes
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"the {what} is larger than {limit} bytes")
+    return data
+
+
+@router.post("/v1/records/{record_id}/feedback", summary="Label a record (operator feedback)")
+async def give_feedback(
+    request: Request,
+    record_id: int,
+    label: Annotated[str, Form(description=f"one of {', '.join(FEEDBACK_LABELS)}")],
+    note: Annotated[str, Form()] = "",
+    image: Annotated[UploadFile | None, File(description="the image, if not kept")] = None,
+    mask: Annotated[UploadFile | None, File(description="a defect mask (non-zero)")] = None,
+) -> dict:
+    """false_alarm (the part was good), defect (confirmed) or missed_defect (judged good, was
+    not); the record's image is pinned for retraining and the gate. Multipart form fields."""
+    who = require(request, "operator")
+    data = await small_file(request, image, "image")
+    mask_data = await small_file(request, mask, "mask")
+    suffix = Path(image.filename or "").suffix.lower() if image is not None else ".png"
+    book = FeedbackBook(life_of(request).catalogue)
+    return await run(
+        book.give, record_id, label, actor(who), note, data, mask_data, suffix or ".png"
+    )
+
+
+@router.get("/v1/feedback", summary="The labels operators gave (newest first)")
+async def list_feedback(request: Request, product: str | None = None, limit: int = 1000) -> dict:
+    require(request, READ)
+    book = FeedbackBook(life_of(request).catalogue)
+    return {"feedback": await run(book.listing, product, min(max(limit, 1), 100_000))}
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -194,7 +194,7 @@ async function predictFiles(files) {
         setStatus(`${file.name}: ${body.error ? body.error.message : `HTTP ${res.status}`}`, true);
         continue;
       }
-      await addResult(body);
+      await addResult(body, file);
       setStatus(`${file.name}: scored in ${body.timings_ms.total.toFixed(0)} ms`);
     } catch (err) {
       setStatus(`${file.name}: ${err.message}`, true);
@@ -202,7 +202,36 @@ async function predictFiles(files) {
   }
 }
 
-async function addResult(body) {
+// Feedback on a recorded result (padim serve --record): false alarm or confirmed defect for an
+// anomalous verdict, missed defect for a good one (its image goes along: good images are not
+// all kept). The service records who said it (the token's holder).
+function addFeedback(node, body, file) {
+  const box = node.querySelector(".feedback");
+  if (body.record_id === undefined || body.record_id === null) return;
+  box.hidden = false;
+  const flagged = body.verdict !== "good";
+  for (const btn of box.querySelectorAll("button")) {
+    const label = btn.dataset.label;
+    btn.hidden = flagged ? label === "missed_defect" : label !== "missed_defect";
+    btn.addEventListener("click", async () => {
+      const form = new FormData();
+      form.append("label", label);
+      if (label === "missed_defect") form.append("image", file, file.name);
+      const state = box.querySelector(".feedback-state");
+      try {
+        const res = await api(`/v1/records/${body.record_id}/feedback`, { method: "POST", body: form });
+        const answer = await res.json();
+        if (!res.ok) throw new Error(answer.error ? answer.error.message : `HTTP ${res.status}`);
+        state.textContent = `saved: ${answer.label.replace("_", " ")} (by ${answer.author})`;
+        box.dataset.saved = answer.label;
+      } catch (err) {
+        state.textContent = `not saved: ${err.message}`;
+      }
+    });
+  }
+}
+
+async function addResult(body, file) {
   const node = $("card").content.firstElementChild.cloneNode(true);
   const w = body.anomaly_map.width;
   const h = body.anomaly_map.height;
@@ -240,6 +269,7 @@ async function addResult(body) {
   node.querySelector(".timings").textContent =
     `decode ${t.decode.toFixed(0)} ms · queue ${t.queue.toFixed(0)} ms · model ` +
     `${t.inference.toFixed(0)} ms (batch of ${body.batch_size}) · total ${t.total.toFixed(0)} ms`;
+  addFeedback(node, body, file);
   state.results.unshift(r);
   $("results").prepend(node);
   drawDecision(r);
