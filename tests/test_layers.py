@@ -96,6 +96,8 @@ TORCH_FREE = {
     "padim.lifecycle.feedback",
     "padim.lifecycle.retrain",
     "padim.cli.retrain",
+    "padim.cli.drift",
+    "padim.lifecycle.drift",
     "padim.cli.catalogue_args",
     "padim.cli.registry",
     "padim.cli.records",

@@ -393,6 +393,13 @@ IMAGE_BUDGET_MB = Option(
     2048.0,
     "disk budget of the kept images; past it the oldest good ones are deleted first",
 )
+DRIFT_WINDOW = Option(
+    "--drift-window",
+    25,
+    "results in the drift monitor's window: drift when their median score is above the held-out "
+    "good scores' 95 % quantile (docs/drift.md)",
+)
+DRIFT_WEBHOOK = Option("--drift-webhook", None, "POST drift alarms (and their end) to this URL")
 AUTH = Option(
     "--auth",
     "auto",

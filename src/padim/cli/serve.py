@@ -79,6 +79,8 @@ def add_arguments(sub: Any) -> None:
     add(g, options.RECORD, action="store_true")
     add(g, options.KEEP_GOOD, type=probability)
     add(g, options.IMAGE_BUDGET_MB, type=float)
+    add(g, options.DRIFT_WINDOW, type=positive_int)
+    add(g, options.DRIFT_WEBHOOK, metavar="URL")
     add(g, options.AUTH)
     add(g, options.OPEN_READS, action="store_true")
     g.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS: the key (uvicorn's)")
@@ -147,5 +149,11 @@ def lifecycle_settings(args: argparse.Namespace, settings: Any) -> None:
         raise PadimError("--image-budget-mb must be positive")
     settings.auth = args.auth == "on" or (args.auth == "auto" and settings.catalogue is not None)
     settings.open_reads = args.open_reads
+    settings.drift_window = args.drift_window
+    settings.drift_webhook = args.drift_webhook
+    if args.drift_webhook and not args.drift_webhook.lower().startswith(("http://", "https://")):
+        raise PadimError(
+            f"--drift-webhook must be an http:// or https:// URL: {args.drift_webhook}"
+        )
     if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
         raise PadimError("TLS needs both --ssl-keyfile and --ssl-certfile")

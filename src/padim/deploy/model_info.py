@@ -63,6 +63,7 @@ def describe(
         "alignment": meta.get("alignment"),
         "score_scale": thresholds_of(meta, threshold).scale().to_dict(),
         "operating_point": info.get("operating_point"),
+        "good_score_summary": info.get("good_score_summary"),
         "operating_points": {
             name: {k: p.get(k) for k in ("threshold", "rule", "data", "false_alarms", "misses")}
             for name, p in (info.get("operating_points") or {}).items()

@@ -52,6 +52,8 @@ def create_app(
             yield
         finally:
             await service.pool.stop()
+            if service.drift_sink is not None:
+                service.drift_sink.close(timeout=5.0)
 
     app = FastAPI(
         title="padim inspection service",

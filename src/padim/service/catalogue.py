@@ -11,12 +11,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from padim.data.images import IMAGE_EXTENSIONS
 from padim.errors import PadimError
 from padim.files import file_sha256
+from padim.lifecycle.audit import audit
 from padim.lifecycle.database import Catalogue, open_catalogue
 from padim.lifecycle.records import Entry, RecordBook, Retention
 from padim.lifecycle.registry import Registry
@@ -114,6 +116,15 @@ class Lifecycle:
             self._seen.clear()
         self._seen[key] = (now, identity)
         return identity
+
+    def note_drift(self, event: dict[str, Any]) -> None:
+        """A drift alarm (or its end) in the audit trail; a catalogue that cannot take it is
+        logged, never raised (the alarm has gone to the log, metrics and webhook already)."""
+        try:
+            with self.catalogue.engine.begin() as conn:
+                audit(conn, "service", event["event"], event["model"], event)
+        except Exception as exc:
+            LOG.error("the drift event could not be written to the catalogue: %s", exc)
 
     # ------------------------------------------------------------------ records
 

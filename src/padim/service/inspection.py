@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,9 @@ from padim.data.pictures import (
     to_picture,
 )
 from padim.deploy.scorers import Scorer, is_finite
+from padim.deploy.watch import WebhookSink
 from padim.errors import BadImage
+from padim.lifecycle.drift import DRIFT
 from padim.service.batching import BatchResult
 from padim.service.catalogue import Lifecycle
 from padim.service.examples import load_examples
@@ -71,6 +74,38 @@ class Service:
         self.decode_slots = threading.BoundedSemaphore(
             self.settings.max_decodes or os.cpu_count() or 1
         )
+        hook = settings.drift_webhook
+        self.drift_sink = WebhookSink(hook) if hook else None  # drift alarms are POSTed here
+
+    def watch_drift(self, model: Loaded, score: float) -> None:
+        """Feed a result to the model's drift monitor; a change of state (alarm, or its end)
+        goes to the log, the metrics, the webhook and (with a catalogue) the audit trail."""
+        monitor = model.drift
+        if monitor is None:
+            return
+        changed = monitor.add(score)
+        self.metrics.drift.labels(model=model.name).set(monitor.state == DRIFT)
+        self.metrics.drift_median.labels(model=model.name).set(monitor.median())
+        if not changed:
+            return
+        event = {
+            "event": "drift" if monitor.state == DRIFT else "drift_cleared",
+            "model": model.name,
+            "version": model.version,
+            "model_id": model.scorer.model_id,
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            **monitor.to_dict(),
+        }
+        if monitor.state == DRIFT:
+            self.metrics.drift_alarms.labels(model=model.name).inc()
+        median, upper = event["window_median"], event["reference_upper"]
+        what = f"{event['event']} (window median {median}, held-out 95 % quantile {upper})"
+        LOG.warning("model %s: %s", model.name, what)
+        if self.drift_sink is not None:
+            self.drift_sink.send(event)
+        if self.lifecycle is not None:
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, self.lifecycle.note_drift, event)
 
     def prepare(
         self, scorer: Scorer, upload: Upload, keep_photo: bool = False
@@ -144,6 +179,7 @@ class Service:
             "total": ms(done - started),
         }
         self.metrics.images.labels(model=model.name, verdict=out["verdict"]).inc()
+        self.watch_drift(model, out["score"])
         return out
 
     async def predict_many(

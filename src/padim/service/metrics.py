@@ -5,6 +5,7 @@ Each app has its own registry (no global state), exposed at GET /metrics.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,22 @@ class ServiceMetrics:
             ["model", "model_id", "backbone", "input_size", "version"],
             registry=registry,
         )
+        self.drift = Gauge(
+            "padim_drift",
+            "1 while the model's drift alarm is on: its last window's median score is above "
+            "the held-out good scores' 95 % quantile",
+            ["model"],
+            registry=registry,
+        )
+        self.drift_median = Gauge(
+            "padim_drift_window_median",
+            "Median score of the drift monitor's window",
+            ["model"],
+            registry=registry,
+        )
+        self.drift_alarms = Counter(
+            "padim_drift_alarms", "Drift alarms raised", ["model"], registry=registry
+        )
         self._info_labels: dict[str, tuple[str, ...]] = {}
 
     def model_in(self, name: str, model: dict[str, Any], pending: Callable[[], float]) -> None:
@@ -115,6 +132,9 @@ class ServiceMetrics:
         if labels is not None:
             self.info.remove(*labels)
             self.queue_depth.remove(name)
+            for gauge in (self.drift, self.drift_median):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
         self.loaded.set(len(self._info_labels))
 
     def observer(self, name: str) -> Callable[[int, float], None]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from padim.deploy.scorers import Scorer
 from padim.errors import PadimError, first_line
+from padim.lifecycle.drift import DriftMonitor, Reference
 from padim.memory import release_free_memory
 from padim.service.batching import MicroBatcher
 from padim.service.metrics import ServiceMetrics
@@ -129,6 +130,7 @@ class Loaded:
     batcher: MicroBatcher
     signature: Signature | None
     version: int | None = None  # the registry version being served
+    drift: DriftMonitor | None = None  # the line against this model's calibration
     loaded_at: float = field(default_factory=time.time)
     active: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -350,11 +352,14 @@ class ModelPool:
             self.metrics.observer(name),
         )
         await batcher.start()
-        entry = Loaded(name, scorer, batcher, sig, version)
+        description = scorer.describe()
+        reference = Reference.of_info({"good_score_summary": description.get("good_score_summary")})
+        monitor = None if reference is None else DriftMonitor(reference, settings.drift_window)
+        entry = Loaded(name, scorer, batcher, sig, version, monitor)
         old = self.loaded.get(name)
         self.loaded[name] = entry  # requests from now on get the new one
         self.loaded.move_to_end(name)
-        self.metrics.model_in(name, scorer.describe(), lambda: batcher.pending)
+        self.metrics.model_in(name, description, lambda: batcher.pending)
         if old is not None:
             self.reloads[name] = self.reloads.get(name, 0) + 1
             LOG.info("model %s: now serving %s", name, scorer.model_id + _version_text(version))

@@ -198,6 +198,8 @@ async def health(request: Request) -> dict:
         "model_id": loaded[0].scorer.model_id if len(pool.names) == 1 and loaded else None,
         "uptime_s": round(time.time() - service.started, 1),
         "queue_depth": sum(m.batcher.pending for m in loaded),
+        "drift_alarm": any(m.drift is not None and m.drift.state == "drift" for m in loaded),
+        "drift": {m.name: m.drift.to_dict() for m in loaded if m.drift is not None},
     }
 
 

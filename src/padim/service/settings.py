@@ -39,5 +39,7 @@ class ServeSettings:
     record: bool = False  # every verdict recorded in the catalogue
     keep_good: float = options.KEEP_GOOD.default
     image_budget_mb: float = options.IMAGE_BUDGET_MB.default
+    drift_window: int = options.DRIFT_WINDOW.default  # results the drift monitor looks at
+    drift_webhook: str | None = None  # drift alarms (and their end) are POSTed here
     auth: bool = False  # every request needs a token (roles operator, engineer, admin)
     open_reads: bool = False  # with auth: GET endpoints need none
