@@ -71,13 +71,14 @@ def unshifted(reference: Reference, window: int, good, bad, n: int, seeds: int) 
 
 
 def shifted(reference, window, good, bad, moved_good, moved_bad, seeds: int, limit: int) -> dict:
-    delays = []
+    delays, early = [], 0
     for seed in range(seeds):
         rng = np.random.default_rng(1000 + seed)
         monitor = DriftMonitor(reference, window)
         for s in stream(rng, good, bad, 200, 0.02):
             monitor.add(s)
         before = monitor.alarms
+        early += before
         delay = None
         for i, s in enumerate(stream(rng, moved_good, moved_bad, limit, 0.02), start=1):
             monitor.add(s)
@@ -91,7 +92,7 @@ def shifted(reference, window, good, bad, moved_good, moved_bad, seeds: int, lim
         "streams": seeds,
         "results_to_alarm_median": float(np.median(found)) if found else None,
         "results_to_alarm_p95": float(np.percentile(found, 95)) if found else None,
-        "alarms_before_the_shift": 0,
+        "alarms_before_the_shift": early,
     }
 
 
