@@ -131,7 +131,8 @@ def main() -> None:
             # 3. retrain, gate, promote
             started = time.perf_counter()
             res = eng.post(f"/v1/products/{args.product}/retrain", json={})
-            res.raise_for_status()
+            if res.status_code != 200:
+                raise SystemExit(f"retrain: {res.status_code} {res.text}")
             retrained = res.json()
             report["retrain_seconds"] = round(time.perf_counter() - started, 1)
             keys = ("version", "added_false_alarms", "gate", "production", "candidate")
