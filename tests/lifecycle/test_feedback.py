@@ -124,7 +124,7 @@ def test_the_candidate_is_an_exact_update_with_the_false_alarms(line, kept_model
         Retraining(line["catalogue"], "widget").run("ben")  # v2 knows every false alarm
 
 
-def test_the_gate_blocks_a_candidate_that_lost_a_defect(line, pictures):
+def test_the_gate_blocks_a_candidate_that_lost_a_defect(line, pictures, location, capsys):
     """A defect image also marked a false alarm (operators disagreed): the candidate learns it
     as good and stops flagging it while production flags it: gate failed, promotion refused
     without an override; the override is audited."""
@@ -132,12 +132,24 @@ def test_the_gate_blocks_a_candidate_that_lost_a_defect(line, pictures):
     defect_again = record(line["book"], pictures["defect"][1], "anomalous")
     feedback.give(line["ids"]["defects"][1], "defect", "olga")
     feedback.give(defect_again, "false_alarm", "pete")
-    version, report = Retraining(line["catalogue"], "widget").run("ben")
-    lost = report["gate"]["checks"][0]
-    assert not report["gate"]["passed"] and lost["missed_records"] == [line["ids"]["defects"][1]]
+    from padim.cli import main
+
+    where = ["--catalogue", location[0], "--files", location[1]]
+    assert main(["retrain", "widget", *where, "--actor", "ben"]) == 0  # as engineers run it
+    printed = capsys.readouterr().out
+    assert (
+        "[FAIL] catches every labelled defect" in printed
+        and "gate for production: FAILED" in printed
+    )
     registry = line["registry"]
+    version = registry.version("widget", "candidate")
+    assert version.evaluation is not None
+    lost = version.evaluation["gate"]["checks"][0]
+    assert lost["missed_records"] == [line["ids"]["defects"][1]]
     with pytest.raises(PadimError, match="failed its gate for production"):
         registry.promote("widget", version.number, actor="ben")
+    assert main(["registry", "promote", "widget", str(version.number), *where]) == 1
+    assert "failed its gate" in capsys.readouterr().err
     registry.promote("widget", version.number, actor="ben", alias="staging")  # not gated there
     registry.promote("widget", version.number, actor="ben", override="line stopped, ok by QA")
     last = read_events(registry.catalogue.engine, "widget")[-1]
