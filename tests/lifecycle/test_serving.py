@@ -133,6 +133,8 @@ def test_roles_tokens_and_records(plant, location, images):
         res = client.post(missed, data=data, files=files, headers=bearer(tok["operator"]))
         assert res.status_code == 200, res.text
         labels = client.get("/v1/feedback", headers=bearer(tok["operator"])).json()["feedback"]
+        now = client.get("/v1/records", headers=bearer(tok["operator"])).json()["records"]
+        assert [r["feedback"] for r in now] == ["missed_defect", "defect"]  # in the records
         assert [(f["record_id"], f["label"]) for f in labels] == [
             (good_id, "missed_defect"),
             (first["record_id"], "defect"),

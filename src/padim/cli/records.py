@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in book.query(query):
         version = f"v{r['version']}" if r["version"] is not None else "-"
-        kept = "  image kept" if r["image"] else ""
+        kept = ("  image kept" if r["image"] else "") + (
+            f"  operator: {r['feedback']}" if r["feedback"] else ""
+        )
         print(
             f"{r['id']:>8}  {r['at']:%Y-%m-%d %H:%M:%S}  {r['product']} {version}  "
             f"{r['verdict']:<10} score {r['score']:.3f} ({r['normalised_score']:.2f})  "

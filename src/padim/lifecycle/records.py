@@ -21,14 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy import delete as sql_delete
 
 from padim import options
 from padim.errors import PadimError
 from padim.files import write_atomic
 from padim.lifecycle.database import Catalogue
-from padim.lifecycle.schema import image_usage, kept_images, records
+from padim.lifecycle.schema import feedback, image_usage, kept_images, records
 
 GOOD = "good"
 PRUNE_BATCH = 500  # kept images looked at per pruning transaction
@@ -48,6 +48,7 @@ COLUMNS = (
     "regions",
     "image_sha256",
     "image",
+    "feedback",
 )
 
 
@@ -249,9 +250,16 @@ class RecordBook:
         return None if found is None else self.catalogue.images / found
 
     def _select(self, q: Query) -> Select:
+        newest = (  # the newest operator label of each record (feedback.py)
+            select(feedback.c.record_id, func.max(feedback.c.id).label("id"))
+            .group_by(feedback.c.record_id)
+            .subquery()
+        )
+        label = select(feedback.c.label).where(feedback.c.id == newest.c.id).scalar_subquery()
         query = (
-            select(*records.c, kept_images.c.path.label("image"))
+            select(*records.c, kept_images.c.path.label("image"), label.label("feedback"))
             .outerjoin(kept_images, kept_images.c.record_id == records.c.id)
+            .outerjoin(newest, newest.c.record_id == records.c.id)
             .order_by(records.c.id.desc())
         )
         if q.product is not None:
