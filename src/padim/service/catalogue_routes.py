@@ -24,6 +24,7 @@ from padim.options import FEEDBACK_LABELS
 from padim.service.access import READ, actor, require
 from padim.service.catalogue import Lifecycle
 from padim.service.requests import ApiError
+from padim.service.routes import PAGE_HEADERS, web_root
 
 router = APIRouter()
 MAX_RECORDS = 100_000  # one page of records
@@ -63,6 +64,16 @@ class Rollback(BaseModel):
 class NewToken(BaseModel):
     name: str
     role: str = Field(description=f"one of {', '.join(ROLES)}")
+
+
+# ----------------------------------------------------------------------------- the studio
+
+
+@router.get("/studio", include_in_schema=False)
+async def studio() -> FileResponse:
+    """The studio page: versions, the line's review queue, the audit trail (static: its data
+    comes from the routes below, with the reader's token)."""
+    return FileResponse(web_root() / "studio.html", headers=PAGE_HEADERS)
 
 
 # ----------------------------------------------------------------------------- the registry

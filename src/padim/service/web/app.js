@@ -9,26 +9,6 @@ const state = { name: null, model: null, threshold: 0, results: [] };
 const modelPath = () => `/v1/models/${encodeURIComponent(state.name)}`;
 const $ = (id) => document.getElementById(id);
 
-// A service started with tokens (padim serve --auth on) answers 401 without one: ask for it
-// once, keep it for this tab only (sessionStorage), and send it with every request.
-const TOKEN_KEY = "padim-token";
-async function api(url, options = {}) {
-  const send = () => {
-    const token = sessionStorage.getItem(TOKEN_KEY);
-    const headers = new Headers(options.headers || {});
-    if (token) headers.set("Authorization", `Bearer ${token}`);
-    return fetch(url, { ...options, headers });
-  };
-  let res = await send();
-  if (res.status === 401) {
-    const token = window.prompt("This service needs an API token (an operator's or higher):");
-    if (token) {
-      sessionStorage.setItem(TOKEN_KEY, token.trim());
-      res = await send();
-    }
-  }
-  return res;
-}
 
 function setStatus(text, isError = false) {
   const el = $("status");
