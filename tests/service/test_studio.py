@@ -57,6 +57,10 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path):
                 op.post("/v1/predict", files={"file": (f"{i}.png", data)}).json()["verdict"]
                 for i, data in enumerate(goods + defects)
             ]
+            # and a defect the line let through (scored at a threshold nothing passes)
+            missed = {"file": ("missed.png", defects[0])}
+            res = op.post("/v1/predict", files=missed, params={"threshold": 1e9})
+            assert res.json()["verdict"] == "good"
         assert verdicts.count("anomalous") >= 5, verdicts  # a strict line: false alarms
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
@@ -79,18 +83,23 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path):
             note = page.locator("[data-testid=versions] td.note").first.inner_text()
             assert note == "<b>first</b> model"  # shown as text, never as HTML
             records = page.locator("[data-testid=record]")
-            records.nth(7).wait_for(timeout=30_000)
-            assert records.count() == 8
-            assert page.locator("[data-testid=record] img[src^=blob]").count() == 8
+            records.nth(8).wait_for(timeout=30_000)
+            assert records.count() == 9
+            assert page.locator("[data-testid=record] img[src^=blob]").count() == 9
+            newest = records.nth(0)  # the missed defect: judged good, its image kept
+            assert newest.locator("button[data-label=false_alarm]").is_hidden()
+            newest.locator("button[data-label=missed_defect]").click()
+            page.wait_for_selector("[data-testid=record][data-feedback=missed_defect]")
             # the five good parts are the oldest records (the queue shows the newest first)
-            for i in range(3, 8):
+            for i in range(4, 9):
                 item = records.nth(i)
                 if item.get_attribute("data-verdict") != "good":
                     item.locator("button[data-label=false_alarm]").click()
                     page.wait_for_selector(
                         f"[data-record='{item.get_attribute('data-record')}'][data-feedback]"
                     )
-            for i in range(3):
+            for i in range(1, 4):
+                assert records.nth(i).locator("button[data-label=missed_defect]").is_hidden()
                 records.nth(i).locator("button[data-label=defect]").click()
             page.wait_for_function(
                 "() => document.querySelectorAll('[data-feedback=defect]').length === 3"
@@ -121,5 +130,5 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path):
         .FeedbackBook(catalogue)
         .listing("widget")
     }
-    assert labels == {"false_alarm", "defect"}
+    assert labels == {"false_alarm", "defect", "missed_defect"}
     assert Path(REPO / "docs" / "studio.png").is_file()

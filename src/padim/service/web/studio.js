@@ -154,6 +154,10 @@ async function imageOf(record) {
 async function label(record, node, labelName) {
   const form = new FormData();
   form.append("label", labelName);
+  if (labelName === "missed_defect") {  // the kept image goes along (the service checks it)
+    const res = await api(`/v1/records/${record.id}/image`);
+    if (res.ok) form.append("image", await res.blob(), record.name);
+  }
   const said = node.querySelector(".said");
   try {
     const done = await apiJson(`/v1/records/${record.id}/feedback`, { method: "POST", body: form });
@@ -182,7 +186,9 @@ async function loadQueue() {
     img.alt = r.name;
     if (r.image) img.src = (await imageOf(r)) || "";
     for (const btn of node.querySelectorAll("button")) {
-      btn.hidden = r.verdict === "good";  // a missed defect needs its image: the page sends it
+      // flagged: false alarm or confirmed; judged good: missed, when its image was kept
+      const forGood = btn.dataset.label === "missed_defect";
+      btn.hidden = r.verdict === "good" ? !forGood || !r.image : forGood;
       btn.addEventListener("click", () => label(r, node, btn.dataset.label));
     }
     if (r.feedback) {
