@@ -1,18 +1,17 @@
 """The studio in real headless Chromium: an engineer's token asked once; the line's results in
 the review queue with their kept images; false alarms and defects marked; retrain shows the
 gate; promote (with an override if the gate failed) and roll back, each confirmed first and
-audited. Screenshot: docs/studio.png."""
+audited. Screenshot: test-artifacts/studio.png (docs/studio.png is a copy of one)."""
 
 from __future__ import annotations
 
 import copy
 import io
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO, SIZE, serving, texture, with_defect
+from conftest import SIZE, serving, texture, with_defect
 from PIL import Image
 from test_web import CHROMIUM, CHROMIUM_FLAGS, _need_browser
 
@@ -25,7 +24,7 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_studio_review_retrain_promote_roll_back(category, tmp_path):
+def test_studio_review_retrain_promote_roll_back(category, tmp_path, artifacts):
     sync_playwright = _need_browser()
     pytest.importorskip("sqlalchemy")
     from padim import Padim
@@ -112,7 +111,7 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path):
                 "() => document.querySelector(\"tr[data-version='2']\").textContent"
                 ".includes('production')"
             )
-            page.screenshot(path=str(REPO / "docs" / "studio.png"))
+            page.screenshot(path=str(artifacts / "studio.png"))  # docs/studio.png is one
             page.click("[data-testid=rollback]")
             page.wait_for_function(
                 "() => document.querySelector(\"tr[data-version='1']\").textContent"
@@ -131,4 +130,4 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path):
         .listing("widget")
     }
     assert labels == {"false_alarm", "defect", "missed_defect"}
-    assert Path(REPO / "docs" / "studio.png").is_file()
+    assert (artifacts / "studio.png").is_file()
