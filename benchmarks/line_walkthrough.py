@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-from load_test import free_port
+from load_test import free_port, wait_healthy
 from PIL import Image, ImageEnhance
 
 from padim.data.images import list_images
@@ -95,12 +95,7 @@ def main() -> None:
         serve += [*cat, "--port", str(port), "--drift-webhook", hook_url, "--log-level", "warning"]
         server = subprocess.Popen(serve)
         try:
-            for _ in range(240):
-                try:
-                    if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.5)
+            wait_healthy(url, server)
             op = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {operator}"},
                               timeout=120)  # fmt: skip
             eng = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {engineer}"},

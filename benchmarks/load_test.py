@@ -49,6 +49,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(
+    url: str, proc: subprocess.Popen, timeout: float = 180, log: Path | None = None
+) -> None:
+    """Until the `padim serve` process `proc` answers /v1/health at `url`; stops the benchmark
+    if it exits first or does not start in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {log.read_text() if log else proc.returncode}")
+        try:
+            if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("server did not start in time")
+
+
 class Server:
     """`padim serve` in a subprocess, started and stopped around one batching mode."""
 
@@ -75,17 +93,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {Path(self.log.name).read_text()}")
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit("server did not start in time")
+        wait_healthy(self.url, self.proc, timeout, Path(self.log.name))
 
     def stop(self) -> None:
         self.proc.terminate()

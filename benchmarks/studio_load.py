@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-from load_test import find_images, free_port
+from load_test import find_images, free_port, wait_healthy
 
 from padim.lifecycle.database import open_catalogue
 from padim.lifecycle.records import Entry, RecordBook, Retention
@@ -64,12 +63,7 @@ def main() -> None:
         serve += [str(where), "--auth", "off", "--port", str(port), "--log-level", "warning"]
         server = subprocess.Popen(serve)
         try:
-            for _ in range(240):
-                try:
-                    if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.5)
+            wait_healthy(url, server)
             rows = []
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -21,7 +21,8 @@ from padim.errors import NotFound, PadimError
 from padim.files import write_atomic
 from padim.lifecycle.audit import audit
 from padim.lifecycle.database import Catalogue
-from padim.lifecycle.schema import feedback, image_usage, kept_images, records
+from padim.lifecycle.records import add_usage
+from padim.lifecycle.schema import feedback, kept_images, records
 from padim.options import FEEDBACK_LABELS
 
 FALSE_ALARM, DEFECT, MISSED = FEEDBACK_LABELS
@@ -112,11 +113,7 @@ class FeedbackBook:
         write_atomic(path, lambda tmp: tmp.write_bytes(image))
         row = {"record_id": record.id, "path": relative, "bytes": len(image)}
         conn.execute(insert(kept_images).values(**row, anomalous=False, pinned=True))
-        conn.execute(
-            update(image_usage)
-            .where(image_usage.c.id == 1)
-            .values(bytes=image_usage.c.bytes + len(image))
-        )
+        add_usage(conn, len(image))
 
     def _mask(self, record_id: int, data: bytes) -> str:
         decode_image(data, "mask")  # a clear error for anything but an image

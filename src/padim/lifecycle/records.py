@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Connection, Select, func, insert, select, update
 from sqlalchemy import delete as sql_delete
 
 from padim import options
@@ -89,6 +89,19 @@ class Entry:
 RECORDED = tuple(f.name for f in fields(Entry) if f.name not in ("image", "suffix"))
 
 
+def add_usage(conn: Connection, delta: int) -> int:
+    """Add `delta` bytes to the kept images' usage, in the caller's transaction; the new
+    usage."""
+    return int(
+        conn.execute(
+            update(image_usage)
+            .where(image_usage.c.id == 1)
+            .values(bytes=image_usage.c.bytes + delta)
+            .returning(image_usage.c.bytes)
+        ).scalar_one()
+    )
+
+
 def parse_time(text: str | None, what: str, naive_is_local: bool) -> datetime | None:
     """An ISO time (None stays None); one without a zone is the local time of this computer
     (`naive_is_local`: the command line) or UTC (the API, whose clients are elsewhere)."""
@@ -148,12 +161,7 @@ class RecordBook:
                 usage = 0
                 if images:
                     conn.execute(insert(kept_images), images)
-                    usage = conn.execute(
-                        update(image_usage)
-                        .where(image_usage.c.id == 1)
-                        .values(bytes=image_usage.c.bytes + added)
-                        .returning(image_usage.c.bytes)
-                    ).scalar_one()
+                    usage = add_usage(conn, added)
         except BaseException:
             for k in filter(None, kept):  # not recorded: not kept
                 with contextlib.suppress(OSError):
@@ -217,11 +225,7 @@ class RecordBook:
                         kept_images.c.record_id.in_([r.record_id for r in chosen])
                     )
                 )
-                conn.execute(
-                    update(image_usage)
-                    .where(image_usage.c.id == 1)
-                    .values(bytes=image_usage.c.bytes - total)
-                )
+                add_usage(conn, -total)
             for row in chosen:
                 with contextlib.suppress(OSError):
                     (self.catalogue.images / row.path).unlink()

@@ -22,7 +22,7 @@ from padim.lifecycle.audit import audit
 from padim.lifecycle.database import Catalogue, open_catalogue
 from padim.lifecycle.records import Entry, RecordBook, Retention
 from padim.lifecycle.registry import Registry
-from padim.lifecycle.tokens import Identity, TokenStore
+from padim.lifecycle.tokens import Identity, TokenStore, token_hash
 from padim.service.models import Loader, ModelSources
 from padim.service.requests import Upload
 from padim.service.settings import MB, ServeSettings
@@ -107,7 +107,7 @@ class Lifecycle:
     def identify(self, token: str) -> Identity | None:
         """The holder of `token` (looked up at most every TOKEN_CACHE_S seconds)."""
         now = time.monotonic()
-        key = hashlib.sha256(token.encode()).hexdigest()
+        key = token_hash(token)
         cached = self._seen.get(key)
         if cached is not None and now - cached[0] < TOKEN_CACHE_S:
             return cached[1]
