@@ -3,7 +3,11 @@
 #   ./run.sh demo    install into .venv, then fit and evaluate the built-in demo (offline)
 #   ./run.sh test    install into .venv (with test tools), then run the whole test suite
 #   ./run.sh check   install, then the linters and the type checker (ruff, mypy)
-# Extra arguments go to `padim demo` or to pytest (`./run.sh test -m "not slow"`: the fast loop).
+#   ./run.sh studio  install, then the studio at http://localhost:8000/studio (a browser is all
+#                    you need from there: products, images, training, judging, shipping); the
+#                    catalogue is ./padim-catalogue unless --catalogue says otherwise
+# Extra arguments go to `padim demo`, `padim serve --studio` or to pytest
+# (`./run.sh test -m "not slow"`: the fast loop).
 # PYTHON picks the interpreter (>= 3.11); PADIM_VENV the environment folder. The first install
 # takes several minutes and about 7 GB: PyPI's torch for Linux x86_64 is the CUDA build (3.2 GB
 # of NVIDIA libraries and 0.9 GB of triton that a CPU never uses). On a CPU-only machine, install
@@ -15,8 +19,8 @@ cd "$(dirname "$0")"
 task=${1:-}
 shift || true
 case "$task" in
-  demo|test|check) ;;
-  *) echo "usage: ./run.sh demo|test|check [args...]" >&2; exit 2 ;;
+  demo|test|check|studio) ;;
+  *) echo "usage: ./run.sh demo|test|check|studio [args...]" >&2; exit 2 ;;
 esac
 python=${PYTHON:-python3}
 venv=${PADIM_VENV:-.venv}
@@ -48,6 +52,7 @@ fi
 say "ready"
 case "$task" in
   demo) exec "$venv/bin/padim" demo "$@" ;;
+  studio) exec "$venv/bin/padim" serve --studio "$@" ;;
   check)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .

@@ -71,6 +71,15 @@ def moved(image: np.ndarray, angle: float, scale: float, shift: tuple[float, flo
     return photo, m
 
 
+def encoded(array: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
+    """An image array as the bytes of an image file (PNG by default)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
 def save(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
@@ -120,18 +129,29 @@ def full_model_file(category, tmp_path_factory) -> Path:
     return model.fit(category).save(tmp_path_factory.mktemp("models") / "full.safetensors")
 
 
-@pytest.fixture(scope="session")
-def bottle() -> Path:
-    """The real MVTec AD bottle category from ../shared; a missing copy skips, or fails when
+def shared_category(relative: str) -> Path:
+    """A real category from ../shared; a missing copy skips, or fails when
     PADIM_REQUIRE_SHARED=1 (as .ci/run sets)."""
     shared = Path(os.environ.get("PADIM_SHARED", REPO.parent / "shared"))
-    root = shared / "data" / "mvtec_ad" / "bottle"
+    root = shared / "data" / relative
     if not (root / "train" / "good").is_dir():
-        reason = f"MVTec AD bottle not found at {root}"
+        reason = f"{relative} not found at {root}"
         if os.environ.get("PADIM_REQUIRE_SHARED") == "1":
             pytest.fail(reason + " (PADIM_REQUIRE_SHARED=1)")
         pytest.skip(reason)
     return root
+
+
+@pytest.fixture(scope="session")
+def bottle() -> Path:
+    """The real MVTec AD bottle category from ../shared."""
+    return shared_category("mvtec_ad/bottle")
+
+
+@pytest.fixture(scope="session")
+def bsdata() -> Path:
+    """The real BSData ball-screw images (1130x460, tiny pits) from ../shared."""
+    return shared_category("bsdata/ball_screw")
 
 
 def png_declaring(width: int, height: int) -> bytes:

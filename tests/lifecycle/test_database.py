@@ -21,7 +21,7 @@ def test_the_migrations_build_exactly_the_schema(catalogue):
     with catalogue.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == [], diff
-    assert schema_revision(catalogue.engine) == migrate(catalogue.engine) == "0002"
+    assert schema_revision(catalogue.engine) == migrate(catalogue.engine) == "0003"
 
 
 def test_a_newer_schema_is_refused_untouched(catalogue):
@@ -69,7 +69,7 @@ def test_an_older_catalogue_is_upgraded_with_its_data(location):
         )  # fmt: skip
     assert schema_revision(engine) == "0001"
     catalogue = open_catalogue(*location)
-    assert schema_revision(catalogue.engine) == "0002"
+    assert schema_revision(catalogue.engine) == "0003"
     with catalogue.engine.connect() as conn:
         kept = conn.execute(select(kept_images)).one()
         assert conn.execute(select(records.c.name)).scalar_one() == "n"

@@ -76,15 +76,19 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path, artifacts):
                     dialog.accept()
 
             page.on("dialog", answer)
-            page.goto(url + "/studio")
+            page.goto(url + "/studio#widget/versions")
             page.wait_for_selector("body[data-ready=true]", timeout=30_000)
             assert page.locator("[data-testid=versions] tbody tr").count() == 1
             note = page.locator("[data-testid=versions] td.note").first.inner_text()
             assert note == "<b>first</b> model"  # shown as text, never as HTML
+            page.click("[data-testid=tab-line]")
             records = page.locator("[data-testid=record]")
             records.nth(8).wait_for(timeout=30_000)
             assert records.count() == 9
-            assert page.locator("[data-testid=record] img[src^=blob]").count() == 9
+            page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=record] img[src^=blob]').length"
+                " === 9"
+            )
             newest = records.nth(0)  # the missed defect: judged good, its image kept
             assert newest.locator("button[data-label=false_alarm]").is_hidden()
             newest.locator("button[data-label=missed_defect]").click()
@@ -103,6 +107,7 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path, artifacts):
             page.wait_for_function(
                 "() => document.querySelectorAll('[data-feedback=defect]').length === 3"
             )
+            page.click("[data-testid=tab-versions]")
             page.click("[data-testid=retrain]")
             page.wait_for_selector("[data-testid=gate][data-passed]", timeout=120_000)
             assert page.locator("[data-testid=versions] tbody tr").count() == 2

@@ -83,6 +83,21 @@ def add_arguments(sub: Any) -> None:
     add(g, options.DRIFT_WEBHOOK, metavar="URL")
     add(g, options.AUTH)
     add(g, options.OPEN_READS, action="store_true")
+    g.add_argument(
+        "--studio",
+        action="store_true",
+        help="the studio at /studio: create products, upload images, train, judge, promote "
+        "and correct from a browser; serves every product's --alias version and records "
+        "every verdict (a first admin token is printed when the catalogue has none)",
+    )
+    g.add_argument(
+        "--import-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="the studio may add the images of folders under DIR on this computer (repeat it "
+        "for several; default: none)",
+    )
     g.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS: the key (uvicorn's)")
     g.add_argument("--ssl-certfile", type=Path, default=None, help="TLS: the certificate")
 
@@ -118,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if not (args.reload_interval == 0 or 0.1 <= args.reload_interval <= 86400):
         raise PadimError("--reload-interval must be 0 (never) or 0.1 to 86400 seconds")
     lifecycle_settings(args, settings)
+    if settings.studio:
+        first_token(settings, args.host, args.port)
     run_server(
         args.models,
         settings,
@@ -132,17 +149,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def first_token(settings: Any, host: str, port: int) -> None:
+    """The studio's first admin token, made and shown once when the catalogue has none (the
+    person starting it is its administrator); where to open the studio."""
+    import sys
+
+    from padim.lifecycle.database import open_catalogue
+    from padim.lifecycle.tokens import TokenStore
+
+    shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+    print(f"padim studio: open http://{shown}:{port}/studio", file=sys.stderr)
+    if not settings.auth:
+        return
+    store = TokenStore(open_catalogue(settings.catalogue, settings.files))
+    if store.listing():
+        return
+    token = store.create("studio-admin", "admin", "padim serve --studio")
+    print(
+        f"padim studio: the catalogue had no tokens; an admin token was made (shown once, "
+        f"keep it; the page asks for it): {token}",
+        file=sys.stderr,
+    )
+
+
 def lifecycle_settings(args: argparse.Namespace, settings: Any) -> None:
     """The catalogue part of the settings: which catalogue (named, or the default one when
     the registry, records or tokens are asked for), what it serves and records, and tokens."""
-    if bool(args.models) == bool(args.product):
+    if args.studio and args.models:
+        raise PadimError("the studio serves the registry's versions: give no model files")
+    if not args.studio and bool(args.models) == bool(args.product):
         raise PadimError("give model files (or a folder), or --product to serve from the registry")
-    wanted = bool(args.product) or args.record or args.auth == "on"
+    wanted = bool(args.product) or args.record or args.auth == "on" or args.studio
+    settings.studio = args.studio
+    settings.import_roots = tuple(str(Path(r).resolve()) for r in args.import_root)
+    for root in args.import_root:
+        if not Path(root).is_dir():
+            raise PadimError(f"--import-root {root}: not a folder")
     settings.catalogue = catalogue_location(args, needed=wanted)
     settings.files = None if args.files is None else str(args.files)
     settings.products = tuple(args.product)
     settings.alias = args.alias
-    settings.record = args.record
+    settings.record = args.record or args.studio
     settings.keep_good = args.keep_good
     settings.image_budget_mb = args.image_budget_mb
     if args.image_budget_mb <= 0:

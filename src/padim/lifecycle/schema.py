@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -134,4 +135,26 @@ tokens = Table(
     Column("created_by", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
+)
+
+product_images = Table(  # the studio's images of a product: good ones to train on, defects
+    "product_images",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("product", String(200), nullable=False),
+    Column("kind", String(10), nullable=False),  # good, defect
+    Column("defect_type", String(100), nullable=False),  # "" for good images
+    Column("split", String(10), nullable=False),  # train, test (by digest: stable)
+    Column("name", Text, nullable=False),  # the uploaded file's name
+    Column("sha256", String(64), nullable=False),
+    Column("path", Text, nullable=False),  # relative to the files folder
+    Column("mask", Text),  # a defect's mask, relative to the files folder
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("fingerprint", LargeBinary, nullable=False),  # fine detail at 64x64: near-duplicates
+    Column("added_by", String(200), nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("product", "sha256"),
+    Index("ix_product_images_product", "product", "kind", "id"),
 )

@@ -34,7 +34,7 @@ from padim.model.fitting import Fitter, Gather, Loader
 from padim.model.sizing import Sizing
 from padim.model.state import ModelState
 from padim.model.thresholds_api import ThresholdsAPI
-from padim.progress import progress_bar
+from padim.progress import ProgressSink, progress_bar
 
 CONFIG_FIELDS = tuple(PadimConfig.__dataclass_fields__)
 __all__ = ["Padim", "Prediction", "load", "resolve_device"]
@@ -116,8 +116,9 @@ class Padim(ThresholdsAPI):
     statistics : str
         "keep": keep the training sums (in memory and in the model file) so `partial_fit` can
         add good images later; "drop": the Gaussians only (a smaller file).
-    progress : bool
-        Show progress bars (on terminals only).
+    progress : bool or callable
+        Show progress bars (on terminals only), or report to a `padim.progress.ProgressSink`
+        (stage, done, total), which may raise to stop the work.
 
     Attributes
     ----------
@@ -180,7 +181,7 @@ class Padim(ThresholdsAPI):
         align_max_scale: float = options.ALIGN_MAX_SCALE.default,
         align_min_quality: float = options.ALIGN_MIN_QUALITY.default,
         neighbourhood: int = options.NEIGHBOURHOOD.default,
-        progress: bool = False,
+        progress: bool | ProgressSink = False,
     ) -> None:
         self.backbone = backbone
         self.size = size

@@ -44,7 +44,7 @@ from padim.model.config import TrainingSummary as Summary
 from padim.model.sizing import Sizing
 from padim.model.state import ModelState
 from padim.model.thresholds import HELD_OUT, Thresholds
-from padim.progress import progress_bar
+from padim.progress import ProgressSink, progress_bar
 
 Loader = Callable[[int, ImageInput], torch.Tensor]
 """`loader(index, item)` -> (3, S, S) tensor at the model's input geometry: replaces the usual
@@ -211,7 +211,7 @@ class Fitter:
         weights: str | Path | None,
         device: torch.device,
         batch_size: int,
-        progress: bool = False,
+        progress: bool | ProgressSink = False,
         roi: str | Path | np.ndarray | None = None,
         align_reference: ImageInput | None = None,
         align_roi: str | Path | np.ndarray | None = None,
@@ -239,6 +239,7 @@ class Fitter:
         return self.sizing.effective_batch(self.batch_size)
 
     def progress_bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
+        """A terminal bar (progress=True), or one reporting to the progress sink given."""
         return progress_bar(total, desc, unit, self.progress)
 
     # ------------------------------------------------------------------ the fit

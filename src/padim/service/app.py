@@ -25,11 +25,14 @@ from padim.errors import BadImage
 from padim.service.catalogue import Lifecycle
 from padim.service.catalogue_routes import router as catalogue_router
 from padim.service.inspection import Service
+from padim.service.jobs import JobBoard
 from padim.service.metrics import MetricsMiddleware
 from padim.service.models import ModelSources
 from padim.service.requests import ApiError
 from padim.service.routes import PageFiles, router, web_root
 from padim.service.settings import ServeSettings
+from padim.service.studio_routes import VersionCache
+from padim.service.studio_routes import router as studio_router
 
 LOG = logging.getLogger("padim.service")
 CLOSE_AFTER = (408, 413, 499)  # statuses sent before the body was read: close the connection
@@ -68,6 +71,10 @@ def create_app(
     app.include_router(router)
     if lifecycle is not None:
         app.include_router(catalogue_router)
+        app.include_router(studio_router)
+        app.state.jobs = JobBoard()
+        app.state.studio_models = VersionCache()
+        app.state.near_duplicates = {}  # product -> (its images' key, the groups)
     app.mount("/static", PageFiles(directory=web_root()), name="static")
     return app
 

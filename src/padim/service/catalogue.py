@@ -42,6 +42,7 @@ class Lifecycle:
     auth: bool
     open_reads: bool
     retention: Retention = field(default_factory=Retention)
+    every_product: bool = False  # serve every product's alias (the studio), not `products`
     registry: Registry = field(init=False)
     book: RecordBook = field(init=False)
     tokens: TokenStore = field(init=False)
@@ -69,13 +70,15 @@ class Lifecycle:
             settings.auth,
             settings.open_reads,
             Retention(settings.keep_good, int(settings.image_budget_mb * MB)),
+            settings.studio and not settings.products,
         )
 
     # ------------------------------------------------------------------ serving an alias
 
     def sources(self, load: Loader) -> ModelSources:
         """The registry's `alias` versions of the products as the service's models."""
-        missing = [p for p in self.products if self.alias not in self.registry.aliases(p)]
+        missing = [p for p in self.served() if self.alias not in self.registry.aliases(p)]
+        missing = [] if self.every_product else missing
         if missing:
             raise PadimError(
                 f"no {self.alias} version of {', '.join(missing)} in the registry: register "
@@ -87,7 +90,7 @@ class Lifecycle:
         """Product -> the file of the version its alias points at now."""
         found: dict[str, Path] = {}
         try:
-            for product in self.products:
+            for product in self.served():
                 number = self.registry.aliases(product).get(self.alias)
                 if number is not None:
                     version = self.registry.version(product, number)
@@ -96,6 +99,10 @@ class Lifecycle:
         except SQLAlchemyError as exc:
             raise PadimError(f"the catalogue cannot be read: {str(exc).splitlines()[0]}") from None
         return found
+
+    def served(self) -> list[str]:
+        """The products served: those named, or every product in the registry."""
+        return self.registry.products() if self.every_product else list(self.products)
 
     def version_of(self, product: str, path: Path) -> int | None:
         if str(path) in self._versions:

@@ -130,7 +130,7 @@ async def moved(request: Request, product: str, alias: str, number: int) -> dict
     line computers at their next check, --reload-interval)."""
     service = request.app.state.service
     life = life_of(request)
-    if alias == life.alias and product in life.products:
+    if alias == life.alias and product in life.served():
         await service.pool.follow()
     return {"product": product, "alias": alias, "version": number}
 

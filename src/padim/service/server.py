@@ -140,7 +140,7 @@ def served(
     versions of `settings.products`, or the model files (their registry version, if any, is
     recorded with their verdicts)."""
     lifecycle = Lifecycle.of(settings)
-    if lifecycle is not None and settings.products:
+    if lifecycle is not None and (settings.products or settings.studio):
         load = functools.partial(load_scorer, device=device, threads=threads)
         return lifecycle.sources(load), lifecycle
     sources = model_sources(models, device, threads, load_now=True)

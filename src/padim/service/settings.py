@@ -43,3 +43,5 @@ class ServeSettings:
     drift_webhook: str | None = None  # drift alarms (and their end) are POSTed here
     auth: bool = False  # every request needs a token (roles operator, engineer, admin)
     open_reads: bool = False  # with auth: GET endpoints need none
+    studio: bool = False  # the studio: every product's alias served, /v1/studio routes
+    import_roots: Sequence[str] = field(default_factory=tuple)  # server folders it may read

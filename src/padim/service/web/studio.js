@@ -1,11 +1,68 @@
-// padim studio: a product's versions (promote, roll back, retrain with its gate), the line's
-// recent results as a review queue, and the audit trail. Every string from the service is
-// set as text (textContent), never as HTML; every change asks for confirmation first.
+// padim studio: the shell (products, pages), a product's versions (promote, roll back, retrain
+// with its gate), the line's recent results as a review queue, and the audit trail. The
+// images, train and judge pages are in studio_*.js. Every string from the service is set as
+// text (textContent), never as HTML; every change asks for confirmation first.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { product: null, busy: false, urls: [] };
+// sent: the files this page sent through the line, by record id (a good verdict's image is
+// rarely kept: a missed defect among them is sent back with its file)
+const state = { product: null, busy: false, urls: [], page: "images", sent: new Map() };
 const enc = encodeURIComponent;
+const PAGES = {  // what each page loads when it is shown (the other scripts fill it in)
+  images: () => loadImages(),
+  train: () => loadTrain(),
+  judge: () => loadJudge(),
+  line: () => Promise.all([loadQueue(), loadDrift()]),
+  versions: () => Promise.all([loadVersions(), loadEvents()]),
+};
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+function mb(bytes) {
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GB` : `${Math.round(bytes / 2 ** 20)} MB`;
+}
+
+function pct(r) {
+  if (!r) return "–";
+  return `${r.count}/${r.of} = ${(100 * r.rate).toFixed(1)} %`;
+}
+
+function interval(r) {
+  return r ? `${(100 * r.ci95[0]).toFixed(1)}–${(100 * r.ci95[1]).toFixed(1)} %` : "";
+}
+
+// Pictures behind a token cannot be <img src=URL>: fetched with it, shown from blob: URLs,
+// a few at a time (the page is ready before they all arrive).
+const pictures = { running: 0, waiting: [] };
+function picture(url, img) {
+  return new Promise((resolve) => {
+    pictures.waiting.push({ url, img, resolve });
+    pump();
+  });
+}
+function pump() {
+  while (pictures.running < 6 && pictures.waiting.length) {
+    const job = pictures.waiting.shift();
+    pictures.running += 1;
+    api(job.url).then(async (res) => {
+      if (res.ok && job.img.isConnected !== false) {
+        const url = URL.createObjectURL(await res.blob());
+        state.urls.push(url);
+        job.img.src = url;
+      }
+    }).catch(() => {}).finally(() => {
+      pictures.running -= 1;
+      job.resolve();
+      pump();
+    });
+  }
+}
 
 function say(text, isError = false) {
   const el = $("status");
@@ -20,23 +77,47 @@ function cell(text, cls) {
   return td;
 }
 
-async function loadProducts() {
+async function loadProducts(wanted) {
   const { products } = await apiJson("/v1/products");
   const picker = $("product");
   picker.replaceChildren(...products.map((p) => new Option(p.product, p.product)));
   if (!products.length) {
-    say("no products in the registry yet: register a model ('padim registry register')");
+    say("no products yet: make one with 'New product…'");
     return;
   }
-  const wanted = decodeURIComponent(location.hash.slice(1));
+  const [hashProduct, hashPage] = location.hash.slice(1).split("/").map(decodeURIComponent);
+  wanted = wanted || hashProduct;
+  if (PAGES[hashPage]) state.page = hashPage;
   await show(products.some((p) => p.product === wanted) ? wanted : products[0].product);
 }
 
 async function show(product) {
   state.product = product;
   $("product").value = product;
-  history.replaceState(null, "", `#${enc(product)}`);
-  await Promise.all([loadVersions(), loadQueue(), loadEvents(), loadDrift()]);
+  await showPage(state.page);
+}
+
+async function showPage(page) {
+  state.page = page;
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.tab === page));
+  }
+  for (const main of document.querySelectorAll("main.page")) main.hidden = main.dataset.page !== page;
+  history.replaceState(null, "", `#${enc(state.product || "")}/${page}`);
+  if (state.product) await PAGES[page]();
+}
+
+async function newProduct() {
+  const name = window.prompt("Name of the new product (letters, digits, - _ .):");
+  if (!name) return;
+  try {
+    await postJson("/v1/studio/products", { product: name.trim() });
+    say(`product ${name.trim()} made: add its good images`);
+    state.page = "images";
+    await loadProducts(name.trim());
+  } catch (err) {
+    say(`new product: ${err.message}`, true);
+  }
 }
 
 function gateText(evaluation) {
@@ -143,20 +224,14 @@ async function retrain() {
   await Promise.all([loadVersions(), loadEvents()]);
 }
 
-async function imageOf(record) {
-  const res = await api(`/v1/records/${record.id}/image`);
-  if (!res.ok) return null;
-  const url = URL.createObjectURL(await res.blob());
-  state.urls.push(url);
-  return url;
-}
-
 async function label(record, node, labelName) {
   const form = new FormData();
   form.append("label", labelName);
-  if (labelName === "missed_defect") {  // the kept image goes along (the service checks it)
-    const res = await api(`/v1/records/${record.id}/image`);
-    if (res.ok) form.append("image", await res.blob(), record.name);
+  if (labelName === "missed_defect") {  // the image goes along (the service checks it)
+    const sent = state.sent.get(record.id);
+    const res = sent ? null : await api(`/v1/records/${record.id}/image`);
+    if (sent) form.append("image", sent, record.name);
+    else if (res.ok) form.append("image", await res.blob(), record.name);
   }
   const said = node.querySelector(".said");
   try {
@@ -169,10 +244,31 @@ async function label(record, node, labelName) {
   }
 }
 
+async function sendToLine(files) {
+  const p = state.product;
+  let done = 0;
+  const said = $("line-said");
+  for (const file of files) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const r = await apiJson(`/v1/models/${enc(p)}/predict`, { method: "POST", body: form });
+      if (r.record_id !== undefined) state.sent.set(r.record_id, file);
+      done += 1;
+      said.textContent = `${done}/${files.length}: ${file.name} ${r.verdict} (score ` +
+        `${r.score.toFixed(1)}, v${r.model_version ?? "?"})`;
+    } catch (err) {
+      said.textContent = `${file.name}: ${err.message}`;
+      break;
+    }
+  }
+  await Promise.all([loadQueue(), loadDrift()]);
+}
+
 async function loadQueue() {
   const p = state.product;
   const { records } = await apiJson(`/v1/records?product=${enc(p)}&limit=60`);
-  for (const url of state.urls.splice(0)) URL.revokeObjectURL(url);
+  releasePictures();
   const items = await Promise.all(records.map(async (r) => {
     const node = $("item").content.firstElementChild.cloneNode(true);
     node.dataset.record = String(r.id);
@@ -184,11 +280,17 @@ async function loadQueue() {
       `#${r.id} · v${r.version ?? "?"} · score ${r.score.toFixed(1)} · ${r.name}`;
     const img = node.querySelector("img");
     img.alt = r.name;
-    if (r.image) img.src = (await imageOf(r)) || "";
+    const sent = state.sent.get(r.id);
+    if (r.image) picture(`/v1/records/${r.id}/image`, img);
+    else if (sent) {
+      img.src = URL.createObjectURL(sent);
+      state.urls.push(img.src);
+    }
+    else img.replaceWith(el("div", "image not kept (good verdict)", "no-image"));
     for (const btn of node.querySelectorAll("button")) {
-      // flagged: false alarm or confirmed; judged good: missed, when its image was kept
+      // flagged: false alarm or confirmed; judged good: missed, when its image is at hand
       const forGood = btn.dataset.label === "missed_defect";
-      btn.hidden = r.verdict === "good" ? !forGood || !r.image : forGood;
+      btn.hidden = r.verdict === "good" ? !forGood || !(r.image || sent) : forGood;
       btn.addEventListener("click", () => label(r, node, btn.dataset.label));
     }
     if (r.feedback) {
@@ -206,7 +308,8 @@ async function loadEvents() {
     const li = document.createElement("li");
     const d = e.detail || {};
     const to = d.alias ? ` → ${d.alias}` : "";
-    const what = d.version !== undefined ? ` v${d.version}${to}` : d.label ? ` ${d.label}` : "";
+    const what = d.version !== undefined ? ` v${d.version}${to}` : d.label ? ` ${d.label}`
+      : d.count ? ` ${d.count} ${d.kind}` : "";
     li.textContent = `${e.at.slice(0, 19).replace("T", " ")} ${e.actor}: ${e.action}${what}` +
       (d.override ? ` (override: ${d.override})` : "");
     return li;
@@ -225,18 +328,40 @@ async function loadDrift() {
       : `line: ${d.state} (median score ${d.window_median ?? "–"}, alarm above ${d.reference_upper})`;
 }
 
+function releasePictures() {
+  for (const url of state.urls.splice(0)) URL.revokeObjectURL(url);
+  pictures.waiting.length = 0;
+}
+
+function guarded(work) {  // a handler whose failure is said, not thrown
+  return (...args) => Promise.resolve(work(...args)).catch((err) => say(err.message, true));
+}
+
 async function start() {
-  $("product").addEventListener("change", (e) => show(e.target.value).catch((err) => say(err.message, true)));
-  $("rollback").addEventListener("click", rollback);
-  $("retrain").addEventListener("click", retrain);
+  $("product").addEventListener("change", guarded((e) => show(e.target.value)));
+  $("new-product").addEventListener("click", guarded(newProduct));
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    tab.addEventListener("click", guarded(() => showPage(tab.dataset.tab)));
+  }
+  document.addEventListener("keydown", (e) => {  // Alt+1..5: the pages
+    const page = Object.keys(PAGES)[Number(e.key) - 1];
+    if (e.altKey && page) guarded(() => showPage(page))();
+  });
+  $("rollback").addEventListener("click", guarded(rollback));
+  $("retrain").addEventListener("click", guarded(retrain));
+  $("line-files").addEventListener("change", guarded((e) => sendToLine([...e.target.files])));
+  startImages();
+  startTrain();
+  startJudge();
   try {
     await loadProducts();  // first, alone: a token is asked for once
+    if (state.product) await loadDrift();
   } catch (err) {
     say(err.message, true);
   }
   document.body.dataset.ready = "true";
   setInterval(() => {
-    if (state.product && !state.busy) {
+    if (state.product && !state.busy && state.page === "line") {
       Promise.all([loadQueue(), loadDrift()]).catch((err) => say(err.message, true));
     }
   }, 5000);
