@@ -129,6 +129,21 @@ def test_studio_routes_roles_bounds_and_a_training(tmp_path):
         assert verdict["model_version"] == version + 1
         assert verdict["threshold"] == pytest.approx(low, abs=1e-3)
         assert "record_id" in verdict  # the studio records every verdict
+        # frames of a stream (a video file under --import-root) as good images, as a job
+        pytest.importorskip("av")
+        from padim.data.video import write_video
+
+        video = write_video(tmp_path / "shared" / "line.mp4", [texture(rng, 96) for _ in range(6)],
+                            fps=5, quality=0)  # fmt: skip
+        elsewhere = write_video(tmp_path / "line.mp4", [texture(rng, 96)] * 2, fps=5)
+        refused = eng.post("/v1/studio/products/widget/capture", json={"source": str(elsewhere)})
+        assert refused.status_code == 403
+        job = eng.post(
+            "/v1/studio/products/widget/capture", json={"source": str(video), "frames": 4}
+        )
+        job = follow(op, job.json())
+        assert job["state"] == "done" and len(job["result"]["added"]) == 4, job
+        assert job["done"] == job["total"] == 4
 
 
 def test_the_first_admin_token_is_printed_once(tmp_path):

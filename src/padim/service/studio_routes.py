@@ -174,8 +174,11 @@ def allowed_folder(request: Request, given: str) -> Path:
 async def capture(request: Request, product: str, body: Capture) -> dict:
     who = require(request, "engineer")
     await run(workshop(request).check_product, product)
+    source = body.source.strip()
+    if "://" not in source and not source.isdigit() and not source.startswith("/dev/video"):
+        allowed_folder(request, str(Path(source).parent))  # a file: under --import-root only
     pixels = request.app.state.service.settings.max_pixels
-    args = (*where(request), product, body.source, body.frames, body.every, actor(who), pixels)
+    args = (*where(request), product, source, body.frames, body.every, actor(who), pixels)
     job = await run(jobs(request).start, "capture", product, actor(who), training.capture_job, args)
     return job.to_dict()
 
