@@ -94,7 +94,7 @@ def main() -> None:
                 step("token, new product, images uploaded")
                 page.click("[data-testid=tab-train]")
                 page.click("[data-testid=propose]")
-                page.wait_for_selector("[data-testid=proposal] tr", timeout=120_000)
+                page.wait_for_selector("[data-testid=proposal] tbody tr", timeout=120_000)
                 step("cost estimated")
                 page.click("[data-testid=train]")
                 clicks += 3

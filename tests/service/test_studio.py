@@ -1,7 +1,7 @@
 """The studio in real headless Chromium: an engineer's token asked once; the line's results in
 the review queue with their kept images; false alarms and defects marked; retrain shows the
 gate; promote (with an override if the gate failed) and roll back, each confirmed first and
-audited. Screenshot: test-artifacts/studio.png (docs/studio.png is a copy of one)."""
+audited. Screenshot: test-artifacts/studio.png."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_studio_review_retrain_promote_roll_back(category, tmp_path, artifacts):
                 "() => document.querySelector(\"tr[data-version='2']\").textContent"
                 ".includes('production')"
             )
-            page.screenshot(path=str(artifacts / "studio.png"))  # docs/studio.png is one
+            page.screenshot(path=str(artifacts / "studio.png"))
             page.click("[data-testid=rollback]")
             page.wait_for_function(
                 "() => document.querySelector(\"tr[data-version='1']\").textContent"

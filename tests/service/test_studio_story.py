@@ -97,13 +97,17 @@ def test_studio_story_on_bsdata(bsdata, tmp_path, artifacts):
                 "() => document.querySelector('dd')?.parentElement"
                 ".textContent.includes('1 with a mask')"
             )
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('[data-testid=grid] img')]"
+                ".every((i) => i.complete && i.naturalWidth > 0)"
+            )
             page.screenshot(path=str(artifacts / "studio-images.png"))
 
             # 2. the cost first, then training with live progress
             page.click("[data-testid=tab-train]")
             page.click("[data-testid=propose]")
-            page.wait_for_selector("[data-testid=proposal] tr", timeout=60_000)
-            assert "s" in page.locator("[data-testid=proposal] tr").first.inner_text()
+            page.wait_for_selector("[data-testid=proposal] tbody tr", timeout=60_000)
+            assert "≈" in page.locator("[data-testid=proposal] tbody tr").first.inner_text()
             page.evaluate(WATCH_JOB)
             page.click("[data-testid=train]")
             page.wait_for_selector("[data-testid=job][data-state=done]", timeout=300_000)
@@ -122,12 +126,16 @@ def test_studio_story_on_bsdata(bsdata, tmp_path, artifacts):
             page.mouse.down()
             page.mouse.move(hist["x"] + hist["width"] * 0.15, hist["y"] + 40, steps=6)
             page.mouse.up()
+            # the service's count at the dragged threshold is the page's list of false alarms
             page.wait_for_function(
-                "() => Number(document.querySelector('[data-testid=rates]').dataset.falseAlarms)"
-                " > 0",
+                "() => { const r = document.querySelector('[data-testid=rates]').dataset;"
+                " return Number(r.threshold) === judging.threshold && Number(r.falseAlarms)"
+                " === document.querySelectorAll('.judged-row[data-mistake=\"FALSE ALARM\"]')"
+                ".length; }",
                 timeout=10_000,
             )
             chosen = float(page.input_value("[data-testid=threshold-value]"))
+            assert int(page.get_attribute("[data-testid=rates]", "data-false-alarms")) > 0
             page.screenshot(path=str(artifacts / "studio-judge.png"))
             page.click("[data-testid=set-point]")
             page.wait_for_function(

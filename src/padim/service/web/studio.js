@@ -94,6 +94,7 @@ async function loadProducts(wanted) {
 async function show(product) {
   state.product = product;
   $("product").value = product;
+  loadDrift().catch(() => {});
   await showPage(state.page);
 }
 

@@ -102,6 +102,7 @@ async function loadRates() {
     `${interval(r.false_alarms)}) · defects caught ${pct(r.caught)} (95 % ${interval(r.caught)})`;
   $("rates").replaceChildren(el("div", line(`v${judging.a.version}`, ra)),
     ...(rb ? [el("div", line(`v${judging.b.version}`, rb))] : []));
+  $("rates").dataset.threshold = String(t);
   $("rates").dataset.falseAlarms = String(ra.false_alarms ? ra.false_alarms.count : 0);
   $("rates").dataset.caught = String(ra.caught ? ra.caught.count : 0);
   $("per-type").replaceChildren(...Object.entries(ra.per_type).map(([type, r]) => {
