@@ -70,6 +70,9 @@ def test_tokens_and_records(tmp_path, capsys):
         (["tokens", "create", "bad name"], "token name"),
         (["serve", "--product", "bottle", "{model}"], "model files .* or --product"),
         (["serve", "--product", "bottle"], "no production version"),
+        (["serve", "--studio", "{model}"], "give no model files"),
+        (["serve", "--studio", "--workers", "2"], "one process"),
+        (["serve", "--studio", "--import-root", "{missing}"], "not a folder"),
     ],
 )
 def test_mistakes_are_one_line_errors(argv, words, model_file, tmp_path, capsys):

@@ -177,6 +177,11 @@ def lifecycle_settings(args: argparse.Namespace, settings: Any) -> None:
     the registry, records or tokens are asked for), what it serves and records, and tokens."""
     if args.studio and args.models:
         raise PadimError("the studio serves the registry's versions: give no model files")
+    if args.studio and args.workers != 1:
+        raise PadimError(
+            "the studio runs in one process (its jobs and their progress live "
+            "there): leave --workers at 1"
+        )
     if not args.studio and bool(args.models) == bool(args.product):
         raise PadimError("give model files (or a folder), or --product to serve from the registry")
     wanted = bool(args.product) or args.record or args.auth == "on" or args.studio

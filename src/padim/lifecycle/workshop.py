@@ -147,7 +147,10 @@ class Workshop:
             except (BadImage, PadimError) as exc:
                 refused.append({"name": image.name, "error": str(exc)})
                 continue
-            (added if found is not None else skipped).append(found or image.name)  # type: ignore[arg-type]
+            if found is None:
+                skipped.append(image.name)
+            else:
+                added.append(found)
         if added:
             with self.catalogue.engine.begin() as conn:
                 audit(conn, actor, "add_images", product, {"kind": kind, "count": len(added)})
