@@ -117,7 +117,7 @@ def test_the_candidate_is_an_exact_update_with_the_false_alarms(line, kept_model
     assert np.allclose(candidate.score(probe)[0], expected.score(probe)[0], rtol=1e-5)
     assert candidate.threshold_ == pytest.approx(expected.threshold_, rel=1e-6)
     assert version.n_train == 12 + 4  # the lineage counts them
-    assert report["labelled"] == {"defects": 3, "false_alarms": 4}
+    assert report["labelled"] == {"defects": 3, "product_defects": 0, "false_alarms": 4}
     assert report["gate"]["passed"], report
     line["registry"].promote("widget", 2, actor="ben")  # a passed gate needs no override
     with pytest.raises(PadimError, match="nothing to retrain"):

@@ -209,6 +209,7 @@ def test_studio_story_on_bsdata(bsdata, tmp_path, artifacts):
     labels = [f["label"] for f in FeedbackBook(catalogue).listing("ball_screw")]
     assert labels == ["false_alarm"]
     assert "Gate for production" in gate
+    assert f"of {N_DEFECT}." in gate  # the product's pitted images are labelled defects too
     actions = [e["action"] for e in read_events(catalogue.engine, "ball_screw")]
     for action in ("create_product", "add_images", "draw_mask", "register", "promote", "rollback"):
         assert action in actions, action

@@ -46,6 +46,7 @@ class Labelled:
     image: Path  # the pinned image
     mask: Path | None
     author: str
+    image_id: int | None = None  # a defect image of the product (the studio's), not a record
 
     @property
     def is_defect(self) -> bool:

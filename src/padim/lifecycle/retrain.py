@@ -5,7 +5,8 @@ same model as a fit on all images) with the images operators marked as false ala
 was not trained on yet; the update re-estimates the threshold on held-out images. Then the base
 and the candidate both score every labelled image, and the gate is stated:
 
-1. the candidate flags every confirmed or missed defect that the base flags;
+1. the candidate flags every confirmed or missed defect (and every defect image of the product
+   added in the studio) that the base flags;
 2. its false-alarm rate on its held-out good images is not above the upper end of the base's
    95 % interval (Clopper-Pearson) on its own.
 
@@ -50,6 +51,7 @@ class Retraining:
         registry = Registry(self.catalogue)
         base = registry.version(self.product, self.base)
         labelled = FeedbackBook(self.catalogue).labelled(self.product)
+        labelled += product_defects(self.catalogue, self.product)
         trained = set(registry.image_digests(self.product, base.number))
         goods = [x for x in labelled if x.label == FALSE_ALARM]
         new = [x.image for x in goods if file_sha256(x.image) not in trained]
@@ -70,6 +72,28 @@ class Retraining:
             )
         registry.promote(self.product, version.number, actor, self.alias)
         return version, report
+
+
+def product_defects(catalogue: Catalogue, product: str) -> list[Labelled]:
+    """The defective images of the product (added in the studio): labelled defects too."""
+    from padim.lifecycle.workshop import DEFECT, Workshop
+
+    shop = Workshop(catalogue)
+    return [
+        Labelled(
+            record_id=0,
+            product=product,
+            version=None,
+            verdict="",
+            score=float("nan"),
+            label="defect",
+            image=catalogue.files / row["path"],
+            mask=None if row["mask"] is None else catalogue.files / row["mask"],
+            author=row["added_by"],
+            image_id=row["id"],
+        )
+        for row in shop.images(product, DEFECT)
+    ]
 
 
 def flags(model: Any, images: list[Path]) -> np.ndarray:
@@ -95,7 +119,7 @@ def gate(production: Any, candidate: Any, labelled: list[Labelled], alias: str) 
         name: flags(model, [x.image for x in defects])
         for name, model in (("production", production), ("candidate", candidate))
     }
-    lost = [x.record_id for x, p, c in zip(defects, *caught.values(), strict=True) if p and not c]
+    lost = [x for x, p, c in zip(defects, *caught.values(), strict=True) if p and not c]
     k_base, n_base = held_out_false_alarms(production)
     k_new, n_new = held_out_false_alarms(candidate)
     upper = clopper_pearson(k_base, n_base)[1]
@@ -103,7 +127,8 @@ def gate(production: Any, candidate: Any, labelled: list[Labelled], alias: str) 
         {
             "check": "catches every labelled defect the base version catches",
             "passed": not lost,
-            "missed_records": lost,
+            "missed_records": [x.record_id for x in lost if x.image_id is None],
+            "missed_product_images": [x.image_id for x in lost if x.image_id is not None],
         },
         {
             "check": "held-out false-alarm rate within the base version's 95 % interval",
@@ -122,6 +147,10 @@ def gate(production: Any, candidate: Any, labelled: list[Labelled], alias: str) 
         }
     return {
         "gate": {"for": alias, "passed": all(c["passed"] for c in checks), "checks": checks},
-        "labelled": {"defects": len(defects), "false_alarms": len(goods)},
+        "labelled": {
+            "defects": len(defects),
+            "product_defects": sum(x.image_id is not None for x in defects),
+            "false_alarms": len(goods),
+        },
         **summary,
     }
