@@ -129,6 +129,10 @@ def test_studio_routes_roles_bounds_and_a_training(tmp_path):
         assert verdict["model_version"] == version + 1
         assert verdict["threshold"] == pytest.approx(low, abs=1e-3)
         assert "record_id" in verdict  # the studio records every verdict
+        # retrain is a job too; with no false alarms marked yet it says so, in one line
+        job = follow(op, eng.post("/v1/studio/products/widget/retrain").json())
+        assert job["state"] == "failed" and "no false alarms" in job["error"], job
+        assert "\n" not in job["error"]
         # frames of a stream (a video file under --import-root) as good images, as a job
         pytest.importorskip("av")
         from padim.data.video import write_video

@@ -31,6 +31,7 @@ from padim.lifecycle.database import Catalogue
 from padim.lifecycle.feedback import FALSE_ALARM, FeedbackBook, Labelled
 from padim.lifecycle.registry import Registry, Version
 from padim.model.calibration import clopper_pearson
+from padim.progress import ProgressSink
 
 
 @dataclass
@@ -44,10 +45,12 @@ class Retraining:
     gate_for: str = options.ALIAS.default
     device: str = "cpu"
 
-    def run(self, actor: str) -> tuple[Version, dict[str, Any]]:
-        """Build, evaluate, gate and register the candidate; (its version, the report)."""
+    def run(self, actor: str, sink: ProgressSink | None = None) -> tuple[Version, dict[str, Any]]:
+        """Build, evaluate, gate and register the candidate; (its version, the report).
+        `sink` hears the stages (loading, update, gate, registering) and may raise to stop."""
         from padim.model.estimator import Padim
 
+        say = sink or (lambda stage, done, total: None)
         registry = Registry(self.catalogue)
         base = registry.version(self.product, self.base)
         labelled = FeedbackBook(self.catalogue).labelled(self.product)
@@ -60,10 +63,16 @@ class Retraining:
                 f"no false alarms of {self.product} that version {base.number} was not trained "
                 "on: nothing to retrain with (operators mark them on the page or over REST)"
             )
+        say("loading", 0, None)
         production = Padim.load(base.path, self.device)
-        candidate = Padim.load(base.path, self.device, statistics=True).partial_fit(new)
+        candidate = Padim.load(base.path, self.device, statistics=True)
+        candidate.progress = sink or False
+        candidate.partial_fit(new)
+        candidate.progress = False
+        say("gate", 0, len(labelled))
         report = gate(production, candidate, labelled, self.gate_for)
         report |= {"base": base.number, "added_false_alarms": len(new)}
+        say("registering", 0, None)
         with tempfile.TemporaryDirectory() as tmp:
             path = candidate.save(Path(tmp) / f"{self.product}.safetensors")
             note = f"retrained from v{base.number} with {len(new)} false alarm(s)"
@@ -72,6 +81,15 @@ class Retraining:
             )
         registry.promote(self.product, version.number, actor, self.alias)
         return version, report
+
+
+def retrain_job(url: str, files: str, product: str, actor: str, sink: ProgressSink) -> dict:
+    """A studio job (`padim.service.jobs`): retrain `product` from production into the
+    candidate alias; the report with the candidate's version number."""
+    from padim.lifecycle.database import open_catalogue
+
+    version, report = Retraining(open_catalogue(url, files), product).run(actor, sink)
+    return {"product": product, "version": version.number, "alias": "candidate", **report}
 
 
 def product_defects(catalogue: Catalogue, product: str) -> list[Labelled]:

@@ -195,9 +195,7 @@ def judge(catalogue: Catalogue, product: str, number: int, sink: ProgressSink) -
 
     version = Registry(catalogue).version(product, number)
     workshop = Workshop(catalogue)
-    rows = workshop.images(product, split=TEST)
-    if not any(r["kind"] == GOOD for r in rows):
-        raise PadimError(f"{product} has no good test images to judge with: add good images")
+    rows = workshop.images(product, split=TEST)  # may be none: an empty evaluation
     model = Padim.load(version.path, "cpu")
     scores: list[float] = []
     sink("judging", 0, len(rows))

@@ -22,6 +22,7 @@ from padim.deploy.scorers import Scorer, decide_scored, item_geometry, load_scor
 from padim.errors import PadimError
 from padim.lifecycle import training
 from padim.lifecycle.registry import Registry
+from padim.lifecycle.retrain import retrain_job
 from padim.lifecycle.workshop import GOOD, NewImage, Workshop
 from padim.service.access import READ, actor, require
 from padim.service.catalogue_routes import life_of, run
@@ -236,6 +237,17 @@ async def train(request: Request, product: str, body: TrainRequest) -> dict:
     job = await run(
         board.start, "train", product, actor(who), training.train_job, args, body.estimate_s
     )
+    return job.to_dict()
+
+
+@router.post("/products/{product}/retrain", summary="Retrain from feedback (a job)")
+async def retrain(request: Request, product: str) -> dict:
+    """`POST /v1/products/{p}/retrain` as a job with progress: production updated with the
+    operators' false alarms, gated, registered at the candidate alias."""
+    who = require(request, "engineer")
+    await run(Registry(life_of(request).catalogue).version, product, options.ALIAS.default)
+    args = (*where(request), product, actor(who))
+    job = await run(jobs(request).start, "retrain", product, actor(who), retrain_job, args)
     return job.to_dict()
 
 

@@ -201,9 +201,18 @@ async function rollback() {
 async function retrain() {
   const p = state.product;
   if (!window.confirm(`Retrain ${p} from its operators' false alarms? (a minute or more)`)) return;
-  say(`retraining ${p}: updating the model and scoring every labelled image…`);
-  const done = await change("retrain", `/v1/products/${enc(p)}/retrain`, {});
-  if (!done) return;
+  const job = await change("retrain", `/v1/studio/products/${enc(p)}/retrain`, {});
+  if (!job) return;
+  const stages = { loading: "loading production", update: "adding the false alarms",
+    factorise: "refitting the Gaussians", gate: "scoring every labelled image",
+    registering: "saving the candidate" };
+  const finished = await followJob(job, (j) => say(`retraining ${p}: ` +
+    `${stages[j.stage] || j.stage}${j.total ? ` (${j.done} of ${j.total})` : ""}, ${j.elapsed_s} s`));
+  if (finished.state !== "done") {
+    say(`retrain: ${finished.error || finished.state}`, true);
+    return;
+  }
+  const done = finished.result;
   const box = $("gate");
   box.hidden = false;
   const head = document.createElement("p");

@@ -67,6 +67,12 @@ async function loadEvaluations() {
     $("rates").textContent = "";
     return;
   }
+  if (!judging.a.images.length) {
+    $("judged").replaceChildren(el("p", "no test images yet: add good images (a fifth of them " +
+      "are kept apart to judge with) and defective ones", "hint"));
+    $("rates").textContent = "";
+    return;
+  }
   const scores = [judging.a, judging.b].filter(Boolean).flatMap((r) => r.images.map((i) => i.score));
   const points = Object.values(judging.a.operating_points);
   const lo = Math.min(...scores, ...points);
